@@ -1,0 +1,47 @@
+# adpredict: `make demo` runs the whole flow on generated data; `make test` runs the tests.
+# Both create the virtual environment first if it is missing (about 3 GB, a few minutes).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+WORK_DIR ?= demo_output
+RECORDS ?= 5000
+
+.PHONY: help venv demo test lint format lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: setup.py requirements.lock requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed ## Create .venv with the pinned stack (requirements.lock)
+
+demo: venv ## Generate data, analyze, train, export, predict (DirectRunner, local files)
+	$(BIN)/adpredict demo --work_dir $(WORK_DIR) --records $(RECORDS)
+
+test: venv ## Run the test suite (includes lint)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q tests
+
+lint: venv ## ruff check + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## Apply ruff's formatting and import order
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock: ## Re-resolve requirements.lock from setup.py in a scratch venv
+	rm -rf /tmp/adpredict-lock && $(PYTHON) -m venv /tmp/adpredict-lock
+	/tmp/adpredict-lock/bin/pip install --quiet --upgrade pip
+	/tmp/adpredict-lock/bin/pip install --quiet .
+	/tmp/adpredict-lock/bin/pip freeze --exclude-editable | grep -v '^adpredict' > requirements.lock
+
+clean: ## Remove the demo output (keeps .venv)
+	rm -rf $(WORK_DIR)

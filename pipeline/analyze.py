@@ -1,0 +1,179 @@
+"""The `analyze` pipeline: tf.Transform analysis of training records, on the Arrow path.
+
+Reads and validates training records like `predict` does, hands them to tf.Transform as
+Arrow RecordBatches through a TFXIO TensorAdapterConfig (not the instance-dict path),
+runs `AnalyzeDataset` on the training split, and writes:
+
+- `OUTPUT/transform_fn/`, `OUTPUT/transformed_metadata/`: the transform artifacts;
+- `OUTPUT/transformed/{train,eval}-*.tfrecord.gz`: `TransformDataset` output as tf.Examples,
+  what the trainer reads;
+- `OUTPUT/errors-*`, `OUTPUT/prediction.errors_stats`: records that were left out, and why.
+
+Run it as `python -m pipeline.analyze --schema ads --input 'data/*.jsonl' --output_dir OUT`
+with any Beam options (e.g. `--runner DataflowRunner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import zlib
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import options as opts
+from pipeline.records import BLOCKS, ERRORS, ReadAdRecords, check_inputs
+from pipeline.sinks import WriteErrors
+from pipeline.sources import RecordBlock, RecordLayout
+from transforms.model_contract import InputField, description_from_schema
+from transforms.schema import Schema, load_schema
+
+TRAIN, EVAL = "train", "eval"
+TRANSFORMED_DIR = "transformed"
+
+
+def training_layout(schema: Schema) -> RecordLayout:
+    """Model inputs plus the label, which training records must carry (0 or 1)."""
+    inputs = description_from_schema(schema).inputs
+    label = InputField(schema.label, "int", required=True, range=(0, 1))
+    return RecordLayout(inputs + (label,), schema.key_field, schema.key_type)
+
+
+def to_tfxio_batch(block: RecordBlock, schema: Schema) -> pa.RecordBatch:
+    """A validated block in tf.Transform's Arrow format: one list column per feature.
+
+    Missing optional values get the same markers the exported model receives (NaN, "",
+    the int default, an empty list), so analysis and serving see identical inputs.
+    """
+    columns, names = [], []
+    num_rows = block.batch.num_rows
+    single_offsets = pa.array(np.arange(num_rows + 1, dtype=np.int32))
+    layout_fields = {f.name: f for f in training_layout(schema).fields}
+    for name, field in layout_fields.items():
+        column = block.batch.column(name)
+        if field.type == "string_list":
+            column = pc.fill_null(column, pa.scalar([], pa.list_(pa.string())))
+            columns.append(pc.cast(column, pa.list_(pa.binary())))
+        else:
+            if field.type == "float":
+                values = pc.fill_null(pc.cast(column, pa.float32()), np.float32("nan"))
+            elif field.type == "int":
+                values = pc.fill_null(column, field.default or 0)
+            else:
+                values = pc.cast(pc.fill_null(column, ""), pa.binary())
+            columns.append(pa.ListArray.from_arrays(single_offsets, values))
+        names.append(name)
+    return pa.RecordBatch.from_arrays(columns, names)
+
+
+def tensor_adapter_config(schema: Schema):
+    """TFXIO description of `to_tfxio_batch`'s output for tf.Transform."""
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.public import tfxio
+    from tfx_bsl.tfxio import tensor_representation_util
+
+    schema_proto = schema_utils.schema_from_feature_spec(schema.raw_feature_spec())
+    representations = tensor_representation_util.InferTensorRepresentationsFromSchema(schema_proto)
+    empty = to_tfxio_batch(_empty_block(schema), schema)
+    return tfxio.TensorAdapterConfig(empty.schema, representations)
+
+
+def _empty_block(schema: Schema) -> RecordBlock:
+    layout = training_layout(schema)
+    arrow_schema = layout.arrow_schema().append(pa.field("__line__", pa.int64()))
+    return RecordBlock("", pa.RecordBatch.from_pylist([], schema=arrow_schema))
+
+
+class _SplitFn(beam.DoFn):
+    """Splits blocks into train and eval rows by a hash of (file, line): stable across runs."""
+
+    def __init__(self, schema: Schema, eval_percent: int):
+        self._schema = schema
+        self._eval_percent = eval_percent
+
+    def process(self, block: RecordBlock):
+        salt = zlib.crc32(os.path.basename(block.source).encode())
+        mixed = (block.lines.astype(np.uint64) * np.uint64(2654435761) + np.uint64(salt)) % np.uint64(2**32)
+        is_eval = (mixed % np.uint64(100)) < np.uint64(self._eval_percent)
+        batch = to_tfxio_batch(block, self._schema)
+        for tag, mask in ((TRAIN, ~is_eval), (EVAL, is_eval)):
+            if mask.any():
+                yield beam.pvalue.TaggedOutput(tag, batch.filter(pa.array(mask)))
+
+
+def build_analyze(pipeline, schema: Schema, patterns, output_dir, input_format=None, eval_percent=20):
+    """Builds the graph; returns {"transform_fn", "train", "eval", "errors"} PCollections."""
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+
+    from transforms.preprocessing import make_preprocessing_fn
+
+    records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, training_layout(schema), input_format)
+    split = records[BLOCKS] | "SplitTrainEval" >> beam.ParDo(_SplitFn(schema, eval_percent)).with_outputs(
+        TRAIN, EVAL
+    )
+    config = tensor_adapter_config(schema)
+    transform_fn = (split[TRAIN], config) | "AnalyzeDataset" >> tft_beam.AnalyzeDataset(
+        make_preprocessing_fn(schema)
+    )
+    _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
+    outputs = {"transform_fn": transform_fn, ERRORS: records[ERRORS]}
+    for tag in (TRAIN, EVAL):
+        transformed, metadata = ((split[tag], config), transform_fn) | f"Transform{tag.title()}" >> (
+            tft_beam.TransformDataset()
+        )
+        coder = tft.coders.ExampleProtoCoder(metadata.schema)
+        _ = (
+            transformed
+            | f"Encode{tag.title()}" >> beam.Map(coder.encode)
+            | f"Write{tag.title()}"
+            >> beam.io.WriteToTFRecord(
+                os.path.join(output_dir, TRANSFORMED_DIR, tag), file_name_suffix=".tfrecord.gz"
+            )
+        )
+        outputs[tag] = transformed
+    _ = records[ERRORS] | "WriteErrors" >> WriteErrors(output_dir)
+    return outputs
+
+
+def run(argv=None, test_pipeline=None) -> str:
+    """Parses options, builds and runs the analyze pipeline; returns the output directory."""
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    options = beam.options.pipeline_options.PipelineOptions(argv)
+    opts.validate_analyze(options)
+    io = options.view_as(opts.RecordIOOptions)
+    schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
+    check_inputs(io.input, io.input_format)
+    temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    with tft_beam.Context(temp_dir=temp_dir):
+        build_analyze(
+            pipeline,
+            schema,
+            io.input,
+            io.output_dir,
+            io.input_format,
+            options.view_as(opts.AnalyzeOptions).eval_percent,
+        )
+        pipeline.run().wait_until_finish()
+    return io.output_dir
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if opts.print_help_if_asked(argv, "adpredict analyze", __doc__.split("\n\n")[0], [opts.AnalyzeOptions]):
+        return 0
+    logging.getLogger().setLevel(logging.INFO)
+    from pipeline.cli import run_reporting_errors
+
+    return run_reporting_errors(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

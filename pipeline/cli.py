@@ -1,0 +1,138 @@
+"""The `adpredict` command: one entry point, a subcommand per job.
+
+    adpredict generate --output PATH --records N --seed S [--format jsonl|csv]
+    adpredict analyze  --schema ads --input PATTERN --output_dir DIR [Beam options...]
+    adpredict train    --transform_dir DIR --model_dir DIR [--schema ads]
+    adpredict predict  --model_dir DIR --input PATTERN --output_dir DIR [Beam options...]
+    adpredict demo     --work_dir DIR [--records N]
+
+`analyze` and `predict` hand their arguments to the pipelines as Beam options, so
+`adpredict predict ... --runner DataflowRunner` works as `python -m pipeline.predict` does.
+Errors a user can fix are printed as one line naming what to change, with exit code 2
+(3 when a run wrote everything but passed --max_error_rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+EXIT_USAGE = 2
+EXIT_ERROR_RATE = 3
+
+
+def run_reporting_errors(run, argv) -> int:
+    """Runs `run(argv)`; turns the errors a user can act on into a message and exit code."""
+    from pipeline.options import OptionsError
+    from pipeline.predict import ErrorRateExceeded
+    from pipeline.records import InputError
+    from transforms.model_contract import ModelDirectoryError
+    from transforms.schema import SchemaError
+
+    try:
+        run(argv)
+    except ErrorRateExceeded as e:
+        print(f"adpredict: run failed: {e}", file=sys.stderr)
+        return EXIT_ERROR_RATE
+    except (OptionsError, InputError, ModelDirectoryError, SchemaError, FileNotFoundError) as e:
+        print(f"adpredict: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _generate(args) -> int:
+    from sampledata.generate import generate_file
+
+    count = generate_file(args.output, args.records, seed=args.seed, fmt=args.format, schema=args.schema)
+    print(f"wrote {count} records to {args.output}")
+    return 0
+
+
+def _train(args) -> int:
+    from trainer.train import train_and_export
+    from transforms.schema import load_schema
+
+    def run(_):
+        metrics = train_and_export(
+            args.transform_dir,
+            load_schema(args.schema),
+            args.model_dir,
+            epochs=args.epochs,
+            seed=args.seed,
+            compare_blank_image=not args.skip_blank_image_baseline,
+            batch_size=args.batch_size,
+        )
+        print(f"exported model to {args.model_dir}; metrics: {metrics}")
+
+    return run_reporting_errors(run, None)
+
+
+def _demo(args) -> int:
+    from pipeline.demo import run_demo
+
+    return run_reporting_errors(lambda _: run_demo(args.work_dir, args.records, args.seed), None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adpredict", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="Write synthetic ad records with a planted signal.")
+    generate.add_argument("--output", required=True, help="File to write (.jsonl or .csv).")
+    generate.add_argument("--records", type=int, required=True, help="How many records.")
+    generate.add_argument("--seed", type=int, default=0, help="Random seed (same seed, same file).")
+    generate.add_argument("--format", choices=("jsonl", "csv"), default=None, help="Default: from --output.")
+    generate.add_argument("--schema", default="ads", help="Schema file or built-in name (ads, criteo).")
+    generate.set_defaults(handler=_generate)
+
+    for name, module in (("analyze", "pipeline.analyze"), ("predict", "pipeline.predict")):
+        sub = commands.add_parser(
+            name,
+            help=f"Run the {name} pipeline (all Beam options accepted; see --help).",
+            add_help=False,
+        )
+        sub.set_defaults(pipeline_module=module)
+
+    train = commands.add_parser("train", help="Train on analyze's output and export the model directory.")
+    train.add_argument("--transform_dir", required=True, help="The --output_dir of `adpredict analyze`.")
+    train.add_argument("--model_dir", required=True, help="Where to export the model directory.")
+    train.add_argument("--schema", default="ads", help="Schema file or built-in name used by analyze.")
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch_size", type=int, default=None, help="Default predict batch size to record.")
+    train.add_argument(
+        "--skip_blank_image_baseline",
+        action="store_true",
+        help="Do not train the blanked-image model used to measure the image tower's gain.",
+    )
+    train.set_defaults(handler=_train)
+
+    demo = commands.add_parser("demo", help="Generate -> analyze -> train -> export -> predict, locally.")
+    demo.add_argument(
+        "--work_dir", required=True, help="Directory for data/, transform/, model/, predictions/."
+    )
+    demo.add_argument("--records", type=int, default=5000, help="Training records to generate.")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("analyze", "predict"):
+        import importlib
+
+        module = importlib.import_module(f"pipeline.{argv[0]}")
+        return module.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    if getattr(args, "handler", None) is _generate and args.format is None:
+        args.format = "csv" if args.output.endswith((".csv", ".csv.gz")) else "jsonl"
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

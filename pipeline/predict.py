@@ -1,0 +1,158 @@
+"""The `predict` pipeline: batch prediction with an all-in-one SavedModel.
+
+    ReadAdRecords -> RunInference -> WritePredictions
+          \\______________\\_______-> WriteErrors
+
+Reads JSONL/CSV files into Arrow blocks, validates them against the description inside
+the model directory, scores them in batches with the model loaded once per worker
+process, and writes `prediction.results-*`, `errors-*`, `prediction.errors_stats`, then
+`run.json` and `_SUCCESS`. Every record read ends as exactly one prediction or one error.
+
+Run it as `python -m pipeline.predict --model_dir M --input 'in/*.jsonl' --output_dir OUT`
+with any Beam options (e.g. `--runner DataflowRunner --project ...`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import METRICS_NAMESPACE
+from pipeline import options as opts
+from pipeline.inference import RunInferenceFn
+from pipeline.manifest import RUN_MANIFEST, SUCCESS_MARKER, model_fingerprint, versions, write_manifest
+from pipeline.records import BLOCKS, ERRORS, ReadAdRecords, check_inputs
+from pipeline.sinks import ERRORS_PREFIX, ERRORS_STATS, PREDICTIONS_PREFIX, WriteErrors, WritePredictions
+from pipeline.sources import RecordLayout
+from transforms.model_contract import ModelDescription
+
+SCORED = "scored"
+
+
+class ErrorRateExceeded(RuntimeError):
+    """More records failed than --max_error_rate allows (everything was still written)."""
+
+
+def build_predict(
+    pipeline,
+    model_dir: str,
+    description: ModelDescription,
+    patterns: list[str],
+    output_dir: str,
+    input_format: str | None = None,
+    batch_size: int | None = None,
+    shared_handle=None,
+) -> dict:
+    """Builds the graph; returns the `scored` blocks and `errors` PCollections."""
+    layout = RecordLayout(description.inputs, description.key_field, description.key_type)
+    records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, layout, input_format)
+    inference = records[BLOCKS] | "RunInference" >> beam.ParDo(
+        RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle)
+    ).with_outputs(RunInferenceFn.ERRORS, main=SCORED)
+    errors = (records[ERRORS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
+    _ = inference[SCORED] | "WritePredictions" >> WritePredictions(
+        output_dir, [o.name for o in description.outputs]
+    )
+    _ = errors | "WriteErrors" >> WriteErrors(output_dir)
+    return {SCORED: inference[SCORED], ERRORS: errors}
+
+
+def clear_previous_outputs(output_dir: str) -> None:
+    """Removes a previous run's files first (the marker first), so no stale shard survives."""
+    for name in (SUCCESS_MARKER, RUN_MANIFEST, ERRORS_STATS, f"{PREDICTIONS_PREFIX}-*", f"{ERRORS_PREFIX}-*"):
+        matched = FileSystems.match([FileSystems.join(output_dir, name)])[0].metadata_list
+        if matched:
+            FileSystems.delete([m.path for m in matched])
+
+
+def counters(result) -> dict[str, int]:
+    """adpredict's Beam counters, summed over steps (committed where the runner has them)."""
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Parses options, runs the pipeline, writes run.json and _SUCCESS; returns the manifest."""
+    options = PipelineOptions(argv)
+    opts.validate_predict(options)
+    io = options.view_as(opts.RecordIOOptions)
+    predict = options.view_as(opts.PredictOptions)
+    description = ModelDescription.read(predict.model_dir)
+    files = check_inputs(io.input, io.input_format)
+    if not FileSystems.exists(io.output_dir):
+        FileSystems.mkdirs(io.output_dir)
+    clear_previous_outputs(io.output_dir)
+
+    started = time.time()
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build_predict(
+        pipeline, predict.model_dir, description, io.input, io.output_dir, io.input_format, predict.batch_size
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    finished = time.time()
+
+    counts = counters(result)
+    read = counts.get("records_read", 0)
+    predicted = counts.get("predictions_written", 0)
+    errors = counts.get("errors_written", 0)
+    error_rate = errors / read if read else 0.0
+    within_threshold = error_rate <= predict.max_error_rate
+    manifest = {
+        "status": "succeeded" if within_threshold else "failed: error rate above --max_error_rate",
+        "inputs": {"patterns": io.input, "files": files, "format": io.input_format or "from file names"},
+        "model": {"dir": predict.model_dir, "fingerprint": model_fingerprint(predict.model_dir)},
+        "output_dir": io.output_dir,
+        "counts": {
+            "read": read,
+            "predictions": predicted,
+            "errors": errors,
+            "error_rate": round(error_rate, 6),
+            "model_loads": counts.get("model_loads", 0),
+            "model_batches": counts.get("model_batches", 0),
+        },
+        "max_error_rate": predict.max_error_rate,
+        "batch_size": predict.batch_size or description.batch_size,
+        "timings": {
+            "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
+            "finished": datetime.datetime.fromtimestamp(finished, datetime.UTC).isoformat(),
+            "seconds": round(finished - started, 3),
+        },
+        "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        "versions": versions(),
+    }
+    if read != predicted + errors:
+        manifest["status"] = "failed: records lost"
+        write_manifest(io.output_dir, manifest, success=False)
+        raise AssertionError(f"records read ({read}) != predictions ({predicted}) + errors ({errors})")
+    write_manifest(io.output_dir, manifest, success=within_threshold)
+    if not within_threshold:
+        raise ErrorRateExceeded(
+            f"{errors} of {read} records failed ({error_rate:.2%}), above --max_error_rate "
+            f"{predict.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
+        )
+    return manifest
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if opts.print_help_if_asked(argv, "adpredict predict", __doc__.split("\n\n")[0], [opts.PredictOptions]):
+        return 0
+    logging.getLogger().setLevel(logging.INFO)
+    from pipeline.cli import run_reporting_errors
+
+    return run_reporting_errors(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

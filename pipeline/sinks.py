@@ -1,0 +1,136 @@
+"""Writing predictions, error records and the error summary.
+
+Predictions go to `prediction.results-SSSSS-of-NNNNN` (the shard naming of Cloud ML Engine
+and Vertex AI batch prediction), one JSON line per input record; errors to
+`errors-SSSSS-of-NNNNN`; a per-error-kind count to `prediction.errors_stats`. Each
+element written is a whole block of lines, so the writer does one call per block.
+"""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import METRICS_NAMESPACE
+from pipeline.inference import ScoredBlock
+
+PREDICTIONS_PREFIX = "prediction.results"
+ERRORS_PREFIX = "errors"
+ERRORS_STATS = "prediction.errors_stats"
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+
+
+def format_predictions(scored: ScoredBlock, output_names: list[str]) -> str:
+    """One JSON line per record: {"key": ..., "prediction": {name: value, ...}}."""
+    columns = [(name, _json_values(scored.outputs[name])) for name in output_names]
+    keys = [json.dumps(key) for key in scored.keys]
+    lines = []
+    for row, key in enumerate(keys):
+        fields = ", ".join(f'"{name}": {values[row]}' for name, values in columns)
+        lines.append(f'{{"key": {key}, "prediction": {{{fields}}}}}')
+    return "\n".join(lines)
+
+
+def _json_values(array: np.ndarray) -> list[str]:
+    """JSON text of each row of a model output (a number, or a list for vector outputs)."""
+    if array.ndim == 1:
+        if array.dtype.kind == "f":
+            return [repr(float(v)) if np.isfinite(v) else "null" for v in array.tolist()]
+        if array.dtype.kind in "iub":
+            return [str(v) for v in array.tolist()]
+        return [json.dumps(v.decode() if isinstance(v, bytes) else v) for v in array.tolist()]
+    return [json.dumps(v) for v in array.tolist()]
+
+
+class _FormatPredictionsFn(beam.DoFn):
+    def __init__(self, output_names: list[str]):
+        self._output_names = output_names
+        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "predictions_written")
+
+    def process(self, scored: ScoredBlock):
+        self._written.inc(len(scored))
+        yield format_predictions(scored, self._output_names)
+
+
+class WritePredictions(beam.PTransform):
+    """ScoredBlocks -> sharded JSONL prediction files under `output_dir`."""
+
+    def __init__(self, output_dir: str, output_names: list[str]):
+        super().__init__()
+        self._output_dir = output_dir
+        self._output_names = output_names
+
+    def expand(self, scored):
+        return (
+            scored
+            | "FormatPredictions" >> beam.ParDo(_FormatPredictionsFn(self._output_names))
+            | "WritePredictionFiles"
+            >> beam.io.WriteToText(
+                FileSystems.join(self._output_dir, PREDICTIONS_PREFIX),
+                shard_name_template=SHARD_TEMPLATE,
+            )
+        )
+
+
+class _CountErrorsFn(beam.CombineFn):
+    """Counts error records per (code, field), keeping one example message each."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, error):
+        kind = (error["error"]["code"], error["error"]["field"])
+        count, example = accumulator.get(kind, (0, error["error"]["message"]))
+        accumulator[kind] = (count + 1, example)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for kind, (count, example) in accumulator.items():
+                merged[kind] = (merged.get(kind, (0, example))[0] + count, example)
+        return merged
+
+    def extract_output(self, accumulator):
+        rows = [
+            {"code": code, "field": field, "count": count, "example_message": example}
+            for (code, field), (count, example) in accumulator.items()
+        ]
+        rows.sort(key=lambda row: (-row["count"], row["code"], row["field"] or ""))
+        return json.dumps({"errors": sum(r["count"] for r in rows), "by_kind": rows}, indent=2)
+
+
+class WriteErrors(beam.PTransform):
+    """Error records -> sharded JSONL error files plus `prediction.errors_stats`."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, errors):
+        written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "errors_written")
+
+        def to_json(error):
+            written.inc()
+            return json.dumps(error)
+
+        files = (
+            errors
+            | "FormatErrors" >> beam.Map(to_json)
+            | "WriteErrorFiles"
+            >> beam.io.WriteToText(
+                FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=SHARD_TEMPLATE
+            )
+        )
+        stats = (
+            errors
+            | "CountErrorKinds" >> beam.CombineGlobally(_CountErrorsFn())
+            | "WriteErrorStats"
+            >> beam.io.WriteToText(
+                FileSystems.join(self._output_dir, ERRORS_STATS), shard_name_template="", num_shards=1
+            )
+        )
+        return files, stats

@@ -1,0 +1,1 @@
+"""Deterministic synthetic ad records, generated from a schema file."""

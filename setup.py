@@ -1,0 +1,31 @@
+"""Installs adpredict's packages; Dataflow workers install the job's code from this file.
+
+`run_dataflow.sh` passes `--setup_file ./setup.py`, so each worker runs
+`pip install .` and gets `pipeline`, `transforms`, `trainer` and `sampledata` with the
+same pinned stack as the launcher (see requirements.lock for the fully pinned set).
+"""
+
+import setuptools
+
+STACK = [
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "tfx-bsl==1.21.0",
+    "apache-beam[gcp]==2.77.0",
+    "pyarrow",
+    "numpy",
+    "pyyaml",
+    "pillow",
+]
+
+setuptools.setup(
+    name="adpredict",
+    version="0.1.0",
+    description="Batch prediction for ad records with an all-in-one tf.Transform + Keras SavedModel on Apache Beam.",
+    python_requires=">=3.10,<3.13",
+    packages=setuptools.find_packages(include=["pipeline*", "transforms*", "trainer*", "sampledata*"]),
+    package_data={"transforms": ["schemas/*.yaml"]},
+    install_requires=STACK,
+    extras_require={"dev": ["pytest", "ruff", "pyinstrument"]},
+    entry_points={"console_scripts": ["adpredict = pipeline.cli:main"]},
+)

@@ -1,0 +1,177 @@
+"""The predict pipeline with a real exported model: outputs, bad input, counts invariant."""
+
+import base64
+import glob
+import json
+import os
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import cli, predict
+from transforms.model_contract import ModelDescription
+
+GOOD = {"age": 30, "gender": "female", "media": "Twitter", "interests": ["sports"], "bid": 2.0, "hour": 20}
+
+
+def good_record(key, image, **changes):
+    return json.dumps({"id": key, **GOOD, "image": image, **changes})
+
+
+@pytest.fixture(scope="module")
+def sample_image(trained_ads):
+    with open(trained_ads["data"]) as f:
+        return json.loads(f.readline())["image"]
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path, sample_image):
+    """One JSONL and one CSV file with every kind of bad record, plus an empty file."""
+    corrupt_jpeg = base64.b64encode(base64.b64decode(sample_image)[:40]).decode()  # header, then cut
+    lines = [
+        good_record("ok-1", sample_image),
+        good_record("unknown-media", sample_image, media="MySpace"),
+        good_record("no-gender", sample_image, gender=None),
+        good_record("age-old", sample_image, age="old"),
+        '{"id": "broken", "age": 3',
+        good_record("not-image", base64.b64encode(b"plain text").decode()),
+        good_record("corrupt-image", corrupt_jpeg),
+        good_record("ok-2", sample_image, bid=None, interests=[]),
+    ]
+    jsonl = tmp_path / "in" / "records.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text("\n".join(lines) + "\n")
+    header = "id,age,gender,media,interests,bid,hour,image\n"
+    (tmp_path / "in" / "records.csv").write_text(
+        header + f"c-1,30,male,Instagram,sports|music,,9,{sample_image}\nc-short,30,male\n"
+    )
+    (tmp_path / "in" / "empty.jsonl").write_text("")
+    return tmp_path
+
+
+EXPECTED_ERRORS = {
+    "no-gender": ("missing_field", "gender"),
+    "age-old": ("wrong_type", "age"),
+    None: ("malformed_record", None),
+    "not-image": ("invalid_image", "image"),
+    "corrupt-image": ("inference_failed", None),
+}
+EXPECTED_SCORED = ["ok-1", "unknown-media", "ok-2", "c-1"]
+
+
+def test_pipeline_outputs_with_test_pipeline(trained_ads, bad_inputs):
+    model_dir = trained_ads["model"]
+    description = ModelDescription.read(model_dir)
+    pattern = str(bad_inputs / "in" / "*")
+    with TestPipeline() as p:
+        outputs = predict.build_predict(
+            p, model_dir, description, [pattern], str(bad_inputs / "out"), batch_size=4
+        )
+        keys = outputs[predict.SCORED] | beam.FlatMap(lambda scored: scored.keys)
+        assert_that(keys, equal_to(EXPECTED_SCORED), label="CheckScoredKeys")
+        error_kinds = outputs["errors"] | beam.Map(
+            lambda e: (e["key"], e["error"]["code"], e["error"]["field"])
+        )
+        expected = [(k, code, field) for k, (code, field) in EXPECTED_ERRORS.items()] + [
+            (None, "malformed_record", None)  # the short CSV row has no key it can be sure of
+        ]
+        assert_that(error_kinds, equal_to(expected), label="CheckErrors")
+
+
+def test_run_writes_predictions_errors_manifest_and_success(trained_ads, bad_inputs):
+    out = bad_inputs / "out"
+    manifest = predict.run(
+        [
+            "--model_dir",
+            trained_ads["model"],
+            "--input",
+            str(bad_inputs / "in" / "*"),
+            "--output_dir",
+            str(out),
+        ]
+    )
+    counts = manifest["counts"]
+    assert counts["read"] == 10
+    assert counts["read"] == counts["predictions"] + counts["errors"]
+    assert (counts["predictions"], counts["errors"]) == (4, 6)
+    assert counts["model_loads"] == 1
+
+    predictions = [
+        json.loads(line) for path in glob.glob(str(out / "prediction.results-*-of-*")) for line in open(path)
+    ]
+    assert sorted(p["key"] for p in predictions) == sorted(EXPECTED_SCORED)
+    assert all(0.0 <= p["prediction"]["probability"] <= 1.0 for p in predictions)
+    errors = [json.loads(line) for path in glob.glob(str(out / "errors-*-of-*")) for line in open(path)]
+    assert len(errors) == 6
+    broken = next(e for e in errors if e["source"].endswith("records.jsonl:5"))
+    assert broken["instance"] == '{"id": "broken", "age": 3' and broken["error"]["code"] == "malformed_record"
+    short = next(e for e in errors if e["source"].endswith("records.csv:3"))
+    assert "expected 8 columns" in short["error"]["message"]
+    stats = json.loads((out / "prediction.errors_stats").read_text())
+    assert stats["errors"] == 6 and {"code": "malformed_record", "field": None} in [
+        {"code": r["code"], "field": r["field"]} for r in stats["by_kind"]
+    ]
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["status"] == "succeeded" and run_json["model"]["fingerprint"]
+    assert os.path.exists(out / "_SUCCESS")
+
+
+def test_error_rate_threshold_fails_after_writing_everything(trained_ads, bad_inputs, capsys):
+    out = bad_inputs / "strict"
+    code = cli.main(
+        ["predict", "--model_dir", trained_ads["model"], "--input", str(bad_inputs / "in" / "*.jsonl"),
+         "--output_dir", str(out), "--max_error_rate", "0.1"]
+    )  # fmt: skip
+    assert code == cli.EXIT_ERROR_RATE
+    assert "above --max_error_rate" in capsys.readouterr().err
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"].startswith("failed") and manifest["counts"]["errors"] == 5
+    assert glob.glob(str(out / "prediction.results-*")) and not os.path.exists(out / "_SUCCESS")
+
+
+def test_glob_matching_nothing_is_a_clear_error(trained_ads, tmp_path, capsys):
+    pattern = str(tmp_path / "nothing-here-*.jsonl")
+    code = cli.main(
+        ["predict", "--model_dir", trained_ads["model"], "--input", pattern, "--output_dir", str(tmp_path)]
+    )
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert pattern in err and "matches no file" in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_saved_model"])
+def test_bad_model_directory_is_a_clear_error(kind, trained_ads, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    if kind == "not_saved_model":
+        model_dir.mkdir()
+        (model_dir / "weights.h5").write_text("not a model")
+    code = cli.main(
+        [
+            "predict",
+            "--model_dir",
+            str(model_dir),
+            "--input",
+            trained_ads["data"],
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert str(model_dir) in err
+    assert ("does not exist" if kind == "missing" else "is not a SavedModel") in err
+
+
+def test_rerun_replaces_previous_outputs(trained_ads, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / "prediction.results-00003-of-00004"
+    stale.write_text("stale\n")
+    predict.run(
+        ["--model_dir", trained_ads["model"], "--input", trained_ads["data"], "--output_dir", str(out)]
+    )
+    assert not stale.exists()
+    lines = sum(1 for path in glob.glob(str(out / "prediction.results-*")) for _ in open(path))
+    assert lines == 600

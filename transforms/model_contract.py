@@ -1,0 +1,154 @@
+"""The model directory contract: what `predict` needs to know, stored inside the model.
+
+An exported model directory is a standard TF2 SavedModel plus
+`assets.extra/adpredict_model.json`, which describes the raw inputs of the
+`serving_default` signature (name, type, required, missing value, valid range), its
+outputs, and which record field is the key. `predict` reads only this file and the
+SavedModel, so it scores any model that follows the contract, not just ours.
+This module imports nothing heavier than the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+FORMAT_VERSION = 1
+DESCRIPTION_PATH = os.path.join("assets.extra", "adpredict_model.json")
+RAW_SIGNATURE = "serving_default"
+EXAMPLE_SIGNATURE = "serving_tf_example"
+
+
+class ModelDirectoryError(ValueError):
+    """The model directory is missing or does not follow the contract."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InputField:
+    """One raw input of `serving_default` (and one field of an input record)."""
+
+    name: str
+    type: str  # int | float | string | string_list | image
+    required: bool = True
+    default: Any = None  # value an absent optional int takes before the model
+    range: tuple[float, float] | None = None
+    separator: str = "|"  # joins a string_list inside one CSV cell
+
+    @property
+    def fill_value(self) -> Any:
+        """Marker an absent optional value carries into the model (see schema.Feature)."""
+        if self.type == "float":
+            return math.nan
+        if self.type in ("string", "image"):
+            return ""
+        if self.type == "string_list":
+            return []
+        return self.default
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputField:
+    name: str
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDescription:
+    inputs: tuple[InputField, ...]
+    outputs: tuple[OutputField, ...]
+    key_field: str | None  # None: the key is the record's position "<file>:<line>"
+    key_type: str = "string"
+    label: str | None = None
+    schema_name: str = ""
+    batch_size: int = 256  # default rows per model call, chosen at export
+
+    def to_json(self) -> str:
+        doc = dataclasses.asdict(self)
+        doc["format_version"] = FORMAT_VERSION
+        doc["signatures"] = {"raw": RAW_SIGNATURE, "tf_example": EXAMPLE_SIGNATURE}
+        return json.dumps(doc, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "<description>") -> ModelDescription:
+        try:
+            doc = json.loads(text)
+            if doc.get("format_version") != FORMAT_VERSION:
+                raise ModelDirectoryError(
+                    f"{where}: format_version {doc.get('format_version')!r} is not "
+                    f"{FORMAT_VERSION}; re-export the model with this adpredict version"
+                )
+            inputs = tuple(
+                InputField(**{**i, "range": tuple(i["range"]) if i.get("range") else None})
+                for i in doc["inputs"]
+            )
+            outputs = tuple(OutputField(**o) for o in doc["outputs"])
+            return cls(
+                inputs=inputs,
+                outputs=outputs,
+                key_field=doc.get("key_field"),
+                key_type=doc.get("key_type", "string"),
+                label=doc.get("label"),
+                schema_name=doc.get("schema_name", ""),
+                batch_size=int(doc.get("batch_size", 256)),
+            )
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ModelDirectoryError(f"{where}: not a valid model description: {e!r}") from None
+
+    def write(self, model_dir: str) -> str:
+        from apache_beam.io.filesystems import FileSystems
+
+        path = FileSystems.join(model_dir, DESCRIPTION_PATH)
+        with FileSystems.create(path) as f:
+            f.write(self.to_json().encode("utf-8"))
+        return path
+
+    @classmethod
+    def read(cls, model_dir: str) -> ModelDescription:
+        """Reads the description, with errors that say what is wrong with the directory."""
+        from apache_beam.io.filesystems import FileSystems
+
+        if not FileSystems.exists(model_dir):
+            raise ModelDirectoryError(f"model directory {model_dir!r} does not exist")
+        if not any(
+            FileSystems.exists(FileSystems.join(model_dir, name))
+            for name in ("saved_model.pb", "saved_model.pbtxt")
+        ):
+            raise ModelDirectoryError(
+                f"{model_dir!r} is not a SavedModel (no saved_model.pb); give the directory "
+                "that `adpredict train` exported (e.g. WORK_DIR/model)"
+            )
+        path = FileSystems.join(model_dir, DESCRIPTION_PATH)
+        if not FileSystems.exists(path):
+            raise ModelDirectoryError(
+                f"{model_dir!r} is a SavedModel without {DESCRIPTION_PATH}, which tells "
+                "predict its raw inputs; export it with `adpredict train` or write that file"
+            )
+        with FileSystems.open(path) as f:
+            return cls.from_json(f.read().decode("utf-8"), where=path)
+
+
+def description_from_schema(schema, outputs=("probability",), batch_size=256) -> ModelDescription:
+    """The description of a model exported from `schema` (a transforms.schema.Schema)."""
+    inputs = tuple(
+        InputField(
+            name=f.name,
+            type=f.type,
+            required=f.required,
+            default=f.default if f.type == "int" else None,
+            range=f.range,
+            separator=f.separator,
+        )
+        for f in schema.features
+    )
+    return ModelDescription(
+        inputs=inputs,
+        outputs=tuple(OutputField(name) for name in outputs),
+        key_field=schema.key_field,
+        key_type=schema.key_type,
+        label=schema.label,
+        schema_name=schema.name,
+        batch_size=batch_size,
+    )

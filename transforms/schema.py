@@ -1,0 +1,268 @@
+"""The schema file: the single place where the facts about a dataset's features live.
+
+A schema file (YAML) declares each raw feature once: its type, how it is encoded, whether
+it is required and what to do when it is missing. The tf.Transform feature spec, the
+`preprocessing_fn`, record validation, the model description and the sample-data
+generator are all derived from it, so a user with another dataset writes a schema file,
+not code. `load_schema` checks the file itself and reports mistakes with the feature name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import yaml
+
+# Raw value types a record may carry.
+INT, FLOAT, STRING, STRING_LIST, IMAGE = "int", "float", "string", "string_list", "image"
+TYPES = (INT, FLOAT, STRING, STRING_LIST, IMAGE)
+
+# Encodings, and which raw types each applies to.
+ENCODINGS = {
+    "z_score": (INT, FLOAT),
+    "min_max": (INT, FLOAT),
+    "bucketize": (INT, FLOAT),
+    "one_hot": (INT, STRING),  # INT: over the declared range; STRING: vocabulary + OOV
+    "multi_hot": (STRING_LIST,),
+    "image": (IMAGE,),
+    "passthrough": (INT, FLOAT),
+}
+
+# Suffix of the 0/1 feature that an `indicator: true` missing rule adds.
+MISSING_SUFFIX = "_is_missing"
+
+BUILTIN_SCHEMAS = ("ads", "criteo")
+
+
+class SchemaError(ValueError):
+    """The schema file itself is wrong; the message names the file and the feature."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSpec:
+    height: int
+    width: int
+    channels: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One raw feature and its encoding."""
+
+    name: str
+    type: str
+    encoding: str
+    required: bool = True
+    default: Any = None  # value used when an optional feature is missing
+    indicator: bool = False  # add a `<name>_is_missing` 0/1 feature
+    range: tuple[float, float] | None = None  # inclusive bounds; outside -> error record
+    boundaries: tuple[float, ...] | None = None  # bucketize with fixed boundaries
+    num_buckets: int | None = None  # bucketize on quantiles computed by tf.Transform
+    top_k: int = 100  # vocabulary size kept for one_hot / multi_hot
+    oov_buckets: int = 1
+    separator: str = "|"  # how a string_list is written in one CSV cell
+    image: ImageSpec | None = None
+    sample: dict = dataclasses.field(default_factory=dict)  # sample-data generator hints
+
+    @property
+    def width(self) -> int:
+        """Length of the encoded vector (1 for scalars, H*W*C is not used for images)."""
+        if self.encoding == "bucketize":
+            return (len(self.boundaries) + 1) if self.boundaries else self.num_buckets
+        if self.encoding == "one_hot" and self.type == INT:
+            return int(self.range[1] - self.range[0] + 1)
+        if self.encoding in ("one_hot", "multi_hot"):
+            return self.top_k + self.oov_buckets
+        return 1
+
+    @property
+    def vocabulary_name(self) -> str:
+        """Name of the vocabulary file tf.Transform writes for this feature."""
+        return self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    name: str
+    features: tuple[Feature, ...]
+    label: str | None
+    key_field: str | None  # None: the key is the record's position "<file>:<line>"
+    key_type: str = STRING
+    label_sample: dict = dataclasses.field(default_factory=dict)
+    path: str = ""
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def raw_feature_spec(self, with_label: bool = True) -> dict:
+        """tf.Transform raw feature spec: dense scalars, VarLen string lists."""
+        import tensorflow as tf
+
+        dtypes = {INT: tf.int64, FLOAT: tf.float32, STRING: tf.string, IMAGE: tf.string}
+        spec = {}
+        for f in self.features:
+            if f.type == STRING_LIST:
+                spec[f.name] = tf.io.VarLenFeature(tf.string)
+            else:
+                spec[f.name] = tf.io.FixedLenFeature([], dtypes[f.type])
+        if with_label and self.label:
+            spec[self.label] = tf.io.FixedLenFeature([], tf.int64)
+        return spec
+
+
+def builtin_schema_path(name: str) -> str:
+    """Path of a schema file shipped with the package (`ads` or `criteo`)."""
+    return os.path.join(os.path.dirname(__file__), "schemas", f"{name}.yaml")
+
+
+def resolve_schema_path(name_or_path: str) -> str:
+    if name_or_path in BUILTIN_SCHEMAS:
+        return builtin_schema_path(name_or_path)
+    return name_or_path
+
+
+def load_schema(name_or_path: str = "ads") -> Schema:
+    """Loads and checks a schema file; `name_or_path` is a built-in name or a file path."""
+    path = resolve_schema_path(name_or_path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise SchemaError(
+            f"schema file {path!r} does not exist; give a YAML file or one of {', '.join(BUILTIN_SCHEMAS)}"
+        ) from None
+    except yaml.YAMLError as e:
+        raise SchemaError(f"{path}: not valid YAML: {e}") from None
+    return parse_schema(doc, path)
+
+
+def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
+    if not isinstance(doc, dict) or "features" not in doc:
+        raise SchemaError(f"{path}: expected a mapping with a 'features' list")
+    raw_features = doc["features"]
+    if not isinstance(raw_features, list) or not raw_features:
+        raise SchemaError(f"{path}: 'features' must be a non-empty list")
+    features = tuple(_parse_feature(item, path) for item in raw_features)
+    names = [f.name for f in features]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SchemaError(f"{path}: features declared twice: {', '.join(duplicates)}")
+
+    key = doc.get("key") or {}
+    if "field" in key:
+        key_field, key_type = key["field"], key.get("type", STRING)
+        if key_type not in (STRING, INT):
+            raise SchemaError(f"{path}: key type must be string or int, got {key_type!r}")
+    elif key.get("from") == "line":
+        key_field, key_type = None, STRING
+    else:
+        raise SchemaError(
+            f"{path}: 'key' must be {{field: <name>}} or {{from: line}} (the record's position <file>:<line>)"
+        )
+    label = doc.get("label") or {}
+    label_name = label.get("field")
+    reserved = {key_field, label_name} & set(names)
+    if reserved:
+        raise SchemaError(f"{path}: {sorted(reserved)} is the key or label, not a feature")
+    return Schema(
+        name=str(doc.get("name") or os.path.splitext(os.path.basename(path))[0]),
+        features=features,
+        label=label_name,
+        key_field=key_field,
+        key_type=key_type,
+        label_sample=label.get("sample", {}),
+        path=path,
+    )
+
+
+def _parse_feature(item: Any, path: str) -> Feature:
+    if not isinstance(item, dict) or "name" not in item:
+        raise SchemaError(f"{path}: each feature needs a 'name': {item!r}")
+    name = item["name"]
+    where = f"{path}: feature {name!r}"
+    known = {f.name for f in dataclasses.fields(Feature)} | {"missing", "height", "width", "channels"}
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise SchemaError(f"{where}: unknown keys {unknown}")
+    ftype = item.get("type")
+    if ftype not in TYPES:
+        raise SchemaError(f"{where}: type must be one of {TYPES}, got {ftype!r}")
+    encoding = item.get("encoding")
+    if encoding not in ENCODINGS:
+        raise SchemaError(f"{where}: encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+    if ftype not in ENCODINGS[encoding]:
+        raise SchemaError(f"{where}: encoding {encoding!r} does not apply to type {ftype!r}")
+
+    kwargs: dict[str, Any] = {"name": name, "type": ftype, "encoding": encoding}
+    for key in ("top_k", "oov_buckets", "num_buckets"):
+        if key in item:
+            kwargs[key] = int(item[key])
+    if "separator" in item:
+        kwargs["separator"] = str(item["separator"])
+    if "sample" in item:
+        kwargs["sample"] = dict(item["sample"])
+    if "range" in item:
+        lo, hi = item["range"]
+        if lo > hi:
+            raise SchemaError(f"{where}: range [{lo}, {hi}] is empty")
+        kwargs["range"] = (lo, hi)
+    if "boundaries" in item:
+        b = tuple(float(x) for x in item["boundaries"])
+        if list(b) != sorted(b) or not b:
+            raise SchemaError(f"{where}: boundaries must be a non-empty increasing list")
+        kwargs["boundaries"] = b
+    if encoding == "bucketize" and not ("boundaries" in kwargs) ^ ("num_buckets" in kwargs):
+        raise SchemaError(f"{where}: bucketize needs exactly one of boundaries or num_buckets")
+    if encoding == "one_hot" and ftype == INT and "range" not in kwargs:
+        raise SchemaError(f"{where}: one_hot of an int needs range: [min, max]")
+    if ftype == IMAGE:
+        try:
+            kwargs["image"] = ImageSpec(int(item["height"]), int(item["width"]), int(item.get("channels", 3)))
+        except KeyError as e:
+            raise SchemaError(f"{where}: images need height and width ({e} missing)") from None
+        if kwargs["image"].channels not in (1, 3):
+            raise SchemaError(f"{where}: channels must be 1 or 3")
+
+    missing = item.get("missing")
+    kwargs["required"] = bool(item.get("required", missing is None))
+    if missing is not None:
+        if kwargs["required"]:
+            raise SchemaError(f"{where}: a required feature cannot have a missing rule")
+        if not isinstance(missing, dict) or not ({"default", "indicator"} >= set(missing)):
+            raise SchemaError(f"{where}: missing must be {{default: <value>, indicator: true|false}}")
+        kwargs["indicator"] = bool(missing.get("indicator", False))
+        kwargs["default"] = _check_default(missing.get("default"), ftype, where)
+        if ftype == INT and kwargs["indicator"]:
+            raise SchemaError(
+                f"{where}: an int has no missing marker inside the model; declare it "
+                "type: float to get an is-missing indicator"
+            )
+    elif not kwargs["required"]:
+        kwargs["default"] = _check_default(None, ftype, where)
+    return Feature(**kwargs)
+
+
+def _check_default(value: Any, ftype: str, where: str) -> Any:
+    if ftype == STRING_LIST:
+        if value not in (None, []):
+            raise SchemaError(f"{where}: a missing string_list is the empty list")
+        return []
+    if ftype == IMAGE:
+        if value is not None:
+            raise SchemaError(f"{where}: a missing image is all zeros; give no default")
+        return None
+    if value is None:
+        return {INT: 0, FLOAT: 0.0, STRING: "__missing__"}[ftype]
+    expected = {INT: int, FLOAT: (int, float), STRING: str}[ftype]
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise SchemaError(f"{where}: default {value!r} is not a {ftype}")
+    return float(value) if ftype == FLOAT else value
