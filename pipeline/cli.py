@@ -45,7 +45,9 @@ def run_reporting_errors(run, argv) -> int:
 def _generate(args) -> int:
     from sampledata.generate import generate_file
 
-    count = generate_file(args.output, args.records, seed=args.seed, fmt=args.format, schema=args.schema)
+    count = generate_file(
+        args.output, args.records, seed=args.seed, fmt=args.format, schema=args.schema, first_id=args.first_id
+    )
     print(f"wrote {count} records to {args.output}")
     return 0
 
@@ -85,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="Random seed (same seed, same file).")
     generate.add_argument("--format", choices=("jsonl", "csv"), default=None, help="Default: from --output.")
     generate.add_argument("--schema", default="ads", help="Schema file or built-in name (ads, criteo).")
+    generate.add_argument(
+        "--first_id", type=int, default=0, help="Keys are ad-<first_id>, ad-<first_id+1>, ..."
+    )
     generate.set_defaults(handler=_generate)
 
     for name, module in (("analyze", "pipeline.analyze"), ("predict", "pipeline.predict")):

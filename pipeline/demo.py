@@ -29,12 +29,13 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
 
     _step("generate", f"{records} training records and {records // 2} records to score")
     generate_file(os.path.join(data_dir, "train.jsonl"), records, seed=seed)
-    for fmt, score_seed in SCORE_SEEDS.items():
+    for index, (fmt, score_seed) in enumerate(SCORE_SEEDS.items()):
         generate_file(
             os.path.join(data_dir, f"score.{fmt}"),
             records // 4,
             seed=score_seed + seed,
             fmt=fmt,
+            first_id=records + index * (records // 4),  # keys unique across all demo files
         )
 
     _step("analyze", "tf.Transform AnalyzeDataset + TransformDataset (Beam DirectRunner)")

@@ -25,17 +25,17 @@ from transforms.schema import FLOAT, IMAGE, INT, STRING, STRING_LIST, Feature, S
 FORMATS = ("jsonl", "csv")
 
 
-def generate_records(schema: Schema, num_records: int, seed: int = 0) -> Iterator[dict]:
-    """Yields `num_records` raw records (JSON-like dicts) with a `_logit` entry removed.
+def generate_records(schema: Schema, num_records: int, seed: int = 0, first_id: int = 0) -> Iterator[dict]:
+    """Yields `num_records` raw records (JSON-like dicts), keys from `ad-<first_id>` on.
 
     Missing optional values are left out of the record, as a real export would.
     """
-    for record, _ in generate_records_with_logits(schema, num_records, seed):
+    for record, _ in generate_records_with_logits(schema, num_records, seed, first_id):
         yield record
 
 
 def generate_records_with_logits(
-    schema: Schema, num_records: int, seed: int = 0
+    schema: Schema, num_records: int, seed: int = 0, first_id: int = 0
 ) -> Iterator[tuple[dict, dict]]:
     """Yields (record, {"tabular": logit part, "image": logit part}) pairs.
 
@@ -46,7 +46,7 @@ def generate_records_with_logits(
     for i in range(num_records):
         record: dict = {}
         if schema.key_field:
-            record[schema.key_field] = f"ad-{i}" if schema.key_type == "string" else i
+            record[schema.key_field] = f"ad-{first_id + i}" if schema.key_type == "string" else first_id + i
         parts = {"tabular": bias, "image": 0.0}
         for feature in schema.features:
             value, effect = _draw(feature, rng)
@@ -153,8 +153,8 @@ def _hue_to_rgb(hue: float) -> tuple[int, int, int]:
 
 
 def generate_file(
-    output: str, num_records: int, seed: int = 0, fmt: str = "jsonl", schema: str = "ads"
+    output: str, num_records: int, seed: int = 0, fmt: str = "jsonl", schema: str = "ads", first_id: int = 0
 ) -> int:
     """Generates `num_records` records into `output`; returns how many were written."""
     loaded = load_schema(schema)
-    return write_records(generate_records(loaded, num_records, seed), output, loaded, fmt)
+    return write_records(generate_records(loaded, num_records, seed, first_id), output, loaded, fmt)
