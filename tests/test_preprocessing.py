@@ -66,6 +66,8 @@ def image(colour):
 
 
 class PreprocessingTest(tft_unit.TransformTestCase):
+    test_session = None  # tf.test.TestCase's deprecated helper, not a test for pytest to collect
+
     def test_preprocessing_fn_values_and_vocabularies(self):
         layout = training_layout(SCHEMA)
         arrow_schema = layout.arrow_schema().append(pa.field(LINE_COLUMN, pa.int64()))
