@@ -15,7 +15,6 @@ with any Beam options (e.g. `--runner DataflowRunner`).
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import zlib
@@ -28,7 +27,7 @@ import pyarrow.compute as pc
 from pipeline import options as opts
 from pipeline.records import BLOCKS, ERRORS, ReadAdRecords, check_inputs
 from pipeline.sinks import WriteErrors
-from pipeline.sources import RecordBlock, RecordLayout
+from pipeline.sources import RecordBlock, RecordLayout, with_missing_marked
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
@@ -59,12 +58,9 @@ def to_tfxio_batch(block: RecordBlock, schema: Schema) -> pa.RecordBatch:
             column = pc.fill_null(column, pa.scalar([], pa.list_(pa.string())))
             columns.append(pc.cast(column, pa.list_(pa.binary())))
         else:
-            if field.type == "float":
-                values = pc.fill_null(pc.cast(column, pa.float32()), np.float32("nan"))
-            elif field.type == "int":
-                values = pc.fill_null(column, field.default or 0)
-            else:
-                values = pc.cast(pc.fill_null(column, ""), pa.binary())
+            values = with_missing_marked(column, field)
+            if field.type in ("string", "image"):
+                values = pc.cast(values, pa.binary())
             columns.append(pa.ListArray.from_arrays(single_offsets, values))
         names.append(name)
     return pa.RecordBatch.from_arrays(columns, names)
@@ -166,13 +162,9 @@ def run(argv=None, test_pipeline=None) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if opts.print_help_if_asked(argv, "adpredict analyze", __doc__.split("\n\n")[0], [opts.AnalyzeOptions]):
-        return 0
-    logging.getLogger().setLevel(logging.INFO)
-    from pipeline.cli import run_reporting_errors
+    from pipeline.cli import pipeline_main
 
-    return run_reporting_errors(run, argv)
+    return pipeline_main(run, argv, "adpredict analyze", __doc__, opts.AnalyzeOptions)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,17 @@ def run_reporting_errors(run, argv) -> int:
     return 0
 
 
+def pipeline_main(run, argv, prog: str, doc: str, option_class) -> int:
+    """`main()` of a pipeline module: --help with our and Beam's flags, then the run."""
+    from pipeline.options import print_help_if_asked
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if print_help_if_asked(argv, prog, doc.split("\n\n")[0], [option_class]):
+        return 0
+    logging.getLogger().setLevel(logging.INFO)
+    return run_reporting_errors(run, argv)
+
+
 def _generate(args) -> int:
     from sampledata.generate import generate_file
 

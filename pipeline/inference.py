@@ -19,7 +19,7 @@ import tensorflow as tf
 from apache_beam.utils import shared
 
 from pipeline import METRICS_NAMESPACE, errors
-from pipeline.sources import RecordBlock, RecordLayout
+from pipeline.sources import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.validation import record_keys
 from transforms.model_contract import RAW_SIGNATURE, InputField, ModelDescription
 
@@ -62,21 +62,16 @@ def model_inputs(batch: pa.RecordBatch, fields: tuple[InputField, ...]) -> dict:
     inputs = {}
     for field in fields:
         column = batch.column(field.name)
-        if field.type == "int":
-            values = pc.fill_null(column, field.default or 0).to_numpy(zero_copy_only=False)
-            inputs[field.name] = tf.constant(values.astype(np.int64))
-        elif field.type == "float":
-            values = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
-            inputs[field.name] = tf.constant(np.asarray(values, dtype=np.float32))
-        elif field.type == "string_list":
+        if field.type == "string_list":
             lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
             row_splits = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
             flat = column.flatten().to_numpy(zero_copy_only=False)
             ragged = tf.RaggedTensor.from_row_splits(tf.constant(flat, tf.string), row_splits)
             inputs[field.name] = ragged.to_tensor(default_value="")
         else:
-            values = pc.fill_null(column, "").to_numpy(zero_copy_only=False)
-            inputs[field.name] = tf.constant(values, tf.string)
+            values = with_missing_marked(column, field).to_numpy(zero_copy_only=False)
+            dtype = {"int": tf.int64, "float": tf.float32}.get(field.type, tf.string)
+            inputs[field.name] = tf.constant(values, dtype)
     return inputs
 
 

@@ -15,7 +15,6 @@ with any Beam options (e.g. `--runner DataflowRunner --project ...`).
 from __future__ import annotations
 
 import datetime
-import logging
 import sys
 import time
 
@@ -145,13 +144,9 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if opts.print_help_if_asked(argv, "adpredict predict", __doc__.split("\n\n")[0], [opts.PredictOptions]):
-        return 0
-    logging.getLogger().setLevel(logging.INFO)
-    from pipeline.cli import run_reporting_errors
+    from pipeline.cli import pipeline_main
 
-    return run_reporting_errors(run, argv)
+    return pipeline_main(run, argv, "adpredict predict", __doc__, opts.PredictOptions)
 
 
 if __name__ == "__main__":

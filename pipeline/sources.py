@@ -91,6 +91,16 @@ class RecordLayout:
         return record.get(self.key_field) if isinstance(record, dict) else None
 
 
+def with_missing_marked(column: pa.Array, field: InputField) -> pa.Array:
+    """A scalar column with nulls replaced by the field's missing marker (NaN, "", default).
+
+    Analysis and serving both feed the model through this, so they see identical inputs.
+    """
+    if field.type == "float":
+        return pc.fill_null(pc.cast(column, pa.float32()), pa.scalar(field.fill_value, pa.float32()))
+    return pc.fill_null(column, field.fill_value)
+
+
 def format_for(path: str, declared: str | None = None) -> str:
     """The input format: declared, or from the file name (`.jsonl`, `.json`, `.csv`, `.gz`)."""
     if declared:
@@ -207,6 +217,15 @@ class _Parser(abc.ABC):
     def normalize(self, table: pa.Table) -> pa.Table:
         return table
 
+    def _malformed(self, line_number: int, message: str, instance, record: dict | None = None) -> dict:
+        return errors.error_record(
+            source=f"{self.source}:{line_number}",
+            code=errors.MALFORMED_RECORD,
+            message=message,
+            key=self.layout.record_key(self.source, line_number, record),
+            instance=instance,
+        )
+
     def _wrong_type(self, line_number: int, record: dict) -> dict | None:
         """The first field whose JSON-like value does not have the declared type."""
         for field in self.layout.all_fields:
@@ -240,32 +259,17 @@ class _JsonParser(_Parser):
         return table.select([f.name for f in self.layout.all_fields])
 
     def diagnose(self, line_number: int, line: bytes) -> dict:
-        where = f"{self.source}:{line_number}"
         text = line.decode("utf-8", errors="replace")
         try:
             record = json.loads(text)
         except ValueError as e:
-            return errors.error_record(
-                source=where,
-                code=errors.MALFORMED_RECORD,
-                message=f"line is not valid JSON: {e}",
-                key=self.layout.record_key(self.source, line_number, None),
-                instance=text,
-            )
+            return self._malformed(line_number, f"line is not valid JSON: {e}", text)
         if not isinstance(record, dict):
-            return errors.error_record(
-                source=where,
-                code=errors.MALFORMED_RECORD,
-                message=f"expected a JSON object per line, got {type(record).__name__}",
-                key=self.layout.record_key(self.source, line_number, None),
-                instance=record,
+            return self._malformed(
+                line_number, f"expected a JSON object per line, got {type(record).__name__}", record
             )
-        return self._wrong_type(line_number, record) or errors.error_record(
-            source=where,
-            code=errors.MALFORMED_RECORD,
-            message="record could not be read as the declared types",
-            key=self.layout.record_key(self.source, line_number, record),
-            instance=record,
+        return self._wrong_type(line_number, record) or self._malformed(
+            line_number, "record could not be read as the declared types", record, record
         )
 
 
@@ -300,7 +304,6 @@ class _CsvParser(_Parser):
         return table
 
     def diagnose(self, line_number: int, line: bytes) -> dict:
-        where = f"{self.source}:{line_number}"
         text = line.decode("utf-8", errors="replace")
         try:
             values = next(csv.reader([text]))
@@ -312,13 +315,7 @@ class _CsvParser(_Parser):
             )
             values = None
         if values is None:
-            return errors.error_record(
-                source=where,
-                code=errors.MALFORMED_RECORD,
-                message=problem,
-                key=self.layout.record_key(self.source, line_number, None),
-                instance=text,
-            )
+            return self._malformed(line_number, problem, text)
         record = dict(zip(self.header, values, strict=True))
         typed = {}
         for field in self.layout.all_fields:
@@ -329,12 +326,8 @@ class _CsvParser(_Parser):
                 typed[field.name] = {"int": int, "float": float}.get(field.type, str)(cell)
             except ValueError:
                 typed[field.name] = cell  # left as text: the type check below reports it
-        return self._wrong_type(line_number, {**record, **typed}) or errors.error_record(
-            source=where,
-            code=errors.MALFORMED_RECORD,
-            message="row could not be read as the declared types",
-            key=self.layout.record_key(self.source, line_number, record),
-            instance=record,
+        return self._wrong_type(line_number, {**record, **typed}) or self._malformed(
+            line_number, "row could not be read as the declared types", record, record
         )
 
 

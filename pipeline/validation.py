@@ -47,14 +47,14 @@ def validate_block(block: RecordBlock, layout: RecordLayout) -> tuple[RecordBloc
         column = batch.column(field.name)
         if field.range and field.type in ("int", "float"):
             low, high = field.range
-            outside = pc.or_(pc.less(column, low), pc.greater(column, high))
-            values = column.to_numpy(zero_copy_only=False)
+            outside = _to_mask(pc.or_(pc.less(column, low), pc.greater(column, high)))
             flag(
-                _to_mask(outside),
+                outside,
                 errors.OUT_OF_RANGE,
                 field.name,
-                lambda row, f=field, v=values: (
-                    f"field {f.name!r} is {v[row]}, outside the valid range [{f.range[0]}, {f.range[1]}]"
+                lambda row, f=field, c=column: (
+                    f"field {f.name!r} is {c[int(row)].as_py()}, outside the valid range "
+                    f"[{f.range[0]}, {f.range[1]}]"
                 ),
             )
         if field.type == "image":

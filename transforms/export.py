@@ -42,14 +42,14 @@ def raw_input_signature(schema: Schema) -> dict[str, tf.TensorSpec]:
 def example_parsing_spec(schema: Schema) -> dict:
     """How `serving_tf_example` parses tf.Examples: absent optional values get the markers."""
     spec = {}
-    for f in schema.features:
-        if f.type == STRING_LIST:
-            spec[f.name] = tf.io.VarLenFeature(tf.string)
-        elif f.required:
-            spec[f.name] = tf.io.FixedLenFeature([], _DTYPES[f.type])
+    for field in description_from_schema(schema).inputs:
+        dtype = _DTYPES[field.type]
+        if field.type == STRING_LIST:
+            spec[field.name] = tf.io.VarLenFeature(dtype)
+        elif field.required:
+            spec[field.name] = tf.io.FixedLenFeature([], dtype)
         else:
-            marker = {FLOAT: float("nan"), STRING: "", IMAGE: "", INT: f.default}[f.type]
-            spec[f.name] = tf.io.FixedLenFeature([], _DTYPES[f.type], default_value=marker)
+            spec[field.name] = tf.io.FixedLenFeature([], dtype, default_value=field.fill_value)
     return spec
 
 

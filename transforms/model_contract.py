@@ -46,7 +46,7 @@ class InputField:
             return ""
         if self.type == "string_list":
             return []
-        return self.default
+        return 0 if self.default is None else self.default  # required ints never get here
 
 
 @dataclasses.dataclass(frozen=True)
