@@ -147,7 +147,7 @@ def run(argv=None, test_pipeline=None) -> str:
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
     check_inputs(io.input, io.input_format)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or opts.make_pipeline(options)
     with tft_beam.Context(temp_dir=temp_dir):
         build_analyze(
             pipeline,

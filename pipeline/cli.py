@@ -117,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--schema", default="ads", help="Schema file or built-in name used by analyze.")
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--batch_size", type=int, default=None, help="Default predict batch size to record.")
+    train.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="Predict batch size to record in the model; default: the fastest, timed at export.",
+    )
     train.add_argument(
         "--skip_blank_image_baseline",
         action="store_true",

@@ -21,7 +21,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import METRICS_NAMESPACE
 from pipeline import options as opts
@@ -48,12 +48,13 @@ def build_predict(
     input_format: str | None = None,
     batch_size: int | None = None,
     shared_handle=None,
+    tf_threads: int | None = None,
 ) -> dict:
     """Builds the graph; returns the `scored` blocks and `errors` PCollections."""
     layout = RecordLayout(description.inputs, description.key_field, description.key_type)
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, layout, input_format)
     inference = records[BLOCKS] | "RunInference" >> beam.ParDo(
-        RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle)
+        RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads)
     ).with_outputs(RunInferenceFn.ERRORS, main=SCORED)
     errors = (records[ERRORS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
     _ = inference[SCORED] | "WritePredictions" >> WritePredictions(
@@ -93,9 +94,16 @@ def run(argv=None, test_pipeline=None) -> dict:
     clear_previous_outputs(io.output_dir)
 
     started = time.time()
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or opts.make_pipeline(options)
     build_predict(
-        pipeline, predict.model_dir, description, io.input, io.output_dir, io.input_format, predict.batch_size
+        pipeline,
+        predict.model_dir,
+        description,
+        io.input,
+        io.output_dir,
+        io.input_format,
+        predict.batch_size,
+        tf_threads=opts.tf_threads(options),
     )
     result = pipeline.run()
     result.wait_until_finish()
@@ -122,12 +130,13 @@ def run(argv=None, test_pipeline=None) -> dict:
         },
         "max_error_rate": predict.max_error_rate,
         "batch_size": predict.batch_size or description.batch_size,
+        "tf_threads": opts.tf_threads(options) or "TensorFlow default (all cores)",
         "timings": {
             "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
             "finished": datetime.datetime.fromtimestamp(finished, datetime.UTC).isoformat(),
             "seconds": round(finished - started, 3),
         },
-        "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        "runner": type(pipeline.runner).__name__,
         "versions": versions(),
     }
     if read != predicted + errors:

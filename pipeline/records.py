@@ -57,7 +57,8 @@ class _ReadFileFn(beam.DoFn):
         fmt = sources.format_for(path, self._input_format)
         self._files.inc()
         with readable_file.open(compression_type=CompressionTypes.AUTO) as stream:
-            for item in sources.read_records(stream, path, self._layout, fmt, self._block_bytes):
+            blocks = sources.read_records(stream, path, self._layout, fmt, self._block_bytes)
+            for item in sources.read_ahead(blocks):
                 if isinstance(item, dict):
                     self._read.inc()
                     self._malformed.inc()
@@ -98,20 +99,21 @@ class ReadAdRecords(beam.PTransform):
         self._block_bytes = block_bytes
 
     def expand(self, pbegin):
+        # Files, not blocks, are spread over workers: each file is then read, validated,
+        # scored and written in one fused stage, so no stage ever holds the whole input.
         read = (
             pbegin
             | "ListPatterns" >> beam.Create(self._patterns)
             | "MatchFiles" >> fileio.MatchAll()
+            | "SpreadFiles" >> beam.Reshuffle()
             | "OpenFiles" >> fileio.ReadMatches()
             | "ParseRecords"
             >> beam.ParDo(_ReadFileFn(self._layout, self._input_format, self._block_bytes)).with_outputs(
                 ERRORS, main=BLOCKS
             )
         )
-        validated = (
-            read[BLOCKS]
-            | "SpreadBlocks" >> beam.Reshuffle()
-            | "ValidateRecords" >> beam.ParDo(_ValidateFn(self._layout)).with_outputs(ERRORS, main=BLOCKS)
+        validated = read[BLOCKS] | "ValidateRecords" >> beam.ParDo(_ValidateFn(self._layout)).with_outputs(
+            ERRORS, main=BLOCKS
         )
         errors = (read[ERRORS], validated[ERRORS]) | "MergeReadErrors" >> beam.Flatten()
         return {BLOCKS: validated[BLOCKS], ERRORS: errors}

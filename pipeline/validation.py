@@ -93,9 +93,9 @@ def _error_for_row(block: RecordBlock, layout: RecordLayout, row: int, code, fie
     )
 
 
-def record_keys(block: RecordBlock, layout: RecordLayout) -> list:
+def record_keys(block: RecordBlock, layout: RecordLayout) -> pa.Array:
     """The key of every row: the key field, or "<file>:<line>" when records have none."""
     if layout.key_field:
-        return block.batch.column(layout.key_field).to_pylist()
-    prefix = block.source + ":"
-    return [prefix + str(line) for line in block.lines.tolist()]
+        return block.batch.column(layout.key_field)
+    lines = pc.cast(block.batch.column(LINE_COLUMN), pa.string())
+    return pc.binary_join_element_wise(block.source + ":", lines, "")

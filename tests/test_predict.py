@@ -69,7 +69,7 @@ def test_pipeline_outputs_with_test_pipeline(trained_ads, bad_inputs):
         outputs = predict.build_predict(
             p, model_dir, description, [pattern], str(bad_inputs / "out"), batch_size=4
         )
-        keys = outputs[predict.SCORED] | beam.FlatMap(lambda scored: scored.keys)
+        keys = outputs[predict.SCORED] | beam.FlatMap(lambda scored: scored.keys.to_pylist())
         assert_that(keys, equal_to(EXPECTED_SCORED), label="CheckScoredKeys")
         error_kinds = outputs["errors"] | beam.Map(
             lambda e: (e["key"], e["error"]["code"], e["error"]["field"])
@@ -175,3 +175,34 @@ def test_rerun_replaces_previous_outputs(trained_ads, tmp_path):
     assert not stale.exists()
     lines = sum(1 for path in glob.glob(str(out / "prediction.results-*")) for _ in open(path))
     assert lines == 600
+
+
+@pytest.mark.parametrize(
+    ("mode", "most_loads"),
+    [("multi_threading", 1), ("multi_processing", 2)],  # 2 worker threads share 1 process
+)
+def test_model_is_loaded_once_per_worker_process(mode, most_loads, trained_ads, tmp_path):
+    from sampledata.generate import generate_file
+
+    for index in range(6):
+        generate_file(str(tmp_path / "in" / f"part-{index}.jsonl"), 40, seed=index, first_id=index * 40)
+    manifest = predict.run(
+        [
+            "--model_dir",
+            trained_ads["model"],
+            "--input",
+            str(tmp_path / "in" / "*.jsonl"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--batch_size",
+            "8",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            mode,
+        ]
+    )
+    counts = manifest["counts"]
+    assert counts["predictions"] == 240 and counts["errors"] == 0
+    assert counts["model_batches"] == 30  # 6 files x 5 batches of 8: many calls...
+    assert 1 <= counts["model_loads"] <= most_loads  # ...on one model per process

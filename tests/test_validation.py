@@ -65,5 +65,5 @@ def test_all_rows_valid_returns_the_same_block():
 def test_keys_from_position_when_records_have_no_key():
     block, _ = make_block([good(0), good(1)])
     layout = RecordLayout(description_from_schema(load_schema("ads")).inputs, key_field=None)
-    assert record_keys(block, layout) == ["f.jsonl:1", "f.jsonl:2"]
+    assert record_keys(block, layout).to_pylist() == ["f.jsonl:1", "f.jsonl:2"]
     assert np.array_equal(block.lines, [1, 2])

@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
+from pipeline.batch_tuning import tune_batch_size
 from trainer.model import build_model
 from transforms.export import export_model
 from transforms.schema import IMAGE, Schema
@@ -80,10 +81,11 @@ def train_model(
     batch_size: int = 64,
     seed: int = 0,
     blank_images: bool = False,
+    image_tower: str = "small",
 ) -> TrainingResult:
     keras.utils.set_random_seed(seed)
     spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()
-    model = build_model(spec, schema.label)
+    model = build_model(spec, schema.label, image_tower=image_tower)
     train = make_dataset(transform_dir, "train", schema, batch_size, blank_images)
     evaluation = make_dataset(transform_dir, "eval", schema, 1024, blank_images)
     model.fit(train.shuffle(64, seed=seed), epochs=epochs, verbose=0)
@@ -101,9 +103,10 @@ def train_and_export(
     seed: int = 0,
     compare_blank_image: bool = True,
     batch_size: int | None = None,
+    image_tower: str = "small",
 ) -> dict:
     """Trains, evaluates, exports; returns (and stores in the model) the metrics."""
-    result = train_model(transform_dir, schema, epochs=epochs, seed=seed)
+    result = train_model(transform_dir, schema, epochs=epochs, seed=seed, image_tower=image_tower)
     metrics = {
         "eval_auc": round(result.eval_auc, 4),
         "eval_records": result.eval_records,
@@ -112,12 +115,14 @@ def train_and_export(
     }
     has_image = any(f.type == IMAGE for f in schema.features)
     if compare_blank_image and has_image:
-        blank = train_model(transform_dir, schema, epochs=epochs, seed=seed, blank_images=True)
+        blank = train_model(
+            transform_dir, schema, epochs=epochs, seed=seed, blank_images=True, image_tower=image_tower
+        )
         metrics["eval_auc_blank_image"] = round(blank.eval_auc, 4)
         metrics["image_auc_gain"] = round(result.eval_auc - blank.eval_auc, 4)
     logging.info("training metrics: %s", metrics)
-    default_batch = batch_size or (64 if has_image else 2048)
-    export_model(result.model, transform_dir, schema, export_dir, batch_size=default_batch)
+    export_model(result.model, transform_dir, schema, export_dir, batch_size=batch_size or 256)
+    metrics["predict_batch_size"] = batch_size or tune_batch_size(export_dir, schema)
     with tf.io.gfile.GFile(os.path.join(export_dir, TRAINING_METRICS_FILE), "w") as f:
         f.write(json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,121 @@
+"""The vectorised pieces of the predict hot path, checked against plain-Python answers."""
+
+import json
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline import batch_tuning
+from pipeline.inference import ScoredBlock, batch_slices, padded_string_lists, string_tensor
+from pipeline.options import tf_threads
+from pipeline.sinks import format_predictions
+from pipeline.sources import read_ahead
+
+
+def test_string_tensor_matches_python_values_for_slices_and_unicode():
+    column = pa.array(["ad-1", "", "café", "x" * 300, "z"])
+    assert string_tensor(column).numpy().tolist() == [v.encode() for v in column.to_pylist()]
+    assert string_tensor(column.slice(2, 2)).numpy().tolist() == ["café".encode(), b"x" * 300]
+    assert string_tensor(pa.array(["", ""]).slice(1)).numpy().tolist() == [b""]
+    assert string_tensor(pa.array([], pa.string())).shape == (0,)
+    assert string_tensor(pa.array(["a", "bc"], pa.large_string())).numpy().tolist() == [b"a", b"bc"]
+    with pytest.raises(ValueError, match="without nulls"):
+        string_tensor(pa.array(["a", None]))
+
+
+def test_padded_string_lists_pads_with_empty_strings():
+    column = pa.array([["a", "b"], None, [], ["c"], ["d", "e", "f"]])
+    assert padded_string_lists(column).numpy().tolist() == [
+        [b"a", b"b", b""],
+        [b"", b"", b""],
+        [b"", b"", b""],
+        [b"c", b"", b""],
+        [b"d", b"e", b"f"],
+    ]
+    assert padded_string_lists(column.slice(3)).numpy().tolist() == [[b"c", b"", b""], [b"d", b"e", b"f"]]
+    assert padded_string_lists(pa.array([[], None], pa.list_(pa.string()))).shape == (2, 0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch", "sizes"), [(10, 4, [3, 3, 4]), (8, 4, [4, 4]), (3, 64, [3]), (0, 4, [])]
+)
+def test_batch_slices_cover_every_row_once_in_near_equal_batches(rows, batch, sizes):
+    slices = batch_slices(rows, batch)
+    assert [size for _, size in slices] == sizes
+    covered = [row for start, size in slices for row in range(start, start + size)]
+    assert covered == list(range(rows))
+
+
+def test_format_predictions_is_valid_json_with_escaping_and_nulls():
+    scored = ScoredBlock(
+        pa.array(["plain", 'has "quote"', "back\\slash"]),
+        {
+            "probability": np.array([0.25, np.nan, 1 / 3], np.float32),
+            "vector": np.array([[1, 2], [3, 4], [5, 6]]),
+        },
+    )
+    lines = format_predictions(scored, ["probability", "vector"]).decode().split("\n")
+    parsed = [json.loads(line) for line in lines]
+    assert [p["key"] for p in parsed] == ["plain", 'has "quote"', "back\\slash"]
+    assert [p["prediction"]["probability"] for p in parsed] == [0.25, None, pytest.approx(1 / 3, rel=1e-6)]
+    assert [p["prediction"]["vector"] for p in parsed] == [[1, 2], [3, 4], [5, 6]]
+    int_keys = ScoredBlock(pa.array([7, 8]), {"probability": np.array([0.5, 1e-9], np.float32)})
+    assert [
+        json.loads(line) for line in format_predictions(int_keys, ["probability"]).decode().split("\n")
+    ] == [
+        {"key": 7, "prediction": {"probability": 0.5}},
+        {"key": 8, "prediction": {"probability": 1e-9}},
+    ]
+
+
+def test_read_ahead_keeps_order_raises_errors_and_stops_its_thread():
+    assert list(read_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise OSError("disk went away")
+
+    consumed = []
+    with pytest.raises(OSError, match="disk went away"):
+        for item in read_ahead(failing()):
+            consumed.append(item)
+    assert consumed == [1]
+
+    started = threading.active_count()
+    reader = read_ahead(iter(range(1000)))
+    assert next(reader) == 0
+    reader.close()  # consumer stops early: the producer must not stay blocked
+    assert threading.active_count() == started
+
+
+def test_sweep_stops_when_larger_batches_stop_paying_and_choice_prefers_smaller():
+    cost_per_call = {16: 0.001, 32: 0.001, 64: 0.0015, 128: 0.005, 256: 0.02, 512: 0.05}
+    timed = []
+
+    def call(size):
+        timed.append(size)
+        import time
+
+        time.sleep(cost_per_call[size])
+
+    measured = batch_tuning.sweep_batch_sizes(call, lambda size: [size], list(cost_per_call), seconds=0.02)
+    assert list(measured) == [16, 32, 64, 128, 256]  # 128 and 256 fell below 80% of 64's rate
+    assert batch_tuning.choose_batch_size({16: 100.0, 64: 196.0, 128: 200.0}) == 64
+    assert batch_tuning.choose_batch_size({16: 100.0, 64: 150.0, 128: 200.0}) == 128
+
+
+def test_tf_threads_divides_cores_between_local_worker_processes(monkeypatch):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert tf_threads(PipelineOptions([])) is None
+    assert (
+        tf_threads(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])) == 4
+    )
+    assert (
+        tf_threads(PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_threading"]))
+        is None
+    )
+    assert tf_threads(PipelineOptions(["--tf_threads=3"])) == 3
