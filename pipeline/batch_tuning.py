@@ -37,9 +37,9 @@ def records_per_second(call: Callable[[object], object], batches: list, rows_per
         for batch in batches:
             call(batch)
             calls += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds and calls >= 2:
-            return calls * rows_per_batch / elapsed, elapsed / calls
+            elapsed = time.perf_counter() - started
+            if elapsed >= seconds and calls >= 2:
+                return calls * rows_per_batch / elapsed, elapsed / calls
 
 
 def sweep_batch_sizes(

@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from trainer import IMAGE_TOWERS
+
 EXIT_USAGE = 2
 EXIT_ERROR_RATE = 3
 
@@ -76,6 +78,7 @@ def _train(args) -> int:
             seed=args.seed,
             compare_blank_image=not args.skip_blank_image_baseline,
             batch_size=args.batch_size,
+            image_tower=args.image_tower,
         )
         print(f"exported model to {args.model_dir}; metrics: {metrics}")
 
@@ -122,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="Predict batch size to record in the model; default: the fastest, timed at export.",
+    )
+    train.add_argument(
+        "--image_tower",
+        choices=IMAGE_TOWERS,
+        default="small",
+        help="CNN for image features: a small 2-layer CNN, or MobileNetV2 (trained from scratch).",
     )
     train.add_argument(
         "--skip_blank_image_baseline",

@@ -8,6 +8,7 @@ culprit becomes one error record and the others are still scored.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 
@@ -22,6 +23,8 @@ from pipeline import METRICS_NAMESPACE, errors
 from pipeline.sources import RecordBlock, RecordLayout, string_buffer, with_missing_marked
 from pipeline.validation import record_keys
 from transforms.model_contract import RAW_SIGNATURE, InputField, ModelDescription
+
+CONCURRENT_CALLS = 2
 
 
 @dataclasses.dataclass
@@ -46,6 +49,11 @@ class LoadedModel:
         self._saved_model = tf.saved_model.load(model_dir)
         self._signature = self._saved_model.signatures[RAW_SIGNATURE]
         self.load_reported = False
+        # Model calls release the GIL; two in flight keep both cores busy while one batch
+        # is converted or its graph runs a serial part (image decoding in tf.map_fn).
+        self.calls = concurrent.futures.ThreadPoolExecutor(
+            CONCURRENT_CALLS, thread_name_prefix="adpredict-model"
+        )
 
     def predict(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         inputs = model_inputs(batch, self.description.inputs)
@@ -145,13 +153,17 @@ class RunInferenceFn(beam.DoFn):
             self._model.load_reported = True
             self._model_loads.inc()
         keys = record_keys(block, self._layout)
+        batches = [
+            (start, block.batch.slice(start, size))
+            for start, size in batch_slices(len(block), self._batch_size)
+        ]
+        calls = [self._model.calls.submit(self._model.predict, batch) for _, batch in batches]
         scored = []
-        for start, size in batch_slices(len(block), self._batch_size):
-            batch = block.batch.slice(start, size)
-            batch_keys = keys.slice(start, size)
+        for (start, batch), call in zip(batches, calls, strict=True):
+            batch_keys = keys.slice(start, batch.num_rows)
             self._batches.inc()
             try:
-                scored.append(ScoredBlock(batch_keys, self._model.predict(batch)))
+                scored.append(ScoredBlock(batch_keys, call.result()))
             except tf.errors.OpError:
                 kept = yield from self._score_one_by_one(block, batch, batch_keys, start)
                 if kept is not None:

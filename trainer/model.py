@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import tf_keras as keras
 
+from trainer import IMAGE_TOWERS
+
 OUTPUT_NAME = "probability"
-IMAGE_TOWERS = ("small", "mobilenet_v2")
 
 
 def build_model(
