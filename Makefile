@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 WORK_DIR ?= demo_output
 RECORDS ?= 5000
 
-.PHONY: help venv demo test lint format lock clean
+.PHONY: help venv demo test bench lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: venv ## Run the test suite (includes lint)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q tests
+
+bench: venv ## Throughput: predict vs bare model, naive Beam, per-record (~20 min; BENCH_ARGS=--quick)
+	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
 lint: venv ## ruff check + format check
 	$(BIN)/ruff check .

@@ -1,0 +1,1 @@
+"""Throughput benchmark of the predict pipeline against the bare model (`make bench`)."""

@@ -1,0 +1,365 @@
+"""Throughput of `adpredict predict` against the bare model and two common patterns.
+
+    python -m bench.throughput [--work_dir DIR] [--runs 3] [--quick]
+
+In one run, on the same machine and the same generated data, for a light (tabular) and a
+heavy (MobileNetV2 at 128x128) model, it measures records per second of:
+
+1. bare model: the SavedModel's `serving_default` in a loop on batches already turned
+   into tensors, at the best batch size of a sweep; the ceiling.
+2. adpredict predict: the real pipeline, files in and files out, DirectRunner, default
+   settings; wall time from the start of the run to `_SUCCESS`, interpreter start-up
+   reported apart.
+3. naive Beam: ReadFromText -> json.loads -> BatchElements -> tensors from dicts ->
+   WriteToText (bench/naive_beam.py).
+4. per-record service: parse one record, one model call, on a sample.
+
+plus the pipeline's peak RSS at 100k and 1M light records, a parse-only floor (pyarrow
+reading the light files, nothing else) and the DirectRunner modes. Pipeline and naive
+runs each get a fresh interpreter (bench/timed.py). Prints a table and writes
+bench/results/throughput-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "bench", "results")
+MODES = {
+    "in_memory (default)": [],
+    "multi_threading x2": ["--direct_num_workers", "2", "--direct_running_mode", "multi_threading"],
+    "multi_processing x2": ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"],
+}
+
+
+def sizes(quick: bool) -> dict:
+    """Records per data set; --quick is a smoke test of the script, not a measurement."""
+    if quick:
+        return {"light": 100_000, "light_small": 20_000, "heavy": 300, "files": 4, "service": 100}
+    return {"light": 1_000_000, "light_small": 100_000, "heavy": 20_000, "files": 8, "service": 300}
+
+
+# ---------------------------------------------------------------- data
+
+
+def _generate_part(args) -> str:
+    path, records, seed, schema, first_id = args
+    from sampledata.generate import generate_file
+
+    generate_file(path, records, seed=seed, schema=schema, first_id=first_id)
+    return path
+
+
+def generate_shards(directory: str, schema: str, records: int, files: int, seed: int) -> str:
+    """`records` records in `files` JSONL shards (generated on 2 processes); returns a glob."""
+    os.makedirs(directory, exist_ok=True)
+    per_file = records // files
+    jobs = [
+        (os.path.join(directory, f"part-{i:05d}.jsonl"), per_file, seed + i, schema, i * per_file)
+        for i in range(files)
+    ]
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(_generate_part, jobs))
+    return os.path.join(directory, "*.jsonl")
+
+
+# ---------------------------------------------------------------- in-process measurements
+
+
+def load_table(model_dir: str, pattern: str, max_rows: int | None = None):
+    """The records of `pattern` as one Arrow table, read by predict's own reader."""
+    import glob
+
+    import pyarrow as pa
+
+    from pipeline.sources import RecordLayout, read_records
+    from transforms.model_contract import ModelDescription
+
+    description = ModelDescription.read(model_dir)
+    layout = RecordLayout(description.inputs, description.key_field, description.key_type)
+    batches, rows = [], 0
+    for path in sorted(glob.glob(pattern)):
+        with open(path, "rb") as stream:
+            for block in read_records(stream, path, layout, "jsonl"):
+                batches.append(block.batch)
+                rows += block.batch.num_rows
+                if max_rows and rows >= max_rows:
+                    return pa.Table.from_batches(batches).slice(0, max_rows)
+    return pa.Table.from_batches(batches)
+
+
+def bare_model(model_dir: str, table, runs: int, seconds: float) -> dict:
+    """Sweep of batch sizes, then `runs` timings at the best one; tensors built beforehand."""
+    from pipeline.batch_tuning import CANDIDATE_BATCH_SIZES, first_rows, records_per_second, sweep_batch_sizes
+    from pipeline.inference import LoadedModel, model_inputs
+
+    model = LoadedModel(model_dir)
+    inputs = model.description.inputs
+
+    def call(tensors):
+        return model._signature(**tensors)
+
+    def make_batches(size: int) -> list:
+        rows = min(table.num_rows, max(size * 4, 20_000))
+        if size > table.num_rows:
+            return []
+        return [
+            model_inputs(first_rows(table.slice(start), size), inputs)
+            for start in range(0, rows - size + 1, size)
+        ]
+
+    sweep = sweep_batch_sizes(call, make_batches, CANDIDATE_BATCH_SIZES, seconds=seconds / 2)
+    best = max(sweep, key=sweep.get)
+    batches = make_batches(best)
+    rates = [records_per_second(call, batches, best, seconds)[0] for _ in range(runs)]
+    return {"sweep": {str(k): round(v) for k, v in sweep.items()}, "batch_size": best, "runs": rates}
+
+
+def per_record_service(model_dir: str, pattern: str, records: int) -> dict:
+    """json.loads one record, build batch-of-one tensors, call the model, dump the answer."""
+    import glob
+
+    import tensorflow as tf
+
+    from pipeline.inference import LoadedModel
+
+    model = LoadedModel(model_dir)
+    description = model.description
+    lines = []
+    for path in sorted(glob.glob(pattern)):
+        with open(path, encoding="utf-8") as f:
+            lines.extend(line for _, line in zip(range(records - len(lines)), f, strict=False))
+
+    def serve(line: str) -> str:
+        record = json.loads(line)
+        tensors = {}
+        for field in description.inputs:
+            value = record.get(field.name)
+            if field.type == "string_list":
+                tensors[field.name] = tf.constant([value or [""]], tf.string)
+            else:
+                value = field.fill_value if value is None else value
+                dtype = {"int": tf.int64, "float": tf.float32}.get(field.type, tf.string)
+                tensors[field.name] = tf.constant([value], dtype)
+        probability = float(model._signature(**tensors)["probability"].numpy()[0])
+        return json.dumps(
+            {"key": record.get(description.key_field), "prediction": {"probability": probability}}
+        )
+
+    serve(lines[0])
+    started = time.perf_counter()
+    for line in lines:
+        serve(line)
+    return {"records": records, "runs": [records / (time.perf_counter() - started)]}
+
+
+def parse_floor(model_dir: str, pattern: str, records: int) -> float:
+    """Records/s of pyarrow alone turning the light files into typed columns (no model)."""
+    import glob
+
+    from pipeline.sources import RecordLayout, read_records
+    from transforms.model_contract import ModelDescription
+
+    description = ModelDescription.read(model_dir)
+    layout = RecordLayout(description.inputs, description.key_field, description.key_type)
+    started = time.perf_counter()
+    for path in sorted(glob.glob(pattern)):
+        with open(path, "rb") as f:
+            data = f.read()
+        for _ in read_records(io.BytesIO(data), path, layout, "jsonl"):
+            pass
+    return records / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- subprocess measurements
+
+
+def timed(job: str, args: list[str]) -> dict:
+    env = dict(os.environ, BENCH_SPAWNED_AT=repr(time.time()), TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.timed", job, *args], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            return json.loads(line[len("BENCH_RESULT ") :])
+    raise RuntimeError(f"{job} {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def pipeline_runs(model_dir: str, pattern: str, out: str, records: int, runs: int, extra=()) -> dict:
+    results = [
+        timed("predict", ["--model_dir", model_dir, "--input", pattern, "--output_dir", out, *extra])
+        for _ in range(runs)
+    ]
+    with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest["counts"]["predictions"] != records or not os.path.exists(os.path.join(out, "_SUCCESS")):
+        raise RuntimeError(f"pipeline run in {out} did not score all {records} records: {manifest['counts']}")
+    return {
+        "runs": [records / r["run_s"] for r in results],
+        "startup_s": [r["startup_s"] for r in results],
+        "peak_rss_mb": [r["peak_rss_mb"] for r in results],
+        "batch_size": manifest["batch_size"],
+        "model_loads": manifest["counts"]["model_loads"],
+    }
+
+
+def naive_runs(model_dir: str, pattern: str, out: str, records: int, runs: int) -> dict:
+    results = [
+        timed("naive", ["--model_dir", model_dir, "--input", pattern, "--output_dir", out])
+        for _ in range(runs)
+    ]
+    return {"runs": [records / r["run_s"] for r in results], "startup_s": [r["startup_s"] for r in results]}
+
+
+# ---------------------------------------------------------------- report
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def report(results: dict) -> str:
+    lines = []
+    for name in ("light", "heavy"):
+        r = results[name]
+        bare = median(r["bare"]["runs"])
+        rows = [
+            (f"bare model (batch {r['bare']['batch_size']})", r["bare"]["runs"]),
+            (f"adpredict predict (batch {r['pipeline']['batch_size']})", r["pipeline"]["runs"]),
+            ("naive Beam", r["naive"]["runs"]),
+            (f"per-record service ({r['service']['records']} records)", r["service"]["runs"]),
+        ]
+        lines.append(f"\n{name} model, {r['records']:,} records")
+        lines.append(f"  {'method':<36}{'records/s (median)':>20}{'x bare':>9}   runs")
+        for label, runs in rows:
+            runs_text = ", ".join(f"{v:,.0f}" for v in runs)
+            lines.append(f"  {label:<36}{median(runs):>20,.0f}{median(runs) / bare:>9.3f}   {runs_text}")
+        startup = median(r["pipeline"]["startup_s"])
+        lines.append(
+            f"  pipeline start-up (interpreter + imports, not in the figures above): {startup:.2f} s"
+        )
+        if "parse_floor" in r:
+            lines.append(
+                f"  parse-only floor (pyarrow JSON -> columns, no model): {r['parse_floor']:,.0f} records/s "
+                f"= {r['parse_floor'] / bare:.3f} x bare"
+            )
+        lines.append(
+            "  DirectRunner modes (default: median above; others 1 run each), records/s: "
+            + ", ".join(f"{mode} {rate:,.0f}" for mode, rate in r["modes"].items())
+        )
+    rss = results["memory"]
+    lines.append(
+        f"\npeak RSS of the light pipeline: {rss['small_records']:,} records {median(rss['small_mb']):,.0f} MB, "
+        f"{rss['large_records']:,} records {median(rss['large_mb']):,.0f} MB "
+        f"(ratio {median(rss['large_mb']) / median(rss['small_mb']):.2f})"
+    )
+    light, heavy = results["light"], results["heavy"]
+
+    def ratio(a, b):
+        return median(a["runs"]) / median(b["runs"])
+
+    checks = [  # (target, figure, met)
+        ("light: pipeline >= 0.70 x bare", ratio(light["pipeline"], light["bare"]), lambda v: v >= 0.70),
+        ("light: pipeline >= 5 x naive Beam", ratio(light["pipeline"], light["naive"]), lambda v: v >= 5.0),
+        ("heavy: pipeline >= 0.90 x bare", ratio(heavy["pipeline"], heavy["bare"]), lambda v: v >= 0.90),
+        ("RSS(1M) <= 1.3 x RSS(100k)", median(rss["large_mb"]) / median(rss["small_mb"]), lambda v: v <= 1.3),
+    ]
+    lines.append("\ntargets")
+    results["targets"] = {}
+    for label, figure, met in checks:
+        results["targets"][label] = {"figure": round(figure, 3), "met": met(figure)}
+        lines.append(f"  {label:<36} {figure:8.3f}   {'met' if met(figure) else 'MISSED'}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dict:
+    from bench.models import build_model_dir
+
+    n = sizes(quick)
+    results: dict = {"started": datetime.datetime.now(datetime.UTC).isoformat(), "runs": runs, "quick": quick}
+    for name, train_records in (("light", 20_000), ("heavy", 300)):
+        score_dir = os.path.join(work_dir, name, "score")
+        model_dir = os.path.join(work_dir, name, "model")
+        if reuse and os.path.isdir(model_dir) and os.path.isdir(score_dir):
+            print(f"-- {name}: reusing {model_dir} and {score_dir}", flush=True)
+            pattern = os.path.join(score_dir, "*.jsonl")
+            schema_path = os.path.join(work_dir, name, f"ads_{name}.yaml")
+        else:
+            print(f"-- {name}: building the model and {n[name]:,} records", flush=True)
+            schema_path, model_dir = build_model_dir(work_dir, name, train_records)
+            pattern = generate_shards(score_dir, schema_path, n[name], n["files"], seed=100)
+        out = os.path.join(work_dir, name, "predictions")
+        r: dict = {"records": n[name]}
+        print(f"-- {name}: bare model", flush=True)
+        r["bare"] = bare_model(model_dir, load_table(model_dir, pattern, 200_000), runs, seconds=3.0)
+        print(f"-- {name}: adpredict predict x{runs}", flush=True)
+        r["pipeline"] = pipeline_runs(model_dir, pattern, out, n[name], runs)
+        print(f"-- {name}: naive Beam x{runs}", flush=True)
+        r["naive"] = naive_runs(model_dir, pattern, os.path.join(work_dir, name, "naive"), n[name], runs)
+        print(f"-- {name}: per-record service", flush=True)
+        r["service"] = per_record_service(model_dir, pattern, n["service"])
+        print(f"-- {name}: DirectRunner modes", flush=True)
+        r["modes"] = {"in_memory (default)": median(r["pipeline"]["runs"])}
+        for mode, extra in MODES.items():
+            if extra:
+                r["modes"][mode] = pipeline_runs(model_dir, pattern, out, n[name], 1, extra)["runs"][0]
+        if name == "light":
+            r["parse_floor"] = parse_floor(model_dir, pattern, n[name])
+            small = generate_shards(
+                os.path.join(work_dir, name, "score_small"),
+                schema_path,
+                n["light_small"],
+                n["files"],
+                seed=200,
+            )
+            print(f"-- memory: pipeline on {n['light_small']:,} records x{runs}", flush=True)
+            small_runs = pipeline_runs(model_dir, small, out, n["light_small"], runs)
+            results["memory"] = {
+                "small_records": n["light_small"],
+                "small_mb": small_runs["peak_rss_mb"],
+                "large_records": n[name],
+                "large_mb": r["pipeline"]["peak_rss_mb"],
+            }
+        results[name] = r
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work_dir", default=os.path.join(REPO, "bench", "results", "work"))
+    parser.add_argument("--runs", type=int, default=3, help="Timed runs per figure (the median is shown).")
+    parser.add_argument(
+        "--quick", action="store_true", help="Small data: checks the script, measures little."
+    )
+    parser.add_argument("--reuse", action="store_true", help="Reuse models and data left in --work_dir.")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    started = time.time()
+    results = run_bench(os.path.abspath(args.work_dir), args.runs, args.quick, args.reuse)
+    table = report(results)
+    results["seconds"] = round(time.time() - started, 1)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(table)
+    print(f"\nwhole benchmark {results['seconds']:.0f} s; figures in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
