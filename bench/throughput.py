@@ -107,7 +107,7 @@ def bare_model(model_dir: str, table, runs: int, seconds: float) -> dict:
     inputs = model.description.inputs
 
     def call(tensors):
-        return model._signature(**tensors)
+        return model.signature(**tensors)
 
     def make_batches(size: int) -> list:
         rows = min(table.num_rows, max(size * 4, 20_000))
@@ -151,7 +151,7 @@ def per_record_service(model_dir: str, pattern: str, records: int) -> dict:
                 value = field.fill_value if value is None else value
                 dtype = {"int": tf.int64, "float": tf.float32}.get(field.type, tf.string)
                 tensors[field.name] = tf.constant([value], dtype)
-        probability = float(model._signature(**tensors)["probability"].numpy()[0])
+        probability = float(model.signature(**tensors)["probability"].numpy()[0])
         return json.dumps(
             {"key": record.get(description.key_field), "prediction": {"probability": probability}}
         )

@@ -39,7 +39,7 @@ class ScoredBlock:
 
 
 class LoadedModel:
-    """A SavedModel's raw-input signature plus its description; one per process."""
+    """A SavedModel's raw-input `signature` plus its description; one per process."""
 
     def __init__(self, model_dir: str, tf_threads: int | None = None):
         if tf_threads:
@@ -47,7 +47,7 @@ class LoadedModel:
         self.model_dir = model_dir
         self.description = ModelDescription.read(model_dir)
         self._saved_model = tf.saved_model.load(model_dir)
-        self._signature = self._saved_model.signatures[RAW_SIGNATURE]
+        self.signature = self._saved_model.signatures[RAW_SIGNATURE]
         self.load_reported = False
         # Model calls release the GIL; two in flight keep both cores busy while one batch
         # is converted or its graph runs a serial part (image decoding in tf.map_fn).
@@ -57,7 +57,7 @@ class LoadedModel:
 
     def predict(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         inputs = model_inputs(batch, self.description.inputs)
-        outputs = self._signature(**inputs)
+        outputs = self.signature(**inputs)
         result = {}
         for name, tensor in outputs.items():
             value = tensor.numpy()
