@@ -46,6 +46,7 @@ def build_model_dir(work_dir: str, variant: str, train_records: int) -> tuple[st
     Returns (schema path, model directory).
     """
     from pipeline import analyze
+    from pipeline.batch_tuning import tune_batch_size
     from sampledata.generate import generate_file
     from trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -65,4 +66,5 @@ def build_model_dir(work_dir: str, variant: str, train_records: int) -> tuple[st
         compare_blank_image=False,
         image_tower="mobilenet_v2" if variant == "heavy" else "small",
     )
+    tune_batch_size(model_dir, load_schema(schema_path))
     return schema_path, model_dir

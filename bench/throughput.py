@@ -82,7 +82,8 @@ def load_table(model_dir: str, pattern: str, max_rows: int | None = None):
 
     import pyarrow as pa
 
-    from pipeline.sources import RecordLayout, read_records
+    from pipeline.blocks import RecordLayout
+    from pipeline.io import read_stream
     from transforms.model_contract import ModelDescription
 
     description = ModelDescription.read(model_dir)
@@ -90,7 +91,7 @@ def load_table(model_dir: str, pattern: str, max_rows: int | None = None):
     batches, rows = [], 0
     for path in sorted(glob.glob(pattern)):
         with open(path, "rb") as stream:
-            for block in read_records(stream, path, layout, "jsonl"):
+            for block in read_stream(stream, path, layout, "jsonl"):
                 batches.append(block.batch)
                 rows += block.batch.num_rows
                 if max_rows and rows >= max_rows:
@@ -167,7 +168,8 @@ def parse_floor(model_dir: str, pattern: str, records: int) -> float:
     """Records/s of pyarrow alone turning the light files into typed columns (no model)."""
     import glob
 
-    from pipeline.sources import RecordLayout, read_records
+    from pipeline.blocks import RecordLayout
+    from pipeline.io import read_stream
     from transforms.model_contract import ModelDescription
 
     description = ModelDescription.read(model_dir)
@@ -176,7 +178,7 @@ def parse_floor(model_dir: str, pattern: str, records: int) -> float:
     for path in sorted(glob.glob(pattern)):
         with open(path, "rb") as f:
             data = f.read()
-        for _ in read_records(io.BytesIO(data), path, layout, "jsonl"):
+        for _ in read_stream(io.BytesIO(data), path, layout, "jsonl"):
             pass
     return records / (time.perf_counter() - started)
 

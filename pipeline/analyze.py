@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import options as opts
-from pipeline.records import BLOCKS, ERRORS, ReadAdRecords, check_inputs
-from pipeline.sinks import WriteErrors
-from pipeline.sources import RecordBlock, RecordLayout, with_missing_marked
+from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
+from pipeline.read import BLOCKS, ERRORS, ReadAdRecords, check_inputs
+from pipeline.write import WriteErrors
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
@@ -35,11 +35,16 @@ TRAIN, EVAL = "train", "eval"
 TRANSFORMED_DIR = "transformed"
 
 
-def training_layout(schema: Schema) -> RecordLayout:
-    """Model inputs plus the label, which training records must carry (0 or 1)."""
+def training_layout(schema: Schema, csv_columns: str | None = None) -> RecordLayout:
+    """Model inputs plus the label, which training records must carry (0 or 1).
+
+    Headerless CSV files take their column order from `csv_columns` (the flag), else from
+    the schema file.
+    """
     inputs = description_from_schema(schema).inputs
     label = InputField(schema.label, "int", required=True, range=(0, 1))
-    return RecordLayout(inputs + (label,), schema.key_field, schema.key_type)
+    columns = tuple(c.strip() for c in csv_columns.split(",")) if csv_columns else schema.csv_columns
+    return RecordLayout(inputs + (label,), schema.key_field, schema.key_type, csv_columns=columns)
 
 
 def to_tfxio_batch(block: RecordBlock, schema: Schema) -> pa.RecordBatch:
@@ -74,14 +79,8 @@ def tensor_adapter_config(schema: Schema):
 
     schema_proto = schema_utils.schema_from_feature_spec(schema.raw_feature_spec())
     representations = tensor_representation_util.InferTensorRepresentationsFromSchema(schema_proto)
-    empty = to_tfxio_batch(_empty_block(schema), schema)
+    empty = to_tfxio_batch(training_layout(schema).empty_block(), schema)
     return tfxio.TensorAdapterConfig(empty.schema, representations)
-
-
-def _empty_block(schema: Schema) -> RecordBlock:
-    layout = training_layout(schema)
-    arrow_schema = layout.arrow_schema().append(pa.field("__line__", pa.int64()))
-    return RecordBlock("", pa.RecordBatch.from_pylist([], schema=arrow_schema))
 
 
 class _SplitFn(beam.DoFn):
@@ -101,14 +100,17 @@ class _SplitFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(tag, batch.filter(pa.array(mask)))
 
 
-def build_analyze(pipeline, schema: Schema, patterns, output_dir, input_format=None, eval_percent=20):
+def build_analyze(
+    pipeline, schema: Schema, patterns, output_dir, input_format=None, eval_percent=20, layout=None
+):
     """Builds the graph; returns {"transform_fn", "train", "eval", "errors"} PCollections."""
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
 
     from transforms.preprocessing import make_preprocessing_fn
 
-    records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, training_layout(schema), input_format)
+    layout = layout or training_layout(schema)
+    records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, layout, input_format)
     split = records[BLOCKS] | "SplitTrainEval" >> beam.ParDo(_SplitFn(schema, eval_percent)).with_outputs(
         TRAIN, EVAL
     )
@@ -145,7 +147,8 @@ def run(argv=None, test_pipeline=None) -> str:
     opts.validate_analyze(options)
     io = options.view_as(opts.RecordIOOptions)
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
-    check_inputs(io.input, io.input_format)
+    layout = training_layout(schema, io.csv_columns)
+    check_inputs(io.input, io.input_format, layout)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
     pipeline = test_pipeline or opts.make_pipeline(options)
     with tft_beam.Context(temp_dir=temp_dir):
@@ -156,13 +159,14 @@ def run(argv=None, test_pipeline=None) -> str:
             io.output_dir,
             io.input_format,
             options.view_as(opts.AnalyzeOptions).eval_percent,
+            layout,
         )
         pipeline.run().wait_until_finish()
     return io.output_dir
 
 
 def main(argv=None) -> int:
-    from pipeline.cli import pipeline_main
+    from pipeline.entrypoint import pipeline_main
 
     return pipeline_main(run, argv, "adpredict analyze", __doc__, opts.AnalyzeOptions)
 

@@ -79,7 +79,7 @@ def sample_table(schema, rows: int) -> pa.Table:
 
     A few hundred distinct records are repeated (zero-copy) up to `rows`.
     """
-    from pipeline.sources import RecordLayout
+    from pipeline.blocks import RecordLayout
     from sampledata.generate import generate_records
     from transforms.model_contract import description_from_schema
 

@@ -19,40 +19,10 @@ import logging
 import os
 import sys
 
+from pipeline.entrypoint import EXIT_ERROR_RATE, EXIT_USAGE, run_reporting_errors
 from trainer import IMAGE_TOWERS
 
-EXIT_USAGE = 2
-EXIT_ERROR_RATE = 3
-
-
-def run_reporting_errors(run, argv) -> int:
-    """Runs `run(argv)`; turns the errors a user can act on into a message and exit code."""
-    from pipeline.options import OptionsError
-    from pipeline.predict import ErrorRateExceeded
-    from pipeline.records import InputError
-    from transforms.model_contract import ModelDirectoryError
-    from transforms.schema import SchemaError
-
-    try:
-        run(argv)
-    except ErrorRateExceeded as e:
-        print(f"adpredict: run failed: {e}", file=sys.stderr)
-        return EXIT_ERROR_RATE
-    except (OptionsError, InputError, ModelDirectoryError, SchemaError, FileNotFoundError) as e:
-        print(f"adpredict: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
-
-
-def pipeline_main(run, argv, prog: str, doc: str, option_class) -> int:
-    """`main()` of a pipeline module: --help with our and Beam's flags, then the run."""
-    from pipeline.options import print_help_if_asked
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if print_help_if_asked(argv, prog, doc.split("\n\n")[0], [option_class]):
-        return 0
-    logging.getLogger().setLevel(logging.INFO)
-    return run_reporting_errors(run, argv)
+__all__ = ["EXIT_ERROR_RATE", "EXIT_USAGE", "build_parser", "main"]
 
 
 def _generate(args) -> int:
@@ -66,13 +36,15 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
+    from pipeline.batch_tuning import tune_batch_size
     from trainer.train import train_and_export
     from transforms.schema import load_schema
 
     def run(_):
+        schema = load_schema(args.schema)
         metrics = train_and_export(
             args.transform_dir,
-            load_schema(args.schema),
+            schema,
             args.model_dir,
             epochs=args.epochs,
             seed=args.seed,
@@ -80,6 +52,7 @@ def _train(args) -> int:
             batch_size=args.batch_size,
             image_tower=args.image_tower,
         )
+        metrics["predict_batch_size"] = args.batch_size or tune_batch_size(args.model_dir, schema)
         print(f"exported model to {args.model_dir}; metrics: {metrics}")
 
     return run_reporting_errors(run, None)
@@ -92,14 +65,18 @@ def _demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from sampledata.generate import FORMATS as GENERATED_FORMATS
+
     parser = argparse.ArgumentParser(prog="adpredict", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="Write synthetic ad records with a planted signal.")
-    generate.add_argument("--output", required=True, help="File to write (.jsonl or .csv).")
+    generate.add_argument(
+        "--output", required=True, help="File to write (.jsonl, .csv, .tfrecord[.gz] or .parquet)."
+    )
     generate.add_argument("--records", type=int, required=True, help="How many records.")
     generate.add_argument("--seed", type=int, default=0, help="Random seed (same seed, same file).")
-    generate.add_argument("--format", choices=("jsonl", "csv"), default=None, help="Default: from --output.")
+    generate.add_argument("--format", choices=GENERATED_FORMATS, default=None, help="Default: from --output.")
     generate.add_argument("--schema", default="ads", help="Schema file or built-in name (ads, criteo).")
     generate.add_argument(
         "--first_id", type=int, default=0, help="Keys are ad-<first_id>, ad-<first_id+1>, ..."
@@ -160,7 +137,9 @@ def main(argv=None) -> int:
         return module.main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "handler", None) is _generate and args.format is None:
-        args.format = "csv" if args.output.endswith((".csv", ".csv.gz")) else "jsonl"
+        from pipeline.io import format_for
+
+        args.format = format_for(args.output).name
     return args.handler(args)
 
 

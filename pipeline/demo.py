@@ -16,6 +16,7 @@ SCORE_SEEDS = {"jsonl": 101, "csv": 102}
 
 def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     from pipeline import analyze, predict
+    from pipeline.batch_tuning import tune_batch_size
     from sampledata.generate import generate_file
     from trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -55,6 +56,7 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
         "Keras model on the transformed data; transform graph attached",
     )
     metrics = train_and_export(transform_dir, load_schema("ads"), model_dir, seed=seed)
+    metrics["predict_batch_size"] = tune_batch_size(model_dir, load_schema("ads"))
 
     _step("predict", "Beam batch prediction on JSONL and CSV inputs")
     manifest = predict.run(

@@ -9,7 +9,6 @@ culprit becomes one error record and the others are still scored.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
 
 import apache_beam as beam
@@ -20,22 +19,11 @@ import tensorflow as tf
 from apache_beam.utils import shared
 
 from pipeline import METRICS_NAMESPACE, errors
-from pipeline.sources import RecordBlock, RecordLayout, string_buffer, with_missing_marked
+from pipeline.blocks import RecordBlock, RecordLayout, ScoredBlock, string_buffer, with_missing_marked
 from pipeline.validation import record_keys
 from transforms.model_contract import RAW_SIGNATURE, InputField, ModelDescription
 
 CONCURRENT_CALLS = 2
-
-
-@dataclasses.dataclass
-class ScoredBlock:
-    """Model outputs for the rows of one block, in row order, beside their keys."""
-
-    keys: pa.Array
-    outputs: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 class LoadedModel:
@@ -153,6 +141,9 @@ class RunInferenceFn(beam.DoFn):
             self._model.load_reported = True
             self._model_loads.inc()
         keys = record_keys(block, self._layout)
+        passthrough = (
+            block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None
+        )
         batches = [
             (start, block.batch.slice(start, size))
             for start, size in batch_slices(len(block), self._batch_size)
@@ -161,18 +152,21 @@ class RunInferenceFn(beam.DoFn):
         scored = []
         for (start, batch), call in zip(batches, calls, strict=True):
             batch_keys = keys.slice(start, batch.num_rows)
+            batch_passthrough = None if passthrough is None else passthrough.slice(start, batch.num_rows)
             self._batches.inc()
             try:
-                scored.append(ScoredBlock(batch_keys, call.result()))
+                scored.append(ScoredBlock(batch_keys, call.result(), batch_passthrough))
             except tf.errors.OpError:
                 kept = yield from self._score_one_by_one(block, batch, batch_keys, start)
                 if kept is not None:
-                    scored.append(kept)
+                    rows, outputs = kept
+                    all_rows = ScoredBlock(batch_keys, {}, batch_passthrough).take(rows)
+                    scored.append(ScoredBlock(all_rows.keys, outputs, all_rows.passthrough))
         if scored:
-            yield _concatenated(scored)
+            yield ScoredBlock.concatenated(scored)
 
     def _score_one_by_one(self, block, batch, batch_keys, start):
-        """Scores a batch TensorFlow rejected row by row; returns the rows that scored."""
+        """Scores a batch TensorFlow rejected row by row; returns (rows that scored, outputs)."""
         kept_rows, kept_outputs = [], []
         for row in range(batch.num_rows):
             try:
@@ -185,8 +179,7 @@ class RunInferenceFn(beam.DoFn):
         if not kept_rows:
             return None
         names = kept_outputs[0].keys()
-        outputs = {n: np.concatenate([o[n] for o in kept_outputs]) for n in names}
-        return ScoredBlock(batch_keys.take(kept_rows), outputs)
+        return kept_rows, {n: np.concatenate([o[n] for o in kept_outputs]) for n in names}
 
 
 def batch_slices(rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -200,13 +193,6 @@ def batch_slices(rows: int, batch_size: int) -> list[tuple[int, int]]:
     count = -(-rows // batch_size)
     bounds = [rows * i // count for i in range(count + 1)]
     return [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
-
-
-def _concatenated(parts: list[ScoredBlock]) -> ScoredBlock:
-    if len(parts) == 1:
-        return parts[0]
-    keys = pa.concat_arrays([p.keys for p in parts])
-    return ScoredBlock(keys, {n: np.concatenate([p.outputs[n] for p in parts]) for n in parts[0].outputs})
 
 
 def _inference_error(block: RecordBlock, row: int, key, error: Exception) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
+
 
 class OptionsError(ValueError):
     """A flag is missing or wrong; the message names it."""
@@ -28,9 +30,15 @@ class RecordIOOptions(PipelineOptions):
         )
         parser.add_argument(
             "--input_format",
-            choices=("jsonl", "csv"),
+            choices=INPUT_FORMATS,
             default=None,
             help="Format of the input files; by default told from the file names.",
+        )
+        parser.add_argument(
+            "--csv_columns",
+            default=None,
+            help="Column order of CSV files without a header row, comma-separated "
+            "(default: the schema file's csv_columns, else the first row is the header).",
         )
         parser.add_argument("--output_dir", default=None, help="Directory the run writes into.")
 
@@ -39,6 +47,18 @@ class PredictOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--model_dir", default=None, help="Exported model directory (required).")
+        parser.add_argument(
+            "--output_format",
+            choices=OUTPUT_FORMATS,
+            default="jsonl",
+            help="Format of the prediction files (errors are always JSON lines), or bigquery.",
+        )
+        parser.add_argument(
+            "--passthrough_fields",
+            default=None,
+            help="Input fields copied into every prediction, comma-separated; a field that is not "
+            "a model input may declare its type as name:int|float|string (default string).",
+        )
         parser.add_argument(
             "--batch_size",
             type=int,

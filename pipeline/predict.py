@@ -3,10 +3,11 @@
     ReadAdRecords -> RunInference -> WritePredictions
           \\______________\\_______-> WriteErrors
 
-Reads JSONL/CSV files into Arrow blocks, validates them against the description inside
+Reads JSONL, CSV, TFRecord or Parquet files into Arrow blocks, validates them against the description inside
 the model directory, scores them in batches with the model loaded once per worker
 process, and writes `prediction.results-*`, `errors-*`, `prediction.errors_stats`, then
-`run.json` and `_SUCCESS`. Every record read ends as exactly one prediction or one error.
+`run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
+TFRecord (`--output_format`), with `--passthrough_fields` copied from each input record. Every record read ends as exactly one prediction or one error.
 
 Run it as `python -m pipeline.predict --model_dir M --input 'in/*.jsonl' --output_dir OUT`
 with any Beam options (e.g. `--runner DataflowRunner --project ...`).
@@ -25,18 +26,59 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import METRICS_NAMESPACE
 from pipeline import options as opts
+from pipeline.blocks import RecordLayout
+from pipeline.entrypoint import ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
+from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.manifest import RUN_MANIFEST, SUCCESS_MARKER, model_fingerprint, versions, write_manifest
-from pipeline.records import BLOCKS, ERRORS, ReadAdRecords, check_inputs
-from pipeline.sinks import ERRORS_PREFIX, ERRORS_STATS, PREDICTIONS_PREFIX, WriteErrors, WritePredictions
-from pipeline.sources import RecordLayout
-from transforms.model_contract import ModelDescription
+from pipeline.read import BLOCKS, ERRORS, ReadAdRecords, check_inputs
+from pipeline.write import ERRORS_PREFIX, ERRORS_STATS, PREDICTIONS_PREFIX, WriteErrors, WritePredictions
+from transforms.model_contract import InputField, ModelDescription
 
 SCORED = "scored"
+PASSTHROUGH_TYPES = ("int", "float", "string")
+
+__all__ = ["ErrorRateExceeded", "build_predict", "run"]
 
 
-class ErrorRateExceeded(RuntimeError):
-    """More records failed than --max_error_rate allows (everything was still written)."""
+def prediction_layout(
+    description: ModelDescription, passthrough: str | None = None, csv_columns: str | None = None
+) -> RecordLayout:
+    """What predict reads from each record: model inputs, key, and pass-through fields."""
+    return RecordLayout(
+        description.inputs,
+        description.key_field,
+        description.key_type,
+        passthrough=passthrough_fields(passthrough, description),
+        csv_columns=tuple(c.strip() for c in csv_columns.split(",")) if csv_columns else None,
+    )
+
+
+def passthrough_fields(text: str | None, description: ModelDescription) -> tuple[InputField, ...]:
+    """`--passthrough_fields a,b:int` -> fields; a model input or the key keeps its own type."""
+    if not text:
+        return ()
+    known = {f.name: f.type for f in description.inputs}
+    if description.key_field:
+        known[description.key_field] = description.key_type
+    reserved = {KEY_COLUMN, "prediction", *(o.name for o in description.outputs)}
+    fields = []
+    for item in (part.strip() for part in text.split(",")):
+        name, _, declared = item.partition(":")
+        if not name:
+            raise opts.OptionsError(f"--passthrough_fields has an empty name in {text!r}")
+        if name in reserved:
+            raise opts.OptionsError(
+                f"--passthrough_fields: {name!r} is a column of every prediction (key, outputs) already"
+            )
+        if declared and declared not in PASSTHROUGH_TYPES:
+            raise opts.OptionsError(
+                f"--passthrough_fields: type of {name!r} must be one of {', '.join(PASSTHROUGH_TYPES)}, "
+                f"got {declared!r}"
+            )
+        ftype = known.get(name) or declared or "string"
+        fields.append(InputField(name, "string" if ftype == "image" else ftype, required=False))
+    return tuple(fields)
 
 
 def build_predict(
@@ -49,19 +91,29 @@ def build_predict(
     batch_size: int | None = None,
     shared_handle=None,
     tf_threads: int | None = None,
+    layout: RecordLayout | None = None,
+    output_format: str = "jsonl",
 ) -> dict:
     """Builds the graph; returns the `scored` blocks and `errors` PCollections."""
-    layout = RecordLayout(description.inputs, description.key_field, description.key_type)
+    layout = layout or prediction_layout(description)
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, layout, input_format)
     inference = records[BLOCKS] | "RunInference" >> beam.ParDo(
         RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads)
     ).with_outputs(RunInferenceFn.ERRORS, main=SCORED)
     errors = (records[ERRORS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
-    _ = inference[SCORED] | "WritePredictions" >> WritePredictions(
-        output_dir, [o.name for o in description.outputs]
-    )
+    columns = prediction_columns(description, layout)
+    _ = inference[SCORED] | "WritePredictions" >> WritePredictions(output_dir, columns, output_format)
     _ = errors | "WriteErrors" >> WriteErrors(output_dir)
     return {SCORED: inference[SCORED], ERRORS: errors}
+
+
+def prediction_columns(description: ModelDescription, layout: RecordLayout) -> PredictionColumns:
+    return PredictionColumns(
+        outputs=tuple(o.name for o in description.outputs),
+        passthrough=layout.passthrough,
+        key_type=description.key_type if description.key_field else "string",
+        output_dtypes=tuple(o.dtype for o in description.outputs),
+    )
 
 
 def clear_previous_outputs(output_dir: str) -> None:
@@ -88,7 +140,8 @@ def run(argv=None, test_pipeline=None) -> dict:
     io = options.view_as(opts.RecordIOOptions)
     predict = options.view_as(opts.PredictOptions)
     description = ModelDescription.read(predict.model_dir)
-    files = check_inputs(io.input, io.input_format)
+    layout = prediction_layout(description, predict.passthrough_fields, io.csv_columns)
+    files = check_inputs(io.input, io.input_format, layout)
     if not FileSystems.exists(io.output_dir):
         FileSystems.mkdirs(io.output_dir)
     clear_previous_outputs(io.output_dir)
@@ -104,6 +157,8 @@ def run(argv=None, test_pipeline=None) -> dict:
         io.input_format,
         predict.batch_size,
         tf_threads=opts.tf_threads(options),
+        layout=layout,
+        output_format=predict.output_format,
     )
     result = pipeline.run()
     result.wait_until_finish()
@@ -118,6 +173,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     manifest = {
         "status": "succeeded" if within_threshold else "failed: error rate above --max_error_rate",
         "inputs": {"patterns": io.input, "files": files, "format": io.input_format or "from file names"},
+        "output_format": predict.output_format,
         "model": {"dir": predict.model_dir, "fingerprint": model_fingerprint(predict.model_dir)},
         "output_dir": io.output_dir,
         "counts": {
@@ -153,7 +209,7 @@ def run(argv=None, test_pipeline=None) -> dict:
 
 
 def main(argv=None) -> int:
-    from pipeline.cli import pipeline_main
+    from pipeline.entrypoint import pipeline_main
 
     return pipeline_main(run, argv, "adpredict predict", __doc__, opts.PredictOptions)
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import errors
-from pipeline.sources import LINE_COLUMN, RecordBlock, RecordLayout
+from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout
 
 # base64 of the JPEG (FF D8 FF) and PNG (89 50 4E 47 0D 0A 1A 0A) signatures, followed by
 # nothing but the base64 alphabet. Images that pass but are corrupt further in are caught

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from transforms.schema import FLOAT, IMAGE, INT, STRING, STRING_LIST, Feature, Schema, load_schema
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "tfrecord", "parquet")
 
 
 def generate_records(schema: Schema, num_records: int, seed: int = 0, first_id: int = 0) -> Iterator[dict]:
@@ -60,10 +60,21 @@ def generate_records_with_logits(
 
 
 def write_records(records, path: str, schema: Schema, fmt: str) -> int:
-    """Writes records as JSONL or CSV (header first; lists joined by the separator)."""
+    """Writes records in `fmt`; returns how many.
+
+    JSONL as is; CSV with a header, lists joined by their separator; Parquet with the
+    schema's types; TFRecord as tf.Examples with images as raw JPEG/PNG bytes, the way TFX
+    pipelines store them.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    columns = ([schema.key_field] if schema.key_field else []) + schema.feature_names
+    columns += [schema.label] if schema.label else []
+    if fmt == "parquet":
+        return _write_parquet(list(records), path, schema, columns)
+    if fmt == "tfrecord":
+        return _write_tfrecord(records, path, schema, columns)
     count = 0
     with open(path, "w", encoding="utf-8", newline="") as out:
         if fmt == "jsonl":
@@ -71,8 +82,6 @@ def write_records(records, path: str, schema: Schema, fmt: str) -> int:
                 out.write(json.dumps(record, separators=(",", ":")) + "\n")
                 count += 1
             return count
-        columns = ([schema.key_field] if schema.key_field else []) + schema.feature_names
-        columns += [schema.label] if schema.label else []
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         separators = {f.name: f.separator for f in schema.features if f.type == STRING_LIST}
@@ -84,6 +93,54 @@ def write_records(records, path: str, schema: Schema, fmt: str) -> int:
                     value = separators[column].join(value)
                 row.append("" if value is None else value)
             writer.writerow(row)
+            count += 1
+    return count
+
+
+def _column_types(schema: Schema) -> dict:
+    types = {f.name: f.type for f in schema.features}
+    if schema.key_field:
+        types[schema.key_field] = schema.key_type
+    if schema.label:
+        types[schema.label] = INT
+    return types
+
+
+def _write_parquet(records: list[dict], path: str, schema: Schema, columns: list[str]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = {INT: pa.int64(), FLOAT: pa.float64(), STRING: pa.string(), IMAGE: pa.string()}
+    arrow[STRING_LIST] = pa.list_(pa.string())
+    types = _column_types(schema)
+    table = pa.table({c: pa.array([r.get(c) for r in records], arrow[types[c]]) for c in columns})
+    pq.write_table(table, path, row_group_size=max(1, len(records) // 3 + 1))
+    return len(records)
+
+
+def _write_tfrecord(records, path: str, schema: Schema, columns: list[str]) -> int:
+    import tensorflow as tf
+
+    types = _column_types(schema)
+    count = 0
+    options = "GZIP" if path.endswith(".gz") else None
+    with tf.io.TFRecordWriter(path, options=options) as writer:
+        for record in records:
+            features = {}
+            for column in columns:
+                value = record.get(column)
+                if value is None:
+                    continue
+                kind = types[column]
+                if kind == INT:
+                    features[column] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+                elif kind == FLOAT:
+                    features[column] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+                else:
+                    values = value if kind == STRING_LIST else [value]
+                    raw = [base64.b64decode(v) if kind == IMAGE else v.encode() for v in values]
+                    features[column] = tf.train.Feature(bytes_list=tf.train.BytesList(value=raw))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
             count += 1
     return count
 

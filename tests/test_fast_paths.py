@@ -8,10 +8,11 @@ import pyarrow as pa
 import pytest
 
 from pipeline import batch_tuning
-from pipeline.inference import ScoredBlock, batch_slices, padded_string_lists, string_tensor
+from pipeline.blocks import ScoredBlock
+from pipeline.inference import batch_slices, padded_string_lists, string_tensor
+from pipeline.io.base import read_ahead
+from pipeline.io.jsonl import format_predictions
 from pipeline.options import tf_threads
-from pipeline.sinks import format_predictions
-from pipeline.sources import read_ahead
 
 
 def test_string_tensor_matches_python_values_for_slices_and_unicode():

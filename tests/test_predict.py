@@ -64,10 +64,10 @@ EXPECTED_SCORED = ["ok-1", "unknown-media", "ok-2", "c-1"]
 def test_pipeline_outputs_with_test_pipeline(trained_ads, bad_inputs):
     model_dir = trained_ads["model"]
     description = ModelDescription.read(model_dir)
-    pattern = str(bad_inputs / "in" / "*")
+    patterns = [str(bad_inputs / "in" / "*.jsonl"), str(bad_inputs / "in" / "*.csv")]
     with TestPipeline() as p:
         outputs = predict.build_predict(
-            p, model_dir, description, [pattern], str(bad_inputs / "out"), batch_size=4
+            p, model_dir, description, patterns, str(bad_inputs / "out"), batch_size=4
         )
         keys = outputs[predict.SCORED] | beam.FlatMap(lambda scored: scored.keys.to_pylist())
         assert_that(keys, equal_to(EXPECTED_SCORED), label="CheckScoredKeys")
@@ -87,7 +87,9 @@ def test_run_writes_predictions_errors_manifest_and_success(trained_ads, bad_inp
             "--model_dir",
             trained_ads["model"],
             "--input",
-            str(bad_inputs / "in" / "*"),
+            str(bad_inputs / "in" / "*.jsonl"),
+            "--input",
+            str(bad_inputs / "in" / "*.csv"),
             "--output_dir",
             str(out),
         ]

@@ -9,7 +9,7 @@ from PIL import Image
 from tensorflow_transform.beam import tft_unit
 
 from pipeline.analyze import tensor_adapter_config, to_tfxio_batch, training_layout
-from pipeline.sources import LINE_COLUMN, RecordBlock
+from pipeline.blocks import LINE_COLUMN, RecordBlock
 from transforms.preprocessing import make_preprocessing_fn
 from transforms.schema import parse_schema
 

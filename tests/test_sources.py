@@ -6,7 +6,8 @@ import io
 import pytest
 
 from pipeline import errors
-from pipeline.sources import RecordLayout, blocks_and_errors, format_for, read_records
+from pipeline.blocks import RecordLayout
+from pipeline.io import InputError, blocks_and_errors, format_for, read_stream
 from transforms.model_contract import description_from_schema
 from transforms.schema import load_schema
 
@@ -18,9 +19,7 @@ def layout():
 
 
 def read(data: bytes, layout, fmt, block_bytes=1 << 20):
-    blocks, failures = blocks_and_errors(
-        read_records(io.BytesIO(data), "in." + fmt, layout, fmt, block_bytes)
-    )
+    blocks, failures = blocks_and_errors(read_stream(io.BytesIO(data), "in." + fmt, layout, fmt, block_bytes))
     rows = [row for block in blocks for row in block.batch.to_pylist()]
     return rows, failures
 
@@ -92,11 +91,13 @@ def test_empty_file_yields_nothing(layout, fmt):
 
 
 def test_gzip_and_format_detection(tmp_path, layout):
-    assert format_for("x/a.jsonl.gz") == "jsonl" and format_for("a.csv") == "csv"
-    with pytest.raises(ValueError, match="--input_format"):
-        format_for("a.parquet")
+    assert format_for("x/a.jsonl.gz").name == "jsonl" and format_for("a.csv").name == "csv"
+    assert format_for("a.parquet").name == "parquet" and format_for("b.tfrecord.gz").name == "tfrecord"
+    with pytest.raises(InputError, match="--input_format") as raised:
+        format_for("a.avro")
+    assert all(name in str(raised.value) for name in ("jsonl", "csv", "tfrecord", "parquet"))
     path = tmp_path / "a.jsonl.gz"
     path.write_bytes(gzip.compress((GOOD % 1 + "\n").encode()))
     with gzip.open(path, "rb") as stream:
-        blocks, failures = blocks_and_errors(read_records(stream, str(path), layout, "jsonl"))
+        blocks, failures = blocks_and_errors(read_stream(stream, str(path), layout))
     assert blocks[0].batch.num_rows == 1 and failures == []

@@ -6,7 +6,7 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline import errors
-from pipeline.sources import LINE_COLUMN, RecordBlock, RecordLayout
+from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout
 from pipeline.validation import record_keys, validate_block
 from transforms.model_contract import description_from_schema
 from transforms.schema import load_schema

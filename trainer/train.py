@@ -20,12 +20,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from pipeline.batch_tuning import tune_batch_size
 from trainer.model import build_model
 from transforms.export import export_model
 from transforms.schema import IMAGE, Schema
 
 TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")
+# Predict batch size recorded when none is given; `adpredict train` then times the exported
+# model (pipeline.batch_tuning) and records the fastest instead.
+DEFAULT_BATCH_SIZE = 256
 
 
 @dataclasses.dataclass
@@ -105,7 +107,12 @@ def train_and_export(
     batch_size: int | None = None,
     image_tower: str = "small",
 ) -> dict:
-    """Trains, evaluates, exports; returns (and stores in the model) the metrics."""
+    """Trains, evaluates, exports; returns (and stores in the model) the metrics.
+
+    The model directory records `batch_size` (or DEFAULT_BATCH_SIZE) as its predict batch
+    size; timing the exported model for a better one is the caller's step, since it runs
+    the model the way `predict` does.
+    """
     result = train_model(transform_dir, schema, epochs=epochs, seed=seed, image_tower=image_tower)
     metrics = {
         "eval_auc": round(result.eval_auc, 4),
@@ -121,8 +128,7 @@ def train_and_export(
         metrics["eval_auc_blank_image"] = round(blank.eval_auc, 4)
         metrics["image_auc_gain"] = round(result.eval_auc - blank.eval_auc, 4)
     logging.info("training metrics: %s", metrics)
-    export_model(result.model, transform_dir, schema, export_dir, batch_size=batch_size or 256)
-    metrics["predict_batch_size"] = batch_size or tune_batch_size(export_dir, schema)
+    export_model(result.model, transform_dir, schema, export_dir, batch_size=batch_size or DEFAULT_BATCH_SIZE)
     with tf.io.gfile.GFile(os.path.join(export_dir, TRAINING_METRICS_FILE), "w") as f:
         f.write(json.dumps(metrics, indent=2))
     return metrics

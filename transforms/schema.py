@@ -92,6 +92,7 @@ class Schema:
     key_type: str = STRING
     label_sample: dict = dataclasses.field(default_factory=dict)
     path: str = ""
+    csv_columns: tuple[str, ...] | None = None  # column order of CSV files without a header
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -145,9 +146,25 @@ def load_schema(name_or_path: str = "ads") -> Schema:
     return parse_schema(doc, path)
 
 
+_SCHEMA_KEYS = {"name", "key", "label", "features", "csv_columns"}
+_KEY_KEYS = {"field", "type", "from"}
+_LABEL_KEYS = {"field", "sample"}
+
+
+def _check_keys(mapping: dict, known: set[str], where: str) -> None:
+    """A key the loader does not know is a mistake (a typo, or a setting it would ignore)."""
+    unknown = sorted(set(mapping) - known)
+    if unknown:
+        raise SchemaError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+
+
 def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
     if not isinstance(doc, dict) or "features" not in doc:
         raise SchemaError(f"{path}: expected a mapping with a 'features' list")
+    _check_keys(doc, _SCHEMA_KEYS, path)
+    for section, known in (("key", _KEY_KEYS), ("label", _LABEL_KEYS)):
+        if isinstance(doc.get(section), dict):
+            _check_keys(doc[section], known, f"{path}: {section}")
     raw_features = doc["features"]
     if not isinstance(raw_features, list) or not raw_features:
         raise SchemaError(f"{path}: 'features' must be a non-empty list")
@@ -173,6 +190,14 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
     reserved = {key_field, label_name} & set(names)
     if reserved:
         raise SchemaError(f"{path}: {sorted(reserved)} is the key or label, not a feature")
+    csv_columns = doc.get("csv_columns")
+    if csv_columns is not None:
+        if not isinstance(csv_columns, list) or not all(isinstance(c, str) for c in csv_columns):
+            raise SchemaError(f"{path}: csv_columns must be a list of column names")
+        absent = sorted(set(names) - set(csv_columns))
+        if absent:
+            raise SchemaError(f"{path}: csv_columns lacks the features {absent}")
+        csv_columns = tuple(csv_columns)
     return Schema(
         name=str(doc.get("name") or os.path.splitext(os.path.basename(path))[0]),
         features=features,
@@ -181,6 +206,7 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
         key_type=key_type,
         label_sample=label.get("sample", {}),
         path=path,
+        csv_columns=csv_columns,
     )
 
 
@@ -190,9 +216,7 @@ def _parse_feature(item: Any, path: str) -> Feature:
     name = item["name"]
     where = f"{path}: feature {name!r}"
     known = {f.name for f in dataclasses.fields(Feature)} | {"missing", "height", "width", "channels"}
-    unknown = sorted(set(item) - known)
-    if unknown:
-        raise SchemaError(f"{where}: unknown keys {unknown}")
+    _check_keys(item, known, where)
     ftype = item.get("type")
     if ftype not in TYPES:
         raise SchemaError(f"{where}: type must be one of {TYPES}, got {ftype!r}")

@@ -1,0 +1,283 @@
+"""What moves between the stages of a pipeline: blocks of typed Arrow columns.
+
+Every reader turns its format into `RecordBlock`s (rows of one source as the Arrow types
+the model description declares, plus where each row came from) and error records; the
+inference step turns them into `ScoredBlock`s that every writer takes. No stage builds a
+Python dict per record on this path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import errors
+from transforms.model_contract import InputField
+
+# Position of each row in its source: the line of a text file (the first line of a CSV record
+# that spans several), the record number of a TFRecord file, the row of a Parquet file or of
+# a BigQuery read stream (1-based).
+LINE_COLUMN = "__line__"
+
+ARROW_TYPES = {
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "string": pa.string(),
+    "image": pa.string(),
+    "string_list": pa.list_(pa.string()),
+}
+TYPE_DESCRIPTIONS = {
+    "int": "an integer",
+    "float": "a number",
+    "string": "a string",
+    "image": "a base64 string",
+    "string_list": "a list of strings",
+}
+
+
+@dataclasses.dataclass
+class RecordBlock:
+    """Rows of one source, as typed Arrow columns plus their positions in it."""
+
+    source: str
+    batch: pa.RecordBatch
+
+    @property
+    def lines(self) -> np.ndarray:
+        return self.batch.column(LINE_COLUMN).to_numpy()
+
+    def __len__(self) -> int:
+        return self.batch.num_rows
+
+
+@dataclasses.dataclass
+class ScoredBlock:
+    """Model outputs for the rows of one block, in row order, beside their keys.
+
+    `passthrough` holds the input fields the user asked to copy into every prediction.
+    """
+
+    keys: pa.Array
+    outputs: dict[str, np.ndarray]
+    passthrough: pa.RecordBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, rows) -> ScoredBlock:
+        rows = pa.array(rows, pa.int64())
+        return ScoredBlock(
+            self.keys.take(rows),
+            {name: value[rows.to_numpy()] for name, value in self.outputs.items()},
+            None if self.passthrough is None else self.passthrough.take(rows),
+        )
+
+    @staticmethod
+    def concatenated(parts: list[ScoredBlock]) -> ScoredBlock:
+        if len(parts) == 1:
+            return parts[0]
+        passthrough = None
+        if parts[0].passthrough is not None:
+            passthrough = pa.Table.from_batches([p.passthrough for p in parts]).combine_chunks()
+            passthrough = passthrough.to_batches()[0]
+        return ScoredBlock(
+            pa.concat_arrays([p.keys for p in parts]),
+            {n: np.concatenate([p.outputs[n] for p in parts]) for n in parts[0].outputs},
+            passthrough,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordLayout:
+    """Which fields to read from each record and their types.
+
+    `fields` are the model inputs; the key field (if the records have one), the label (when
+    analyzing training data) and `passthrough` fields (copied into predictions) are read
+    beside them. `csv_columns` is the column order of CSV files without a header row.
+    """
+
+    fields: tuple[InputField, ...]
+    key_field: str | None = None
+    key_type: str = "string"
+    passthrough: tuple[InputField, ...] = ()
+    csv_columns: tuple[str, ...] | None = None
+
+    @property
+    def all_fields(self) -> tuple[InputField, ...]:
+        found = list(self.fields)
+        if self.key_field and self.key_field not in {f.name for f in found}:
+            found.insert(0, InputField(self.key_field, self.key_type, required=False))
+        names = {f.name for f in found}
+        found += [f for f in self.passthrough if f.name not in names]
+        return tuple(found)
+
+    @property
+    def passthrough_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.passthrough)
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(f.name, ARROW_TYPES[f.type]) for f in self.all_fields])
+
+    def with_lines_schema(self) -> pa.Schema:
+        return self.arrow_schema().append(pa.field(LINE_COLUMN, pa.int64()))
+
+    def record_key(self, source: str, line: int, record: dict | None):
+        """The key of a record that failed before it became a row."""
+        if not self.key_field:
+            return f"{source}:{line}"
+        return record.get(self.key_field) if isinstance(record, dict) else None
+
+    def empty_block(self, source: str = "") -> RecordBlock:
+        return RecordBlock(source, pa.RecordBatch.from_pylist([], schema=self.with_lines_schema()))
+
+
+def with_missing_marked(column: pa.Array, field: InputField) -> pa.Array:
+    """A scalar column with nulls replaced by the field's missing marker (NaN, "", default).
+
+    Analysis and serving both feed the model through this, so they see identical inputs.
+    """
+    if field.type == "float":
+        return pc.fill_null(pc.cast(column, pa.float32()), pa.scalar(field.fill_value, pa.float32()))
+    return pc.fill_null(column, field.fill_value)
+
+
+def string_buffer(column: pa.Array) -> tuple[bytes, np.ndarray]:
+    """The concatenated UTF-8 bytes of a null-free string column and its row offsets (from 0).
+
+    Lets a whole column move to TensorFlow or to a file in one copy, not one object per row.
+    """
+    if column.null_count:
+        raise ValueError("string_buffer needs a column without nulls; fill them first")
+    offset_type = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.frombuffer(
+        column.buffers()[1], offset_type, len(column) + 1, column.offset * np.dtype(offset_type).itemsize
+    )
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = column.buffers()[2]
+    return (data.to_pybytes()[start:end] if data is not None and end > start else b""), offsets - start
+
+
+def preview(value) -> str:
+    """A value as short JSON text for an error message."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def conform(
+    table: pa.Table | pa.RecordBatch, layout: RecordLayout, source: str, lines: np.ndarray
+) -> tuple[RecordBlock | None, list[dict]]:
+    """Columns of a typed source (Parquet, BigQuery, tf.Example) cast to the layout's types.
+
+    A lossless cast is applied to the whole column (int32 -> int64, dictionary -> values,
+    a whole-number float -> int); a value that cannot be cast (a string where a number is
+    declared, a fraction for an int) makes its row one `wrong_type` error naming the field.
+    Absent columns become nulls, which validation reports for required fields.
+    """
+    num_rows = table.num_rows
+    bad = np.zeros(num_rows, dtype=bool)
+    first_error: dict[int, tuple[str, object]] = {}
+    columns = []
+    names = table.schema.names
+    for field in layout.all_fields:
+        target = ARROW_TYPES[field.type]
+        if field.name not in names:
+            columns.append(pa.nulls(num_rows, target))
+            continue
+        column = table.column(field.name)
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if field.type == "image" and _is_binary(column.type):
+            column = _base64_images(column)
+        cast, failed = _cast_column(column, target)
+        for row in np.flatnonzero(failed & ~bad):
+            first_error[int(row)] = (field.name, column[int(row)].as_py())
+        bad |= failed
+        columns.append(cast)
+    columns.append(pa.array(lines, pa.int64()))
+    batch = pa.RecordBatch.from_arrays(columns, schema=layout.with_lines_schema())
+    failures = []
+    for row, (name, value) in sorted(first_error.items()):
+        field = next(f for f in layout.all_fields if f.name == name)
+        instance = {k: v for k, v in table.slice(row, 1).to_pylist()[0].items() if v is not None}
+        line = int(lines[row])
+        failures.append(
+            errors.error_record(
+                source=f"{source}:{line}",
+                code=errors.WRONG_TYPE,
+                field=name,
+                message=f"field {name!r} must be {TYPE_DESCRIPTIONS[field.type]}, got {preview(value)}",
+                key=layout.record_key(source, line, instance),
+                instance=instance,
+            )
+        )
+    if failures:
+        passing = np.flatnonzero(~bad)
+        if not len(passing):
+            return None, failures
+        batch = batch.take(pa.array(passing))
+    return RecordBlock(source, batch), failures
+
+
+def _cast_column(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """(column cast to `target` with failed values nulled, mask of rows that failed)."""
+    none_failed = np.zeros(len(column), dtype=bool)
+    if column.type == target:
+        return column, none_failed
+    if pa.types.is_null(column.type):
+        return pa.nulls(len(column), target), none_failed
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_list(target):
+        if _is_list(column.type) and _is_stringish(column.type.value_type):
+            return pc.cast(column, target), none_failed
+    elif pa.types.is_string(target):
+        if _is_stringish(column.type):
+            try:
+                return pc.cast(column, target), none_failed
+            except pa.ArrowInvalid:
+                pass  # binary that is not UTF-8: per value below
+    elif pa.types.is_integer(target):
+        if pa.types.is_integer(column.type):
+            return pc.cast(column, target), none_failed
+        if pa.types.is_floating(column.type):
+            whole = pc.fill_null(pc.and_(pc.is_finite(column), pc.equal(pc.floor(column), column)), True)
+            failed = ~whole.to_numpy(zero_copy_only=False)
+            kept = pc.if_else(whole, column, pa.scalar(None, column.type))
+            return pc.cast(kept, target), failed
+    elif pa.types.is_floating(target):
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            return pc.cast(column, target), none_failed
+    failed = column.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+    return pa.nulls(len(column), target), failed
+
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+def _base64_images(column: pa.Array) -> pa.Array:
+    """Raw JPEG/PNG bytes (as TFX and BigQuery BYTES columns hold them) -> base64 text."""
+    import base64
+
+    values = column.to_pylist()
+    return pa.array(
+        [base64.b64encode(v).decode() if v is not None and v.startswith(_IMAGE_MAGIC) else v for v in values],
+        pa.binary()
+        if any(isinstance(v, bytes) and not v.startswith(_IMAGE_MAGIC) for v in values)
+        else pa.string(),
+    )
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _is_stringish(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or _is_binary(t)

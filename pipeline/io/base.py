@@ -1,0 +1,147 @@
+"""What every format module gives the registry, and the helpers they share.
+
+A file format is a reader (an open stream -> RecordBlocks and error records), a sniffing
+test on the file's first bytes (so a file that does not look like its declared format is
+refused with a clear message instead of thousands of error records) and a prediction
+writer (a Beam PTransform from ScoredBlocks to sharded files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.blocks import ARROW_TYPES, ScoredBlock
+from transforms.model_contract import InputField
+
+# Cloud ML Engine / Vertex AI batch prediction names shards `prediction.results-00000-of-00004`.
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+KEY_COLUMN = "key"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionColumns:
+    """What a prediction record holds: its key, model outputs, pass-through fields.
+
+    Tabular sinks (CSV, Parquet, TFRecord, BigQuery) write one column each, in this order.
+    """
+
+    outputs: tuple[str, ...]
+    passthrough: tuple[InputField, ...] = ()
+    key_type: str = "string"
+    output_dtypes: tuple[str, ...] = ()  # numpy dtype names; float32 when not given
+
+    @property
+    def passthrough_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.passthrough)
+
+    def arrow_schema(self) -> pa.Schema:
+        dtypes = self.output_dtypes or ("float32",) * len(self.outputs)
+        fields = [pa.field(KEY_COLUMN, ARROW_TYPES[self.key_type])]
+        fields += [
+            pa.field(name, pa.from_numpy_dtype(np.dtype(d)))
+            for name, d in zip(self.outputs, dtypes, strict=True)
+        ]
+        fields += [pa.field(f.name, ARROW_TYPES[f.type]) for f in self.passthrough]
+        return pa.schema(fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class FileFormat:
+    name: str
+    extensions: tuple[str, ...]
+    # read(stream, source, layout, block_bytes) -> Iterator[RecordBlock | error record]
+    read: Callable[..., Iterator]
+    # head_problem(first bytes, decompressed; layout) -> why the file is not this format, or None
+    head_problem: Callable[..., str | None]
+    # write_predictions(path prefix, PredictionColumns) -> PTransform of ScoredBlocks
+    write_predictions: Callable[..., object]
+    # Parquet reads its footer first: it needs a seekable, uncompressed file.
+    needs_seekable_file: bool = False
+
+
+def scored_table(scored: ScoredBlock, columns: PredictionColumns) -> pa.Table:
+    """A ScoredBlock as flat columns: key, one per model output, then pass-through fields.
+
+    Scalar outputs take the declared types; an output with several values per record
+    becomes a list column.
+    """
+    schema = columns.arrow_schema()
+    arrays, fields = [scored.keys], [schema.field(KEY_COLUMN)]
+    for name in columns.outputs:
+        values = scored.outputs[name]
+        if isinstance(values, np.ndarray) and values.ndim > 1:
+            arrays.append(pa.array(list(values.reshape(len(values), -1))))
+            fields.append(pa.field(name, arrays[-1].type))
+        else:
+            arrays.append(pa.array(values, schema.field(name).type))
+            fields.append(schema.field(name))
+    if scored.passthrough is not None:
+        arrays += scored.passthrough.columns
+        fields += [schema.field(name) for name in scored.passthrough.schema.names]
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """Yields `items`, producing up to `depth` of them ahead on a background thread.
+
+    Parsing (pyarrow, GIL released) of the next block then overlaps with the model call and
+    the writing of the current one; on 2 cores that is the difference between one busy core
+    and two. Exceptions from `items` are raised here, in the consumer's thread.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put((item, None))
+            buffer.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            buffer.put((done, e))
+
+    producer = threading.Thread(target=produce, name="adpredict-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while producer.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        producer.join()
+
+
+class Prepended:
+    """A read-only stream: `head` (bytes already read to check the format), then `stream`."""
+
+    def __init__(self, head: bytes, stream):
+        self._head = head
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if size is None or size < 0:
+            data, self._head = self._head + self._stream.read(), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        if len(data) < size:
+            data += self._stream.read(size - len(data))
+        return data

@@ -1,0 +1,199 @@
+"""CSV (RFC 4180, also `.gz`): quoted fields may hold commas, doubled quotes and newlines.
+
+In: the first record is the header, unless the layout declares the column order (schema
+file `csv_columns:`, or `predict --csv_columns`) for files without one. A newline inside
+quotes does not end a record (see `pipeline.io.text`), an empty cell, quoted or not, is a
+missing value, and a `string_list` cell is split on its separator (`sports|travel`).
+Out: a header row `key,<outputs>,<pass-through fields>`, then one row per prediction.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from pipeline.blocks import ScoredBlock
+from pipeline.io import base
+from pipeline.io.text import PARSE_CHUNK_BYTES, BlockParser, Records, split_records
+
+
+class CsvParser(BlockParser):
+    def __init__(self, layout, source, header: list[str]):
+        super().__init__(layout, source)
+        self.header = header
+        csv_types = {"int": pa.int64(), "float": pa.float64()}
+        self._read_options = pa_csv.ReadOptions(
+            column_names=header, use_threads=True, block_size=PARSE_CHUNK_BYTES
+        )
+        self._parse_options = pa_csv.ParseOptions(newlines_in_values=True)
+        self._convert_options = pa_csv.ConvertOptions(
+            column_types={f.name: csv_types.get(f.type, pa.string()) for f in layout.all_fields},
+            include_columns=[f.name for f in layout.all_fields],
+            include_missing_columns=True,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            null_values=[""],
+        )
+
+    def parse(self, data: bytes) -> pa.Table:
+        return pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=self._read_options,
+            parse_options=self._parse_options,
+            convert_options=self._convert_options,
+        )
+
+    def normalize(self, table: pa.Table) -> pa.Table:
+        """Splits string_list cells ("sports|travel") into lists, in Arrow."""
+        for field in self.layout.all_fields:
+            if field.type == "string_list":
+                index = table.schema.get_field_index(field.name)
+                column = pc.cast(table.column(index), pa.string())
+                table = table.set_column(index, field.name, pc.split_pattern(column, field.separator))
+        return table
+
+    def diagnose(self, line_number: int, text: bytes) -> dict:
+        text = text.decode("utf-8", errors="replace")
+        try:
+            rows = list(csv.reader(io.StringIO(text)))
+            values, problem = (rows[0], None) if len(rows) == 1 else (None, "line is not one CSV record")
+        except csv.Error as e:
+            values, problem = None, f"line is not valid CSV: {e}"
+        if values is not None and len(values) != len(self.header):
+            where = (
+                "as the declared csv_columns"
+                if self.layout.csv_columns
+                else f"as in the header of {self.source}"
+            )
+            problem = f"expected {len(self.header)} columns {where}, got {len(values)}"
+            values = None
+        text = text.rstrip("\r\n")
+        if values is None:
+            return self.malformed(line_number, problem, text)
+        record = dict(zip(self.header, values, strict=True))
+        typed = {}
+        for field in self.layout.all_fields:
+            cell = record.get(field.name, "")
+            if cell == "":
+                continue
+            try:
+                typed[field.name] = {"int": int, "float": float}.get(field.type, str)(cell)
+            except ValueError:
+                typed[field.name] = cell  # left as text: the type check below reports it
+        return self.wrong_type(line_number, {**record, **typed}) or self.malformed(
+            line_number, "row could not be read as the declared types", record, record
+        )
+
+
+def parse_header(text: bytes) -> list[str]:
+    rows = list(csv.reader(io.StringIO(text.decode("utf-8-sig"))))
+    return rows[0] if rows else []
+
+
+def read(stream, source: str, layout, block_bytes: int):
+    parser = CsvParser(layout, source, list(layout.csv_columns)) if layout.csv_columns else None
+    for records in split_records(stream, block_bytes, quoted=True):
+        if parser is None:
+            if not isinstance(records, Records):
+                parser = CsvParser(layout, source, [])
+                yield from parser.parse_records(records)  # the header line itself is broken
+                return
+            header_end = int(records.ends[0])
+            parser = CsvParser(layout, source, parse_header(records.data[:header_end]))
+            records = Records(records.data[header_end:], records.ends[1:] - header_end, records.lines[1:])
+            if not len(records):
+                continue
+        yield from parser.parse_records(records)
+
+
+def head_problem(head: bytes, layout) -> str | None:
+    """Why the file cannot be CSV, or its first row cannot be its header; None if it can.
+
+    A header that names none of the layout's fields is a data row: the file has no header
+    and its column order must be declared.
+    """
+    if b"\x00" in head:
+        return "it holds binary data (NUL bytes)"
+    if layout.csv_columns:
+        return None
+    first_line = head.split(b"\n", 1)[0]
+    try:
+        names = set(parse_header(first_line))
+    except (csv.Error, UnicodeDecodeError):
+        return "its first line is not a CSV header"
+    if names & {f.name for f in layout.all_fields}:
+        return None
+    return (
+        f"its first row {first_line[:80].decode('utf-8', 'replace')!r} names none of the fields "
+        f"{[f.name for f in layout.fields][:8]}; if the file has no header row, declare the column "
+        "order (schema file `csv_columns:`, or --csv_columns a,b,c)"
+    )
+
+
+def _csv_cell_column(column: pa.Array) -> pa.Array:
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        if pa.types.is_string(column.type.value_type):
+            return pc.binary_join(column, "|")
+        return pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+    return column
+
+
+def format_rows(scored: ScoredBlock, columns: base.PredictionColumns) -> bytes:
+    table = base.scored_table(scored, columns)
+    table = pa.Table.from_arrays(
+        [_csv_cell_column(c.combine_chunks()) for c in table.columns], table.schema.names
+    )
+    out = io.BytesIO()
+    pa_csv.write_csv(table, out, pa_csv.WriteOptions(include_header=False, quoting_style="needed"))
+    return out.getvalue().rstrip(b"\n")
+
+
+def header_row(columns: base.PredictionColumns) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(
+        [base.KEY_COLUMN, *columns.outputs, *columns.passthrough_names]
+    )
+    return out.getvalue()
+
+
+class _FormatFn(beam.DoFn):
+    def __init__(self, columns):
+        self._columns = columns
+
+    def process(self, scored: ScoredBlock):
+        if len(scored):
+            yield format_rows(scored, self._columns)
+
+
+class WritePredictions(beam.PTransform):
+    """ScoredBlocks -> sharded CSV files with a header row, `<prefix>-SSSSS-of-NNNNN`."""
+
+    def __init__(self, prefix: str, columns: base.PredictionColumns):
+        super().__init__()
+        self._prefix = prefix
+        self._columns = columns
+
+    def expand(self, scored):
+        return (
+            scored
+            | "FormatCsvRows" >> beam.ParDo(_FormatFn(self._columns))
+            | "WriteCsv"
+            >> beam.io.WriteToText(
+                self._prefix, shard_name_template=base.SHARD_TEMPLATE, header=header_row(self._columns)
+            )
+        )
+
+
+FORMAT = base.FileFormat(
+    name="csv",
+    extensions=(".csv", ".txt"),
+    read=read,
+    head_problem=head_problem,
+    write_predictions=WritePredictions,
+)

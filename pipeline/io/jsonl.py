@@ -1,0 +1,175 @@
+"""JSON Lines: one JSON object per line (also `.gz`), in and out.
+
+In: pyarrow parses each block of lines straight into the layout's columns. An image may
+be a base64 string or, as Cloud ML Engine / Vertex AI instances write binary data,
+`{"b64": "<base64>"}`. Out: `{"key": ..., "prediction": {name: value, ...}, <pass-through
+fields>}` per line, built column-wise by Arrow kernels and written one block per call.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
+
+from pipeline.blocks import ScoredBlock, string_buffer
+from pipeline.io import base
+from pipeline.io.text import PARSE_CHUNK_BYTES, BlockParser, split_records
+
+B64_KEY = "b64"
+
+
+class JsonParser(BlockParser):
+    """Parses blocks of JSON lines; an image column may hold `{"b64": ...}` objects instead."""
+
+    def __init__(self, layout, source):
+        super().__init__(layout, source)
+        schema = layout.arrow_schema()
+        self._images = [f.name for f in layout.all_fields if f.type == "image"]
+        b64_schema = schema
+        for name in self._images:
+            index = b64_schema.get_field_index(name)
+            b64_schema = b64_schema.set(index, pa.field(name, pa.struct([(B64_KEY, pa.string())])))
+        # The variant that parsed the previous block is tried first.
+        self._variants = [self._options(schema)] + ([self._options(b64_schema)] if self._images else [])
+
+    @staticmethod
+    def _options(schema):
+        return pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+    def parse(self, data: bytes) -> pa.Table:
+        for attempt, options in enumerate(self._variants):
+            try:
+                table = pa_json.read_json(
+                    io.BytesIO(data),
+                    read_options=pa_json.ReadOptions(use_threads=True, block_size=PARSE_CHUNK_BYTES),
+                    parse_options=options,
+                )
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                if attempt == len(self._variants) - 1:
+                    raise
+                continue
+            if attempt:
+                self._variants.insert(0, self._variants.pop(attempt))
+            return self._b64_unwrapped(table.select([f.name for f in self.layout.all_fields]))
+        raise AssertionError("unreachable")
+
+    def _b64_unwrapped(self, table: pa.Table) -> pa.Table:
+        for name in self._images:
+            index = table.schema.get_field_index(name)
+            column = table.column(index)
+            if pa.types.is_struct(column.type):
+                values = pc.struct_field(column, B64_KEY)
+                if values.null_count > column.null_count:  # {"bytes": ...}: not the convention
+                    raise pa.ArrowInvalid(f"field {name!r} holds an object without {B64_KEY!r}")
+                table = table.set_column(index, name, values)
+        return table
+
+    def diagnose(self, line_number: int, text: bytes) -> dict:
+        text = text.decode("utf-8", errors="replace").rstrip("\r\n")
+        try:
+            record = json.loads(text)
+        except ValueError as e:
+            return self.malformed(line_number, f"line is not valid JSON: {e}", text)
+        if not isinstance(record, dict):
+            return self.malformed(
+                line_number, f"expected a JSON object per line, got {type(record).__name__}", record
+            )
+        return self.wrong_type(line_number, record) or self.malformed(
+            line_number, "record could not be read as the declared types", record, record
+        )
+
+
+def read(stream, source: str, layout, block_bytes: int):
+    parser = JsonParser(layout, source)
+    for records in split_records(stream, block_bytes):
+        yield from parser.parse_records(records)
+
+
+def head_problem(head: bytes, layout) -> str | None:
+    """A JSON Lines file starts with `{` (after blank space and a UTF-8 byte-order mark)."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not text or text.startswith(b"{"):
+        return None
+    return f"it starts with {text[:16]!r}, not a JSON object"
+
+
+_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def format_predictions(scored: ScoredBlock, output_names: list[str]) -> bytes:
+    """The block's JSON lines, `{"key": ..., "prediction": {name: value, ...}, ...}`.
+
+    Built column-wise with Arrow compute kernels, so no Python code runs per record.
+    """
+    parts = ['{"key": ', json_column(scored.keys), ', "prediction": {']
+    for index, name in enumerate(output_names):
+        parts += [("" if index == 0 else ", ") + json.dumps(name) + ": ", json_column(scored.outputs[name])]
+    parts.append("}")
+    if scored.passthrough is not None:
+        for name, column in zip(scored.passthrough.schema.names, scored.passthrough.columns, strict=True):
+            parts += [", " + json.dumps(name) + ": ", json_column(column)]
+    parts.append("}\n")
+    data, _ = string_buffer(pc.binary_join_element_wise(*parts, ""))
+    return data[:-1]  # the writer adds the last newline
+
+
+def json_column(values) -> pa.Array:
+    """Each value as JSON text: numbers (null when not finite), quoted strings, or lists."""
+    if isinstance(values, np.ndarray) and values.ndim > 1:
+        return pa.array([json.dumps(row) for row in values.tolist()], pa.string())
+    array = values if isinstance(values, pa.Array) else pa.array(values)
+    if pa.types.is_floating(array.type):
+        text = pc.cast(array, pa.string())
+        return pc.if_else(pc.fill_null(pc.is_finite(array), False), text, "null")
+    if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
+        if pa.types.is_boolean(array.type):
+            text = pc.if_else(array, "true", "false")
+        else:
+            text = pc.cast(pc.cast(array, pa.int64()), pa.string())
+        return pc.fill_null(text, "null")
+    if pa.types.is_binary(array.type):
+        array = pc.cast(array, pa.string())
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        if array.null_count or pc.any(pc.match_substring_regex(array, _NEEDS_JSON_ESCAPE)).as_py():
+            return pa.array([json.dumps(v) for v in array.to_pylist()], pa.string())
+        return pc.binary_join_element_wise('"', array, '"', "")
+    return pa.array([json.dumps(v) for v in array.to_pylist()], pa.string())
+
+
+class _FormatFn(beam.DoFn):
+    def __init__(self, columns: base.PredictionColumns):
+        self._columns = columns
+
+    def process(self, scored: ScoredBlock):
+        yield format_predictions(scored, list(self._columns.outputs))
+
+
+class WritePredictions(beam.PTransform):
+    """ScoredBlocks -> sharded JSON Lines files `<prefix>-SSSSS-of-NNNNN`."""
+
+    def __init__(self, prefix: str, columns: base.PredictionColumns):
+        super().__init__()
+        self._prefix = prefix
+        self._columns = columns
+
+    def expand(self, scored):
+        return (
+            scored
+            | "FormatJsonLines" >> beam.ParDo(_FormatFn(self._columns))
+            | "WriteJsonLines" >> beam.io.WriteToText(self._prefix, shard_name_template=base.SHARD_TEMPLATE)
+        )
+
+
+FORMAT = base.FileFormat(
+    name="jsonl",
+    extensions=(".jsonl", ".json", ".ndjson"),
+    read=read,
+    head_problem=head_problem,
+    write_predictions=WritePredictions,
+)

@@ -1,0 +1,129 @@
+"""Writing predictions, error records and the error summary.
+
+Predictions go to `prediction.results-SSSSS-of-NNNNN` (the shard naming of Cloud ML Engine
+and Vertex AI batch prediction) in the format the user chose (`pipeline.io`), or to a
+BigQuery table. Error records go to `errors-SSSSS-of-NNNNN` as JSON lines whatever the
+prediction format (their `instance` is the raw record, of any shape: a reader of errors is
+a person or a script, not a warehouse schema), or to a BigQuery errors table; a per-kind
+count goes to `prediction.errors_stats`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import METRICS_NAMESPACE
+from pipeline.blocks import ScoredBlock
+from pipeline.io import FILE_FORMATS, base
+
+PREDICTIONS_PREFIX = "prediction.results"
+ERRORS_PREFIX = "errors"
+ERRORS_STATS = "prediction.errors_stats"
+
+
+class _CountPredictionsFn(beam.DoFn):
+    def __init__(self):
+        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "predictions_written")
+
+    def process(self, scored: ScoredBlock):
+        self._written.inc(len(scored))
+        yield scored
+
+
+class WritePredictions(beam.PTransform):
+    """ScoredBlocks -> sharded prediction files of `output_format` under `output_dir`."""
+
+    def __init__(self, output_dir: str, columns: base.PredictionColumns, output_format: str = "jsonl"):
+        super().__init__()
+        self._output_dir = output_dir
+        self._columns = columns
+        self._format = FILE_FORMATS[output_format]
+
+    def expand(self, scored):
+        prefix = FileSystems.join(self._output_dir, PREDICTIONS_PREFIX)
+        return (
+            scored
+            | "CountPredictions" >> beam.ParDo(_CountPredictionsFn())
+            | f"Write{self._format.name.title()}" >> self._format.write_predictions(prefix, self._columns)
+        )
+
+
+class CountErrorsFn(beam.CombineFn):
+    """Counts error records per (code, field), keeping one example message each."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, error):
+        kind = (error["error"]["code"], error["error"]["field"])
+        count, example = accumulator.get(kind, (0, error["error"]["message"]))
+        accumulator[kind] = (count + 1, example)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for kind, (count, example) in accumulator.items():
+                merged[kind] = (merged.get(kind, (0, example))[0] + count, example)
+        return merged
+
+    def extract_output(self, accumulator):
+        rows = [
+            {"code": code, "field": field, "count": count, "example_message": example}
+            for (code, field), (count, example) in accumulator.items()
+        ]
+        rows.sort(key=lambda row: (-row["count"], row["code"], row["field"] or ""))
+        return json.dumps({"errors": sum(r["count"] for r in rows), "by_kind": rows}, indent=2)
+
+
+class CountErrors(beam.DoFn):
+    """Passes error records through, counting them as written."""
+
+    def __init__(self):
+        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "errors_written")
+
+    def process(self, error):
+        self._written.inc()
+        yield error
+
+
+class WriteErrorStats(beam.PTransform):
+    """Error records -> `prediction.errors_stats`: counts per (code, field)."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, errors):
+        return (
+            errors
+            | "CountErrorKinds" >> beam.CombineGlobally(CountErrorsFn())
+            | "WriteErrorStats"
+            >> beam.io.WriteToText(
+                FileSystems.join(self._output_dir, ERRORS_STATS), shard_name_template="", num_shards=1
+            )
+        )
+
+
+class WriteErrors(beam.PTransform):
+    """Error records -> sharded JSONL error files plus `prediction.errors_stats`."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._output_dir = output_dir
+
+    def expand(self, errors):
+        files = (
+            errors
+            | "CountErrors" >> beam.ParDo(CountErrors())
+            | "FormatErrors" >> beam.Map(json.dumps)
+            | "WriteErrorFiles"
+            >> beam.io.WriteToText(
+                FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=base.SHARD_TEMPLATE
+            )
+        )
+        stats = errors | "Summarize" >> WriteErrorStats(self._output_dir)
+        return files, stats
