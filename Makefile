@@ -4,10 +4,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+EMULATORS := .venv-emulators
 WORK_DIR ?= demo_output
 RECORDS ?= 5000
 
-.PHONY: help venv demo test bench lint format lock clean
+.PHONY: help venv emulators demo test bench lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -21,10 +22,18 @@ $(BIN)/.installed: setup.py requirements.lock requirements-dev.txt
 
 venv: $(BIN)/.installed ## Create .venv with the pinned stack (requirements.lock)
 
+$(EMULATORS)/.installed: requirements-emulators.txt
+	$(PYTHON) -m venv $(EMULATORS)
+	$(EMULATORS)/bin/pip install --quiet --upgrade pip
+	$(EMULATORS)/bin/pip install --quiet -r requirements-emulators.txt
+	touch $@
+
+emulators: $(EMULATORS)/.installed ## Create .venv-emulators: local Cloud Storage and BigQuery servers for the tests
+
 demo: venv ## Generate data, analyze, train, export, predict (DirectRunner, local files)
 	$(BIN)/adpredict demo --work_dir $(WORK_DIR) --records $(RECORDS)
 
-test: venv ## Run the test suite (includes lint)
+test: venv emulators ## Run the test suite (includes lint; starts the emulators it needs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q tests

@@ -23,6 +23,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
@@ -145,6 +146,7 @@ def run(argv=None, test_pipeline=None) -> str:
 
     options = beam.options.pipeline_options.PipelineOptions(argv)
     opts.validate_analyze(options)
+    FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
     layout = training_layout(schema, io.csv_columns)

@@ -137,6 +137,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     """Parses options, runs the pipeline, writes run.json and _SUCCESS; returns the manifest."""
     options = PipelineOptions(argv)
     opts.validate_predict(options)
+    FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)
     predict = options.view_as(opts.PredictOptions)
     description = ModelDescription.read(predict.model_dir)

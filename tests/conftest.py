@@ -29,3 +29,20 @@ def trained_ads(tmp_path_factory):
     model = str(work / "model")
     metrics = train_and_export(transform, load_schema("ads"), model, epochs=4, compare_blank_image=False)
     return {"work": work, "data": data, "transform": transform, "model": model, "metrics": metrics}
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A Cloud Storage emulator on a loopback port; Beam's gs:// filesystem talks to it."""
+    from tests import emulators
+
+    with emulators.cloud_storage(str(tmp_path_factory.mktemp("gcs"))) as address:
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = address
+        try:
+            yield f"gs://{emulators.BUCKET}"
+        finally:
+            if previous is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = previous

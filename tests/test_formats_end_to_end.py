@@ -2,6 +2,7 @@
 
 import glob
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -122,3 +123,31 @@ def test_every_sink_format_holds_the_same_predictions_and_passthrough_fields(
         record = inputs["records"][row["key"]]
         assert (row["media"], row["hour"]) == (record["media"], record["hour"])
         assert row["campaign"] == 100 + (int(row["key"].removeprefix("ad-")) - 9000) % 3
+
+
+@pytest.mark.parametrize(
+    ("source", "sink"), [("jsonl", "jsonl"), ("parquet", "csv"), ("tfrecord", "parquet")]
+)
+def test_cloud_storage_in_and_out(source, sink, gcs_emulator, trained_ads, inputs, reference, tmp_path):
+    """gs:// -> gs:// against a local Cloud Storage server; the files are read back and compared."""
+    from apache_beam.io.filesystems import FileSystems
+
+    local = inputs["paths"][source]
+    remote_in = f"{gcs_emulator}/{source}-{sink}/in/{os.path.basename(local)}"
+    remote_out = f"{gcs_emulator}/{source}-{sink}/out"
+    with open(local, "rb") as src, FileSystems.create(remote_in, compression_type="uncompressed") as dst:
+        dst.write(src.read())
+    manifest = predict.run(
+        ["--model_dir", trained_ads["model"], "--input", remote_in, "--output_dir", remote_out,
+         "--output_format", sink, "--no_auth"]
+    )  # fmt: skip
+    assert manifest["counts"]["predictions"] == RECORDS and manifest["inputs"]["files"] == [remote_in]
+    listed = FileSystems.match([f"{remote_out}/*"])[0].metadata_list
+    names = sorted(os.path.basename(m.path) for m in listed)
+    assert "_SUCCESS" in names and "run.json" in names and "prediction.errors_stats" in names
+    for metadata in listed:
+        with FileSystems.open(metadata.path, compression_type="uncompressed") as src:
+            (tmp_path / os.path.basename(metadata.path)).write_bytes(src.read())
+    rows = read_sink(sink, tmp_path)
+    assert sorted(row["key"] for row in rows) == sorted(reference)
+    assert max(abs(row["probability"] - reference[row["key"]]) for row in rows) < 1e-6

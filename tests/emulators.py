@@ -1,0 +1,93 @@
+"""Local servers that speak Google Cloud's protocols, for the tests: started, waited for, stopped.
+
+They live in `.venv-emulators` (`make emulators`), apart from the pipeline's pinned stack,
+and listen on free loopback ports only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMULATOR_BIN = os.path.join(ROOT, ".venv-emulators", "bin")
+PROJECT = "adpredict-test"
+BUCKET = "adpredict-test-bucket"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"emulator exited with code {process.returncode} before listening on {port}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"emulator did not listen on 127.0.0.1:{port} within {seconds} s")
+
+
+@contextlib.contextmanager
+def running(argv: list[str], ports: list[int], log_path: str, env: dict | None = None):
+    """Runs a server process until the block ends; its output goes to `log_path`."""
+    executable = os.path.join(EMULATOR_BIN, argv[0])
+    if not os.path.exists(executable):
+        raise RuntimeError(f"{executable} is missing: run `make emulators` (make test does it)")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [executable, *argv[1:]], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        try:
+            for port in ports:
+                wait_for_port(port, process)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextlib.contextmanager
+def cloud_storage(log_dir: str):
+    """gcp-storage-emulator in memory with one bucket; yields its http:// address."""
+    port = free_port()
+    argv = ["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+            "--default-bucket", BUCKET]  # fmt: skip
+    with running(argv, [port], os.path.join(log_dir, "gcs-emulator.log")):
+        yield f"http://127.0.0.1:{port}"
+
+
+# bqemulator 1.4.0 loads DuckDB's spatial extension at start, which it downloads; offline
+# that fails, and it has no setting to skip it (GEOGRAPHY is the only thing that needs it).
+_BQEMULATOR_OFFLINE = (
+    "import os, sys; os.environ.setdefault('BQEMU_ENABLE_FORMAT_EXTENSIONS', 'false');"
+    "from bqemulator.storage import engine; engine.DuckDBEngine._load_spatial = lambda self: None;"
+    "from bqemulator.cli import main; sys.exit(main())"
+)
+
+
+@contextlib.contextmanager
+def bigquery(log_dir: str):
+    """bqemulator (REST + Storage API gRPC); yields (REST address, gRPC host:port)."""
+    rest, grpc = free_port(), free_port()
+    argv = ["python", "-c", _BQEMULATOR_OFFLINE, "start", "--rest-port", str(rest), "--grpc-port", str(grpc),
+            "--project", PROJECT]  # fmt: skip
+    with running(argv, [rest, grpc], os.path.join(log_dir, "bq-emulator.log")):
+        yield f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc}"
+
+
+if __name__ == "__main__":  # python tests/emulators.py: start both and wait (for manual runs)
+    with cloud_storage("/tmp") as gcs, bigquery("/tmp") as (bq_rest, bq_grpc):
+        print(f"STORAGE_EMULATOR_HOST={gcs}\nBigQuery REST {bq_rest}, Storage API gRPC {bq_grpc}", flush=True)
+        sys.stdin.read()
