@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
-from pipeline.read import BLOCKS, ERRORS, ReadAdRecords, check_inputs
+from pipeline.read import BLOCKS, ERRORS, Inputs, ReadAdRecords, check_inputs
 from pipeline.write import WriteErrors
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
@@ -102,7 +102,7 @@ class _SplitFn(beam.DoFn):
 
 
 def build_analyze(
-    pipeline, schema: Schema, patterns, output_dir, input_format=None, eval_percent=20, layout=None
+    pipeline, schema: Schema, inputs, output_dir, input_format=None, eval_percent=20, layout=None
 ):
     """Builds the graph; returns {"transform_fn", "train", "eval", "errors"} PCollections."""
     import tensorflow_transform as tft
@@ -111,7 +111,7 @@ def build_analyze(
     from transforms.preprocessing import make_preprocessing_fn
 
     layout = layout or training_layout(schema)
-    records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, layout, input_format)
+    records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
     split = records[BLOCKS] | "SplitTrainEval" >> beam.ParDo(_SplitFn(schema, eval_percent)).with_outputs(
         TRAIN, EVAL
     )
@@ -150,14 +150,15 @@ def run(argv=None, test_pipeline=None) -> str:
     io = options.view_as(opts.RecordIOOptions)
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
     layout = training_layout(schema, io.csv_columns)
-    check_inputs(io.input, io.input_format, layout)
+    inputs = Inputs.from_options(options)
+    check_inputs(inputs, io.input_format, layout)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
     pipeline = test_pipeline or opts.make_pipeline(options)
     with tft_beam.Context(temp_dir=temp_dir):
         build_analyze(
             pipeline,
             schema,
-            io.input,
+            inputs,
             io.output_dir,
             io.input_format,
             options.view_as(opts.AnalyzeOptions).eval_percent,

@@ -105,6 +105,9 @@ class RecordLayout:
     key_type: str = "string"
     passthrough: tuple[InputField, ...] = ()
     csv_columns: tuple[str, ...] | None = None
+    # Pass-through fields of no declared type: read as text, numbers included where the
+    # source is typed (Parquet, BigQuery, tf.Example).
+    untyped: frozenset[str] = frozenset()
 
     @property
     def all_fields(self) -> tuple[InputField, ...]:
@@ -192,6 +195,8 @@ def conform(
             column = column.combine_chunks()
         if field.type == "image" and _is_binary(column.type):
             column = _base64_images(column)
+        if field.name in layout.untyped and _is_number(column.type):
+            column = pc.cast(column, pa.string())
         cast, failed = _cast_column(column, target)
         for row in np.flatnonzero(failed & ~bad):
             first_error[int(row)] = (field.name, column[int(row)].as_py())
@@ -273,6 +278,10 @@ def _base64_images(column: pa.Array) -> pa.Array:
 
 def _is_binary(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
 
 def _is_list(t: pa.DataType) -> bool:

@@ -26,7 +26,8 @@ class RecordIOOptions(PipelineOptions):
             "--input",
             action="append",
             default=None,
-            help="File pattern of input records (local path or gs://, globs allowed); repeatable.",
+            help="File pattern of input records (local path or gs://, globs allowed) or a BigQuery "
+            "table bq://project.dataset.table; repeatable.",
         )
         parser.add_argument(
             "--input_format",
@@ -40,7 +41,41 @@ class RecordIOOptions(PipelineOptions):
             help="Column order of CSV files without a header row, comma-separated "
             "(default: the schema file's csv_columns, else the first row is the header).",
         )
-        parser.add_argument("--output_dir", default=None, help="Directory the run writes into.")
+        parser.add_argument(
+            "--input_query",
+            default=None,
+            help="Standard-SQL query whose result rows are the input records (BigQuery).",
+        )
+        parser.add_argument(
+            "--query_dataset",
+            default=None,
+            help="project.dataset where --input_query's result is written for reading (expires in a day).",
+        )
+        parser.add_argument(
+            "--input_filter",
+            default=None,
+            help="Row restriction for a bq:// input table, e.g. 'DATE(_PARTITIONTIME) = \"2026-11-26\"'.",
+        )
+        parser.add_argument(
+            "--output_dir",
+            default=None,
+            help="Directory the run writes into (local or gs://): run.json, _SUCCESS, error files.",
+        )
+
+
+class BigQueryOptions(PipelineOptions):
+    """Where BigQuery listens, for a private endpoint or a local emulator (default: Google's)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument(
+            "--bigquery_endpoint", default=None, help="BigQuery REST endpoint, e.g. http://127.0.0.1:9050."
+        )
+        parser.add_argument(
+            "--bigquery_storage_endpoint",
+            default=None,
+            help="BigQuery Storage API (gRPC) endpoint host:port; plain text when --bigquery_endpoint is http://.",
+        )
 
 
 class PredictOptions(PipelineOptions):
@@ -52,6 +87,22 @@ class PredictOptions(PipelineOptions):
             choices=OUTPUT_FORMATS,
             default="jsonl",
             help="Format of the prediction files (errors are always JSON lines), or bigquery.",
+        )
+        parser.add_argument(
+            "--output_table",
+            default=None,
+            help="Predictions table bq://project.dataset.table (with --output_format bigquery).",
+        )
+        parser.add_argument(
+            "--output_errors_table",
+            default=None,
+            help="Errors table; default: the predictions table's name + _errors.",
+        )
+        parser.add_argument(
+            "--write_disposition",
+            choices=("truncate", "append"),
+            default="truncate",
+            help="Replace the tables' rows (default: a re-run gives the same tables) or append to them.",
         )
         parser.add_argument(
             "--passthrough_fields",
@@ -95,8 +146,10 @@ class AnalyzeOptions(PipelineOptions):
 
 
 def _validate_io(io: RecordIOOptions) -> None:
-    if not io.input:
-        raise OptionsError("--input is required: a file pattern of input records")
+    if not io.input and not io.input_query:
+        raise OptionsError("--input is required: a file pattern or bq:// table of input records")
+    if io.input_filter and not any(i.startswith("bq://") for i in io.input or ()):
+        raise OptionsError("--input_filter applies to a bq:// --input table only")
     if not io.output_dir:
         raise OptionsError("--output_dir is required")
 
@@ -110,6 +163,10 @@ def validate_predict(options: PipelineOptions) -> None:
         raise OptionsError(f"--batch_size must be at least 1, got {predict.batch_size}")
     if predict.tf_threads is not None and predict.tf_threads < 1:
         raise OptionsError(f"--tf_threads must be at least 1, got {predict.tf_threads}")
+    if predict.output_format == "bigquery" and not predict.output_table:
+        raise OptionsError("--output_format bigquery needs --output_table bq://project.dataset.table")
+    if predict.output_table and predict.output_format != "bigquery":
+        raise OptionsError("--output_table needs --output_format bigquery")
     if not 0.0 <= predict.max_error_rate <= 1.0:
         raise OptionsError(f"--max_error_rate must be between 0 and 1, got {predict.max_error_rate}")
 
@@ -136,7 +193,7 @@ def print_help_if_asked(argv, prog: str, description: str, option_classes) -> bo
     if not argv or not ({"-h", "--help"} & set(argv)):
         return False
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    for cls in (RecordIOOptions, *option_classes):
+    for cls in (RecordIOOptions, BigQueryOptions, *option_classes):
         cls._add_argparse_args(parser.add_argument_group(cls.__name__))
     beam_group = parser.add_argument_group("Beam options (all others are accepted too)")
     for cls in (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions):
@@ -186,3 +243,19 @@ def tf_threads(options: PipelineOptions) -> int | None:
         processes = direct.direct_num_workers or cores  # 0 means one per core
         return max(1, cores // processes)
     return None
+
+
+def bigquery_connection(options: PipelineOptions):
+    """The BigQuery project, endpoints and credentials of a run (`--project`, `--no_auth`)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from pipeline.io.bigquery import Connection
+
+    cloud = options.view_as(GoogleCloudOptions)
+    bigquery = options.view_as(BigQueryOptions)
+    return Connection(
+        project=cloud.project,
+        endpoint=bigquery.bigquery_endpoint,
+        storage_endpoint=bigquery.bigquery_storage_endpoint,
+        anonymous=bool(cloud.no_auth),
+    )

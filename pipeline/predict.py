@@ -29,10 +29,19 @@ from pipeline import options as opts
 from pipeline.blocks import RecordLayout
 from pipeline.entrypoint import ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
+from pipeline.io import BIGQUERY
+from pipeline.io import bigquery as bq
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.manifest import RUN_MANIFEST, SUCCESS_MARKER, model_fingerprint, versions, write_manifest
-from pipeline.read import BLOCKS, ERRORS, ReadAdRecords, check_inputs
-from pipeline.write import ERRORS_PREFIX, ERRORS_STATS, PREDICTIONS_PREFIX, WriteErrors, WritePredictions
+from pipeline.read import BLOCKS, ERRORS, Inputs, ReadAdRecords, check_inputs
+from pipeline.write import (
+    ERRORS_PREFIX,
+    ERRORS_STATS,
+    PREDICTIONS_PREFIX,
+    BigQueryTarget,
+    WriteErrors,
+    WritePredictions,
+)
 from transforms.model_contract import InputField, ModelDescription
 
 SCORED = "scored"
@@ -45,12 +54,16 @@ def prediction_layout(
     description: ModelDescription, passthrough: str | None = None, csv_columns: str | None = None
 ) -> RecordLayout:
     """What predict reads from each record: model inputs, key, and pass-through fields."""
+    fields = passthrough_fields(passthrough, description)
+    declared = {item.partition(":")[0].strip() for item in (passthrough or "").split(",") if ":" in item}
+    model_fields = {f.name for f in description.inputs} | {description.key_field}
     return RecordLayout(
         description.inputs,
         description.key_field,
         description.key_type,
-        passthrough=passthrough_fields(passthrough, description),
+        passthrough=fields,
         csv_columns=tuple(c.strip() for c in csv_columns.split(",")) if csv_columns else None,
+        untyped=frozenset(f.name for f in fields if f.name not in declared | model_fields),
     )
 
 
@@ -85,7 +98,7 @@ def build_predict(
     pipeline,
     model_dir: str,
     description: ModelDescription,
-    patterns: list[str],
+    inputs: Inputs | list[str],
     output_dir: str,
     input_format: str | None = None,
     batch_size: int | None = None,
@@ -93,17 +106,24 @@ def build_predict(
     tf_threads: int | None = None,
     layout: RecordLayout | None = None,
     output_format: str = "jsonl",
+    bigquery: BigQueryTarget | None = None,
 ) -> dict:
-    """Builds the graph; returns the `scored` blocks and `errors` PCollections."""
+    """Builds the graph; returns the `scored` blocks and `errors` PCollections.
+
+    `inputs` are file patterns (or an `Inputs` with BigQuery tables and queries); with
+    `bigquery`, predictions and errors go to its tables instead of files.
+    """
     layout = layout or prediction_layout(description)
-    records = pipeline | "ReadAdRecords" >> ReadAdRecords(patterns, layout, input_format)
+    records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
     inference = records[BLOCKS] | "RunInference" >> beam.ParDo(
         RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads)
     ).with_outputs(RunInferenceFn.ERRORS, main=SCORED)
     errors = (records[ERRORS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
     columns = prediction_columns(description, layout)
-    _ = inference[SCORED] | "WritePredictions" >> WritePredictions(output_dir, columns, output_format)
-    _ = errors | "WriteErrors" >> WriteErrors(output_dir)
+    _ = inference[SCORED] | "WritePredictions" >> WritePredictions(
+        output_dir, columns, output_format, bigquery
+    )
+    _ = errors | "WriteErrors" >> WriteErrors(output_dir, bigquery)
     return {SCORED: inference[SCORED], ERRORS: errors}
 
 
@@ -133,6 +153,26 @@ def counters(result) -> dict[str, int]:
     return totals
 
 
+def bigquery_target(options) -> BigQueryTarget:
+    """The BigQuery tables a run writes, checked before it starts; files are staged in
+    --temp_location (gs:// loads by URI), else under --output_dir."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    predict = options.view_as(opts.PredictOptions)
+    connection = opts.bigquery_connection(options)
+    table = bq.TableRef.parse(predict.output_table, "--output_table")
+    errors_table = (
+        bq.TableRef.parse(predict.output_errors_table, "--output_errors_table")
+        if predict.output_errors_table
+        else table.with_suffix("_errors")
+    )
+    for target in (table, errors_table):
+        bq.check_write(connection, target)
+    temp = options.view_as(GoogleCloudOptions).temp_location
+    staging = FileSystems.join(temp or options.view_as(opts.RecordIOOptions).output_dir, "_bigquery_staging")
+    return BigQueryTarget(connection, table, errors_table, staging, predict.write_disposition)
+
+
 def run(argv=None, test_pipeline=None) -> dict:
     """Parses options, runs the pipeline, writes run.json and _SUCCESS; returns the manifest."""
     options = PipelineOptions(argv)
@@ -142,7 +182,9 @@ def run(argv=None, test_pipeline=None) -> dict:
     predict = options.view_as(opts.PredictOptions)
     description = ModelDescription.read(predict.model_dir)
     layout = prediction_layout(description, predict.passthrough_fields, io.csv_columns)
-    files = check_inputs(io.input, io.input_format, layout)
+    inputs = Inputs.from_options(options)
+    files = check_inputs(inputs, io.input_format, layout)
+    bigquery = bigquery_target(options) if predict.output_format == BIGQUERY else None
     if not FileSystems.exists(io.output_dir):
         FileSystems.mkdirs(io.output_dir)
     clear_previous_outputs(io.output_dir)
@@ -153,13 +195,14 @@ def run(argv=None, test_pipeline=None) -> dict:
         pipeline,
         predict.model_dir,
         description,
-        io.input,
+        inputs,
         io.output_dir,
         io.input_format,
         predict.batch_size,
         tf_threads=opts.tf_threads(options),
         layout=layout,
         output_format=predict.output_format,
+        bigquery=bigquery,
     )
     result = pipeline.run()
     result.wait_until_finish()
@@ -173,8 +216,16 @@ def run(argv=None, test_pipeline=None) -> dict:
     within_threshold = error_rate <= predict.max_error_rate
     manifest = {
         "status": "succeeded" if within_threshold else "failed: error rate above --max_error_rate",
-        "inputs": {"patterns": io.input, "files": files, "format": io.input_format or "from file names"},
+        "inputs": {
+            "patterns": io.input,
+            "query": io.input_query,
+            "filter": io.input_filter,
+            "files": files,
+            "format": io.input_format or "from file names",
+        },
         "output_format": predict.output_format,
+        "output_tables": bigquery
+        and {"predictions": bigquery.table.uri, "errors": bigquery.errors_table.uri},
         "model": {"dir": predict.model_dir, "fingerprint": model_fingerprint(predict.model_dir)},
         "output_dir": io.output_dir,
         "counts": {

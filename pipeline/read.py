@@ -7,6 +7,8 @@ BigQuery tables and queries through `pipeline.io.bigquery`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
@@ -14,7 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import METRICS_NAMESPACE
 from pipeline.blocks import RecordLayout
-from pipeline.io import InputError, describe_formats, format_for
+from pipeline.io import InputError, describe_formats, format_for, is_bigquery
+from pipeline.io import bigquery as bq
 from pipeline.io.base import Prepended, read_ahead
 from pipeline.io.text import DEFAULT_BLOCK_BYTES
 from pipeline.validation import validate_block
@@ -27,13 +30,58 @@ HEAD_BYTES = 4096
 FILES_CHECKED_AT_START = 20
 
 
-def check_inputs(patterns: list[str], input_format: str | None, layout: RecordLayout) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Where a run's records come from: file patterns, bq:// tables, a BigQuery query."""
+
+    patterns: tuple[str, ...] = ()
+    input_format: str | None = None
+    query: str | None = None
+    row_filter: str | None = None
+    connection: bq.Connection | None = None
+    query_dataset: str | None = None
+
+    @classmethod
+    def from_options(cls, options) -> Inputs:
+        from pipeline import options as opts
+
+        io = options.view_as(opts.RecordIOOptions)
+        return cls(
+            tuple(io.input or ()),
+            io.input_format,
+            io.input_query,
+            io.input_filter,
+            opts.bigquery_connection(options),
+            io.query_dataset,
+        )
+
+    @property
+    def file_patterns(self) -> list[str]:
+        return [p for p in self.patterns if not is_bigquery(p)]
+
+    @property
+    def bigquery_reads(self) -> list[bq.ReadSpec]:
+        reads = [
+            bq.ReadSpec(table=bq.TableRef.parse(p), row_filter=self.row_filter)
+            for p in self.patterns
+            if is_bigquery(p)
+        ]
+        return reads + ([bq.ReadSpec(query=self.query, query_dataset=self.query_dataset)] if self.query else [])
+
+
+def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: RecordLayout) -> list[str]:
     """Fails before the job starts if a pattern matches nothing, matches files of several
-    formats, or a file does not look like its format; returns the matched files."""
-    if not patterns:
-        raise InputError("no --input given: pass one or more file patterns")
+    formats, or a file does not look like its format, if a BigQuery table does not exist or
+    a query does not parse; returns the matched files and tables."""
+    if not isinstance(inputs, Inputs):
+        inputs = Inputs(tuple(inputs), input_format)
+    if not inputs.patterns and not inputs.query:
+        raise InputError("no --input given: pass one or more file patterns or bq:// tables")
     files = []
-    for pattern in patterns:
+    for spec in inputs.bigquery_reads:
+        bq.check_read(inputs.connection or bq.Connection(), spec)
+        files.append(spec.source)
+    for pattern in inputs.file_patterns:
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except Exception as e:  # noqa: BLE001 - filesystems raise their own types
@@ -136,25 +184,51 @@ class _ValidateFn(beam.DoFn):
 
 
 class ReadAdRecords(beam.PTransform):
-    """Reads and validates ad records from file patterns: `blocks` and `errors` outputs."""
+    """Reads and validates ad records from files and BigQuery: `blocks` and `errors` outputs."""
 
     def __init__(
         self,
-        patterns: list[str],
+        inputs: Inputs | list[str],
         layout: RecordLayout,
         input_format: str | None = None,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ):
         super().__init__()
-        self._patterns = list(patterns)
+        self._inputs = inputs if isinstance(inputs, Inputs) else Inputs(tuple(inputs), input_format)
         self._layout = layout
-        self._input_format = input_format
+        self._block_bytes = block_bytes
+
+    def expand(self, pbegin):
+        parts = []
+        if self._inputs.file_patterns:
+            parts.append(pbegin | "ReadFiles" >> _ReadFiles(self._inputs, self._layout, self._block_bytes))
+        connection = self._inputs.connection or bq.Connection()
+        for index, spec in enumerate(self._inputs.bigquery_reads):
+            parts.append(
+                pbegin
+                | f"ReadBigQuery{index or ''}" >> bq.ReadBigQueryRecords(connection, self._layout, spec)
+            )
+        read = {
+            tag: tuple(part[tag] for part in parts) | f"Merge{tag.title()}" >> beam.Flatten()
+            for tag in (BLOCKS, ERRORS)
+        }
+        return read | "Validate" >> ValidateRecords(self._layout)
+
+
+class _ReadFiles(beam.PTransform):
+    """File patterns -> record blocks and error records, a whole file per worker task."""
+
+    def __init__(self, inputs: Inputs, layout: RecordLayout, block_bytes: int):
+        super().__init__()
+        self._patterns = inputs.file_patterns
+        self._input_format = inputs.input_format
+        self._layout = layout
         self._block_bytes = block_bytes
 
     def expand(self, pbegin):
         # Files, not blocks, are spread over workers: each file is then read, validated,
         # scored and written in one fused stage, so no stage ever holds the whole input.
-        read = (
+        return (
             pbegin
             | "ListPatterns" >> beam.Create(self._patterns)
             | "MatchFiles" >> fileio.MatchAll()
@@ -165,4 +239,3 @@ class ReadAdRecords(beam.PTransform):
                 ERRORS, main=BLOCKS
             )
         )
-        return {BLOCKS: read[BLOCKS], ERRORS: read[ERRORS]} | "Validate" >> ValidateRecords(self._layout)

@@ -10,6 +10,7 @@ count goes to `prediction.errors_stats`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import apache_beam as beam
@@ -18,10 +19,22 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import METRICS_NAMESPACE
 from pipeline.blocks import ScoredBlock
 from pipeline.io import FILE_FORMATS, base
+from pipeline.io import bigquery as bq
 
 PREDICTIONS_PREFIX = "prediction.results"
 ERRORS_PREFIX = "errors"
 ERRORS_STATS = "prediction.errors_stats"
+
+
+@dataclasses.dataclass(frozen=True)
+class BigQueryTarget:
+    """Where predictions and error records go when the output is BigQuery."""
+
+    connection: bq.Connection
+    table: bq.TableRef
+    errors_table: bq.TableRef
+    staging_dir: str  # files are staged here, then loaded (gs:// loads by URI)
+    disposition: str = "truncate"
 
 
 class _CountPredictionsFn(beam.DoFn):
@@ -34,20 +47,32 @@ class _CountPredictionsFn(beam.DoFn):
 
 
 class WritePredictions(beam.PTransform):
-    """ScoredBlocks -> sharded prediction files of `output_format` under `output_dir`."""
+    """ScoredBlocks -> sharded prediction files of `output_format` under `output_dir`, or a
+    BigQuery table when `bigquery` is given."""
 
-    def __init__(self, output_dir: str, columns: base.PredictionColumns, output_format: str = "jsonl"):
+    def __init__(
+        self,
+        output_dir: str,
+        columns: base.PredictionColumns,
+        output_format: str = "jsonl",
+        bigquery: BigQueryTarget | None = None,
+    ):
         super().__init__()
         self._output_dir = output_dir
         self._columns = columns
-        self._format = FILE_FORMATS[output_format]
+        self._bigquery = bigquery
+        self._format = None if bigquery else FILE_FORMATS[output_format]
 
     def expand(self, scored):
+        counted = scored | "CountPredictions" >> beam.ParDo(_CountPredictionsFn())
+        if self._bigquery:
+            target = self._bigquery
+            return counted | "WriteBigQuery" >> bq.WriteToBigQuery(
+                target.connection, target.table, self._columns, target.staging_dir, target.disposition
+            )
         prefix = FileSystems.join(self._output_dir, PREDICTIONS_PREFIX)
-        return (
-            scored
-            | "CountPredictions" >> beam.ParDo(_CountPredictionsFn())
-            | f"Write{self._format.name.title()}" >> self._format.write_predictions(prefix, self._columns)
+        return counted | f"Write{self._format.name.title()}" >> self._format.write_predictions(
+            prefix, self._columns
         )
 
 
@@ -109,21 +134,29 @@ class WriteErrorStats(beam.PTransform):
 
 
 class WriteErrors(beam.PTransform):
-    """Error records -> sharded JSONL error files plus `prediction.errors_stats`."""
+    """Error records -> sharded JSONL error files (or a BigQuery errors table) plus
+    `prediction.errors_stats`."""
 
-    def __init__(self, output_dir: str):
+    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None):
         super().__init__()
         self._output_dir = output_dir
+        self._bigquery = bigquery
 
     def expand(self, errors):
+        counted = errors | "CountErrors" >> beam.ParDo(CountErrors())
+        stats = errors | "Summarize" >> WriteErrorStats(self._output_dir)
+        if self._bigquery:
+            target = self._bigquery
+            table = counted | "WriteBigQuery" >> bq.WriteErrorsToBigQuery(
+                target.connection, target.errors_table, target.staging_dir, target.disposition
+            )
+            return table, stats
         files = (
-            errors
-            | "CountErrors" >> beam.ParDo(CountErrors())
+            counted
             | "FormatErrors" >> beam.Map(json.dumps)
             | "WriteErrorFiles"
             >> beam.io.WriteToText(
                 FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=base.SHARD_TEMPLATE
             )
         )
-        stats = errors | "Summarize" >> WriteErrorStats(self._output_dir)
         return files, stats

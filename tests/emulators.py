@@ -59,12 +59,13 @@ def running(argv: list[str], ports: list[int], log_path: str, env: dict | None =
 
 
 @contextlib.contextmanager
-def cloud_storage(log_dir: str):
-    """gcp-storage-emulator in memory with one bucket; yields its http:// address."""
+def cloud_storage(work_dir: str):
+    """gcp-storage-emulator with one bucket, its objects under `work_dir`/.cloudstorage (so
+    the BigQuery emulator can load gs:// files); yields its http:// address."""
     port = free_port()
-    argv = ["gcp-storage-emulator", "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-            "--default-bucket", BUCKET]  # fmt: skip
-    with running(argv, [port], os.path.join(log_dir, "gcs-emulator.log")):
+    argv = ["gcp-storage-emulator", "-d", work_dir, "start", "--host", "127.0.0.1", "--port", str(port),
+            "--default-bucket", BUCKET, "-q"]  # fmt: skip
+    with running(argv, [port], os.path.join(work_dir, "gcs-emulator.log")):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -78,16 +79,25 @@ _BQEMULATOR_OFFLINE = (
 
 
 @contextlib.contextmanager
-def bigquery(log_dir: str):
-    """bqemulator (REST + Storage API gRPC); yields (REST address, gRPC host:port)."""
+def bigquery(work_dir: str, storage_dir: str | None = None):
+    """bqemulator (REST + Storage API gRPC); yields (REST address, gRPC host:port).
+
+    With `storage_dir` (a `cloud_storage` work_dir), load jobs read gs:// URIs from the
+    Cloud Storage emulator's files, as real BigQuery reads Cloud Storage.
+    """
     rest, grpc = free_port(), free_port()
-    argv = ["python", "-c", _BQEMULATOR_OFFLINE, "start", "--rest-port", str(rest), "--grpc-port", str(grpc),
-            "--project", PROJECT]  # fmt: skip
-    with running(argv, [rest, grpc], os.path.join(log_dir, "bq-emulator.log")):
+    argv = ["python", "-c", _BQEMULATOR_OFFLINE, "start", "--rest-host", "127.0.0.1", "--rest-port", str(rest),
+            "--grpc-host", "127.0.0.1", "--grpc-port", str(grpc), "--project", PROJECT,
+            "--log-level", "warning"]  # fmt: skip
+    env = {"BQEMU_GCS_LOCAL_ROOT": os.path.join(storage_dir, ".cloudstorage")} if storage_dir else {}
+    with running(argv, [rest, grpc], os.path.join(work_dir, "bq-emulator.log"), env):
         yield f"http://127.0.0.1:{rest}", f"127.0.0.1:{grpc}"
 
 
 if __name__ == "__main__":  # python tests/emulators.py: start both and wait (for manual runs)
-    with cloud_storage("/tmp") as gcs, bigquery("/tmp") as (bq_rest, bq_grpc):
+    import tempfile
+
+    work = tempfile.mkdtemp(prefix="adpredict-emulators-")
+    with cloud_storage(work) as gcs, bigquery(work, work) as (bq_rest, bq_grpc):
         print(f"STORAGE_EMULATOR_HOST={gcs}\nBigQuery REST {bq_rest}, Storage API gRPC {bq_grpc}", flush=True)
         sys.stdin.read()

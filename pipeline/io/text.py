@@ -193,7 +193,12 @@ class BlockParser(abc.ABC):
                 source=f"{self.source}:{line_number}",
                 code=errors.WRONG_TYPE,
                 field=field.name,
-                message=f"field {field.name!r} must be {TYPE_DESCRIPTIONS[field.type]}, got {preview(value)}",
+                message=f"field {field.name!r} must be {TYPE_DESCRIPTIONS[field.type]}, got {preview(value)}"
+                + (
+                    f" (declare its type: --passthrough_fields {field.name}:int or :float)"
+                    if field.name in self.layout.untyped
+                    else ""
+                ),
                 key=self.layout.record_key(self.source, line_number, record),
                 instance=record,
             )

@@ -1,0 +1,452 @@
+"""BigQuery: tables and queries in through the Storage Read API; predictions out by load jobs.
+
+In: `bq://project.dataset.table` (optionally with `--input_filter`, a row restriction such
+as `DATE(_PARTITIONTIME) = "2026-11-26"`) or a standard-SQL `--input_query`. A query's
+result is written by `CREATE TABLE ... AS` into `--query_dataset` (which must be in the
+location of the tables it reads), as a table that expires after a day. A read session (Arrow format, only the
+columns the layout needs) is opened when the pipeline runs; its streams are spread over
+workers, and each stream arrives as Arrow record batches that become record blocks with no
+per-row Python. A column of the wrong type is one `wrong_type` error per affected row.
+
+Out: predictions and error records are staged as files, then loaded by one load job per
+table (load jobs are free; streaming inserts are billed per byte): staged on `gs://`, the
+job loads the files by URI; staged elsewhere (a local run), each file is uploaded to a load
+job, the first one truncating when `--write_disposition truncate`. Tables are created when
+missing, with a schema derived from the model description.
+
+Beam's own BigQuery connectors hard-code Google's endpoints and hand rows to Python as
+dicts, so this module talks to BigQuery with the google-cloud clients directly; a
+`Connection` carries the project and, for a private endpoint or a local emulator, where the
+REST and Storage APIs listen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import uuid
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+
+from pipeline import METRICS_NAMESPACE
+from pipeline.blocks import conform
+from pipeline.io import BIGQUERY_SCHEME, InputError
+from pipeline.io.base import SHARD_TEMPLATE, PredictionColumns, scored_table
+
+_TABLE = re.compile(r"^bq://([A-Za-z0-9_.:-]+)[.:]([A-Za-z0-9_]+)\.([A-Za-z0-9_$-]+)$")
+_BQ_TYPES = {pa.int64(): "INT64", pa.float64(): "FLOAT64", pa.float32(): "FLOAT64", pa.string(): "STRING"}
+QUERY_SOURCE = "bq://query"
+DISPOSITIONS = {"truncate": "WRITE_TRUNCATE", "append": "WRITE_APPEND"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TableRef:
+    project: str
+    dataset: str
+    table: str
+
+    @classmethod
+    def parse(cls, uri: str, flag: str = "--input") -> TableRef:
+        match = _TABLE.match(uri)
+        if not match:
+            raise InputError(f"{flag} {uri!r} is not a BigQuery table; write bq://project.dataset.table")
+        return cls(*match.groups())
+
+    @property
+    def spec(self) -> str:
+        return f"{self.project}.{self.dataset}.{self.table}"
+
+    @property
+    def uri(self) -> str:
+        return BIGQUERY_SCHEME + self.spec
+
+    @property
+    def path(self) -> str:
+        return f"projects/{self.project}/datasets/{self.dataset}/tables/{self.table}"
+
+    def with_suffix(self, suffix: str) -> TableRef:
+        return dataclasses.replace(self, table=self.table + suffix)
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    """Where BigQuery is and who pays: picklable, so workers build their own clients.
+
+    `endpoint` (REST) and `storage_endpoint` (Storage API gRPC, host:port) default to
+    Google's. An `http://` endpoint is a server without TLS (a local emulator), reached
+    with plain-text gRPC; `anonymous` skips credentials (`--no_auth`).
+    """
+
+    project: str | None = None
+    endpoint: str | None = None
+    storage_endpoint: str | None = None
+    anonymous: bool = False
+
+    def _credentials(self):
+        if self.anonymous:
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()
+        return None  # application default credentials
+
+    def client(self, project: str | None = None):
+        from google.api_core.client_options import ClientOptions
+        from google.cloud import bigquery
+
+        options = ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
+        return bigquery.Client(
+            project=project or self.project, credentials=self._credentials(), client_options=options
+        )
+
+    def read_client(self):
+        from google.cloud import bigquery_storage_v1
+
+        if not self.storage_endpoint:
+            return bigquery_storage_v1.BigQueryReadClient(credentials=self._credentials())
+        if self.endpoint and self.endpoint.startswith("http://"):
+            import grpc
+            from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+                BigQueryReadGrpcTransport,
+            )
+
+            channel = grpc.insecure_channel(
+                self.storage_endpoint, options=[("grpc.max_receive_message_length", -1)]
+            )
+            transport = BigQueryReadGrpcTransport(channel=channel, credentials=self._credentials())
+            return bigquery_storage_v1.BigQueryReadClient(transport=transport)
+        from google.api_core.client_options import ClientOptions
+
+        return bigquery_storage_v1.BigQueryReadClient(
+            credentials=self._credentials(), client_options=ClientOptions(api_endpoint=self.storage_endpoint)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadSpec:
+    """One BigQuery input: a table (with an optional row filter) or a query."""
+
+    table: TableRef | None = None
+    query: str | None = None
+    row_filter: str | None = None
+    query_dataset: str | None = None  # project.dataset that receives a query's result
+
+    def results_table(self) -> TableRef:
+        project, _, dataset = self.query_dataset.partition(".")
+        return TableRef(project, dataset, f"adpredict_query_{uuid.uuid4().hex}")
+
+    @property
+    def source(self) -> str:
+        return self.table.uri if self.table else QUERY_SOURCE
+
+
+def check_read(connection: Connection, spec: ReadSpec) -> dict:
+    """Fails before the job starts if the table does not exist or the query does not parse.
+
+    Returns what the read will cost as far as BigQuery tells before running: the table's
+    size, or the bytes the query would process (billed at on-demand rates).
+    """
+    from google.api_core import exceptions
+    from google.cloud import bigquery
+
+    try:
+        if spec.table:
+            table = connection.client(spec.table.project).get_table(spec.table.spec)
+            return {"table": spec.table.uri, "rows": table.num_rows, "bytes": table.num_bytes}
+        if not spec.query_dataset or "." not in spec.query_dataset:
+            raise InputError(
+                "--input_query needs --query_dataset project.dataset: where the query's result is "
+                "written to be read (a dataset in the location of the tables the query reads)"
+            )
+        job = connection.client().query(
+            spec.query, job_config=bigquery.QueryJobConfig(dry_run=True, use_query_cache=False)
+        )
+        connection.client().get_dataset(spec.query_dataset)
+        return {"query": spec.query, "bytes_processed": job.total_bytes_processed}
+    except exceptions.NotFound as e:
+        what = (
+            f"BigQuery table {spec.table.uri}"
+            if spec.table
+            else "a table or --query_dataset of --input_query"
+        )
+        raise InputError(f"{what} does not exist: {_first_line(e)}") from None
+    except exceptions.BadRequest as e:
+        raise InputError(f"--input_query is not valid standard SQL: {_first_line(e)}") from None
+    except exceptions.GoogleAPICallError as e:
+        raise InputError(f"BigQuery refused {spec.source}: {_first_line(e)}") from None
+
+
+def check_write(connection: Connection, table: TableRef) -> None:
+    """Fails before the job starts if the output table's dataset does not exist."""
+    from google.api_core import exceptions
+
+    try:
+        connection.client(table.project).get_dataset(f"{table.project}.{table.dataset}")
+    except exceptions.NotFound:
+        raise InputError(
+            f"--output_table {table.uri}: dataset {table.project}.{table.dataset} does not exist; "
+            f"create it first (bq mk {table.project}:{table.dataset})"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(getattr(error, "message", error)).strip().splitlines()[0][:300]
+
+
+class _OpenReadSessionFn(beam.DoFn):
+    """Runs the query (if any) and opens a read session; emits (stream, schema, source)."""
+
+    def __init__(self, connection: Connection, layout):
+        self._connection = connection
+        self._layout = layout
+
+    def process(self, spec: ReadSpec):
+        from google.cloud.bigquery_storage_v1 import types
+
+        table = spec.table
+        if spec.query:
+            # A CREATE TABLE AS, not the query's anonymous result table: the Storage Read API
+            # serves both on BigQuery, but only named tables on the emulator the tests use.
+            table = spec.results_table()
+            self._connection.client(table.project).query(
+                f"CREATE TABLE `{table.spec}` OPTIONS(expiration_timestamp="
+                f"TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 1 DAY)) AS\n{spec.query}"
+            ).result()
+        present = {f.name for f in self._connection.client(table.project).get_table(table.spec).schema}
+        options = types.ReadSession.TableReadOptions(
+            selected_fields=[f.name for f in self._layout.all_fields if f.name in present],
+            row_restriction=spec.row_filter or "",
+        )
+        session = self._connection.read_client().create_read_session(
+            parent=f"projects/{self._connection.project or table.project}",
+            read_session=types.ReadSession(
+                table=table.path, data_format=types.DataFormat.ARROW, read_options=options
+            ),
+            max_stream_count=0,  # as many as BigQuery offers: they are spread over workers
+        )
+        schema = session.arrow_schema.serialized_schema
+        for index, stream in enumerate(session.streams):
+            yield stream.name, schema, spec.source if len(session.streams) == 1 else f"{spec.source}/{index}"
+
+
+class _ReadStreamFn(beam.DoFn):
+    """Reads one stream's Arrow record batches into record blocks (and wrong-type errors)."""
+
+    BLOCKS, ERRORS = "blocks", "errors"
+
+    def __init__(self, connection: Connection, layout):
+        self._connection = connection
+        self._layout = layout
+        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
+
+    def setup(self):
+        self._client = self._connection.read_client()
+
+    def process(self, stream):
+        name, serialized_schema, source = stream
+        schema = pa.ipc.read_schema(pa.py_buffer(serialized_schema))
+        row = 1
+        for response in self._client.read_rows(name):
+            data = response.arrow_record_batch.serialized_record_batch
+            if not data:
+                continue
+            batch = pa.ipc.read_record_batch(pa.py_buffer(data), schema)
+            lines = np.arange(row, row + batch.num_rows, dtype=np.int64)
+            row += batch.num_rows
+            self._read.inc(batch.num_rows)
+            block, failures = conform(batch, self._layout, source, lines)
+            for failure in failures:
+                yield beam.pvalue.TaggedOutput(self.ERRORS, failure)
+            if block is not None and len(block):
+                yield block
+
+
+class ReadBigQueryRecords(beam.PTransform):
+    """A BigQuery table or query -> record blocks (`blocks`) and error records (`errors`)."""
+
+    def __init__(self, connection: Connection, layout, spec: ReadSpec):
+        super().__init__()
+        self._connection = connection
+        self._layout = layout
+        self._spec = spec
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Spec" >> beam.Create([self._spec])
+            | "OpenReadSession" >> beam.ParDo(_OpenReadSessionFn(self._connection, self._layout))
+            | "SpreadStreams" >> beam.Reshuffle()
+            | "ReadStreams"
+            >> beam.ParDo(_ReadStreamFn(self._connection, self._layout)).with_outputs(
+                _ReadStreamFn.ERRORS, main=_ReadStreamFn.BLOCKS
+            )
+        )
+
+
+def prediction_schema(columns: PredictionColumns):
+    """The BigQuery schema of the predictions table: key, outputs (FLOAT64), pass-through."""
+    from google.cloud import bigquery
+
+    return [
+        bigquery.SchemaField(field.name, _BQ_TYPES.get(field.type, "FLOAT64"))
+        for field in _load_schema(columns.arrow_schema())
+    ]
+
+
+def _load_schema(schema: pa.Schema) -> pa.Schema:
+    """float32 outputs are loaded as FLOAT64 (BigQuery has one float type)."""
+    return pa.schema([pa.field(f.name, pa.float64() if f.type == pa.float32() else f.type) for f in schema])
+
+
+def error_schema():
+    """The BigQuery schema of the errors table: the error record, `instance` as JSON text."""
+    from google.cloud import bigquery
+
+    return [
+        bigquery.SchemaField("key", "STRING"),
+        bigquery.SchemaField("source", "STRING"),
+        bigquery.SchemaField("instance", "STRING"),
+        bigquery.SchemaField(
+            "error",
+            "RECORD",
+            fields=[
+                bigquery.SchemaField("code", "STRING"),
+                bigquery.SchemaField("field", "STRING"),
+                bigquery.SchemaField("message", "STRING"),
+            ],
+        ),
+    ]
+
+
+def error_row(error: dict) -> str:
+    """An error record as one NDJSON line of the errors table."""
+    key = error["key"]
+    instance = error["instance"]
+    return json.dumps(
+        {
+            "key": None if key is None else str(key),
+            "source": error["source"],
+            "instance": None if instance is None else json.dumps(instance),
+            "error": error["error"],
+        }
+    )
+
+
+class _LoadFilesFn(beam.DoFn):
+    """Loads all staged files of one table in the last step, then deletes them."""
+
+    def __init__(self, connection, table: TableRef, schema_fn, source_format: str, disposition: str):
+        self._connection = connection
+        self._table = table
+        self._schema_fn = schema_fn
+        self._format = source_format
+        self._disposition = DISPOSITIONS[disposition]
+        self._loaded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"bigquery_rows_loaded_{table.table}")
+
+    def process(self, paths: list[str]):
+        from apache_beam.io.filesystems import FileSystems
+        from google.cloud import bigquery
+
+        client = self._connection.client(self._table.project)
+        schema = self._schema_fn()
+        client.create_table(bigquery.Table(self._table.spec, schema=schema), exists_ok=True)
+        paths = sorted(paths)
+
+        def config(disposition):
+            return bigquery.LoadJobConfig(
+                schema=schema,
+                source_format=self._format,
+                write_disposition=disposition,
+                create_disposition="CREATE_IF_NEEDED",
+            )
+
+        if paths and all(p.startswith("gs://") for p in paths):
+            jobs = [client.load_table_from_uri(paths, self._table.spec, job_config=config(self._disposition))]
+        else:
+            jobs = []
+            for index, path in enumerate(paths):
+                disposition = self._disposition if index == 0 else "WRITE_APPEND"
+                with FileSystems.open(path, compression_type="uncompressed") as staged:
+                    jobs.append(
+                        client.load_table_from_file(staged, self._table.spec, job_config=config(disposition))
+                    )
+                    jobs[-1].result()
+            if not paths and self._disposition == "WRITE_TRUNCATE":
+                client.query(f"DELETE FROM `{self._table.spec}` WHERE TRUE").result()
+        for job in jobs:
+            job.result()
+            self._loaded.inc(int(job.output_rows or 0))
+        if paths:
+            FileSystems.delete(paths)
+        yield self._table.uri
+
+
+class WriteToBigQuery(beam.PTransform):
+    """ScoredBlocks -> Parquet files in `staging_dir` -> one load into the predictions table."""
+
+    def __init__(
+        self, connection, table: TableRef, columns: PredictionColumns, staging_dir: str, disposition
+    ):
+        super().__init__()
+        self._connection = connection
+        self._table = table
+        self._columns = columns
+        self._staging = f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}"
+        self._disposition = disposition
+
+    def expand(self, scored):
+        columns = self._columns
+        schema = _load_schema(columns.arrow_schema())
+        staged = (
+            scored
+            | "ToArrowTables" >> beam.Map(lambda block: scored_table(block, columns).cast(schema))
+            | "StageParquet"
+            >> beam.io.WriteToParquetBatched(
+                f"{self._staging}/predictions", schema=schema, shard_name_template=SHARD_TEMPLATE
+            )
+        )
+        return (
+            staged
+            | "AllStagedFiles" >> beam.combiners.ToList()
+            | "LoadTable"
+            >> beam.ParDo(
+                _LoadFilesFn(
+                    self._connection,
+                    self._table,
+                    lambda: prediction_schema(columns),
+                    "PARQUET",
+                    self._disposition,
+                )
+            )
+        )
+
+
+class WriteErrorsToBigQuery(beam.PTransform):
+    """Error records -> NDJSON files in `staging_dir` -> one load into the errors table."""
+
+    def __init__(self, connection, table: TableRef, staging_dir: str, disposition):
+        super().__init__()
+        self._connection = connection
+        self._table = table
+        self._staging = f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}"
+        self._disposition = disposition
+
+    def expand(self, errors_):
+        staged = (
+            errors_
+            | "ToTableRows" >> beam.Map(error_row)
+            | "StageJson"
+            >> beam.io.WriteToText(f"{self._staging}/errors", shard_name_template=SHARD_TEMPLATE)
+        )
+        return (
+            staged
+            | "AllStagedFiles" >> beam.combiners.ToList()
+            | "LoadTable"
+            >> beam.ParDo(
+                _LoadFilesFn(
+                    self._connection, self._table, error_schema, "NEWLINE_DELIMITED_JSON", self._disposition
+                )
+            )
+        )
