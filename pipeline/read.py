@@ -66,7 +66,9 @@ class Inputs:
             for p in self.patterns
             if is_bigquery(p)
         ]
-        return reads + ([bq.ReadSpec(query=self.query, query_dataset=self.query_dataset)] if self.query else [])
+        return reads + (
+            [bq.ReadSpec(query=self.query, query_dataset=self.query_dataset)] if self.query else []
+        )
 
 
 def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: RecordLayout) -> list[str]:
