@@ -71,18 +71,18 @@ class Inputs:
         )
 
 
-def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: RecordLayout) -> list[str]:
+def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: RecordLayout) -> list:
     """Fails before the job starts if a pattern matches nothing, matches files of several
     formats, or a file does not look like its format, if a BigQuery table does not exist or
-    a query does not parse; returns the matched files and tables."""
+    a query does not parse; returns the matched files, and for BigQuery inputs what
+    BigQuery reports before running (table size, bytes a query processes)."""
     if not isinstance(inputs, Inputs):
         inputs = Inputs(tuple(inputs), input_format)
     if not inputs.patterns and not inputs.query:
         raise InputError("no --input given: pass one or more file patterns or bq:// tables")
     files = []
-    for spec in inputs.bigquery_reads:
-        bq.check_read(inputs.connection or bq.Connection(), spec)
-        files.append(spec.source)
+    for spec in inputs.bigquery_reads:  # size or bytes a query processes, for run.json
+        files.append(bq.check_read(inputs.connection or bq.Connection(), spec))
     for pattern in inputs.file_patterns:
         try:
             matched = FileSystems.match([pattern])[0].metadata_list

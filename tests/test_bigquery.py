@@ -75,6 +75,8 @@ def test_bigquery_table_to_bigquery_tables(bigquery, trained_ads, reference_pred
     manifest = predict.run(argv)
     assert manifest["counts"] == {**manifest["counts"], "read": 52, "predictions": 50, "errors": 2}
     assert os.path.exists(tmp_path / "_SUCCESS")
+    assert manifest["inputs"]["files"][0]["rows"] == 52  # what BigQuery reported before the run
+    assert manifest["output_tables"]["errors"] == bq(project, "predictions_errors")
     assert json.loads((tmp_path / "prediction.errors_stats").read_text())["errors"] == 2
 
     predictions = table_rows(client, f"{project}.{DATASET}.predictions")

@@ -13,6 +13,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
@@ -63,6 +64,15 @@ class FileFormat:
     write_predictions: Callable[..., object]
     # Parquet reads its footer first: it needs a seekable, uncompressed file.
     needs_seekable_file: bool = False
+
+
+class PredictionWriter(beam.PTransform):
+    """What each format's writer is: ScoredBlocks -> sharded files `<prefix>-SSSSS-of-NNNNN`."""
+
+    def __init__(self, prefix: str, columns: PredictionColumns):
+        super().__init__()
+        self.prefix = prefix
+        self.columns = columns
 
 
 def scored_table(scored: ScoredBlock, columns: PredictionColumns) -> pa.Table:

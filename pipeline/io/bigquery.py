@@ -337,10 +337,10 @@ def error_row(error: dict) -> str:
 class _LoadFilesFn(beam.DoFn):
     """Loads all staged files of one table in the last step, then deletes them."""
 
-    def __init__(self, connection, table: TableRef, schema_fn, source_format: str, disposition: str):
+    def __init__(self, connection, table: TableRef, schema, source_format: str, disposition: str):
         self._connection = connection
         self._table = table
-        self._schema_fn = schema_fn
+        self._schema = schema
         self._format = source_format
         self._disposition = DISPOSITIONS[disposition]
         self._loaded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"bigquery_rows_loaded_{table.table}")
@@ -350,7 +350,7 @@ class _LoadFilesFn(beam.DoFn):
         from google.cloud import bigquery
 
         client = self._connection.client(self._table.project)
-        schema = self._schema_fn()
+        schema = self._schema
         client.create_table(bigquery.Table(self._table.spec, schema=schema), exists_ok=True)
         paths = sorted(paths)
 
@@ -383,70 +383,43 @@ class _LoadFilesFn(beam.DoFn):
         yield self._table.uri
 
 
-class WriteToBigQuery(beam.PTransform):
-    """ScoredBlocks -> Parquet files in `staging_dir` -> one load into the predictions table."""
+class _StageAndLoad(beam.PTransform):
+    """Elements -> files written by `stage(prefix)` -> one load of them into `table`."""
 
-    def __init__(
-        self, connection, table: TableRef, columns: PredictionColumns, staging_dir: str, disposition
-    ):
+    def __init__(self, connection, table: TableRef, staging_dir: str, disposition: str, stage, schema, fmt):
         super().__init__()
-        self._connection = connection
-        self._table = table
-        self._columns = columns
-        self._staging = f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}"
-        self._disposition = disposition
+        self._stage = stage(f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}/{table.table}")
+        self._load = _LoadFilesFn(connection, table, schema, fmt, disposition)
 
-    def expand(self, scored):
-        columns = self._columns
-        schema = _load_schema(columns.arrow_schema())
-        staged = (
-            scored
-            | "ToArrowTables" >> beam.Map(lambda block: scored_table(block, columns).cast(schema))
-            | "StageParquet"
-            >> beam.io.WriteToParquetBatched(
-                f"{self._staging}/predictions", schema=schema, shard_name_template=SHARD_TEMPLATE
-            )
-        )
+    def expand(self, pcoll):
         return (
-            staged
+            pcoll
+            | "Stage" >> self._stage
             | "AllStagedFiles" >> beam.combiners.ToList()
-            | "LoadTable"
-            >> beam.ParDo(
-                _LoadFilesFn(
-                    self._connection,
-                    self._table,
-                    lambda: prediction_schema(columns),
-                    "PARQUET",
-                    self._disposition,
-                )
-            )
+            | "LoadTable" >> beam.ParDo(self._load)
         )
 
 
-class WriteErrorsToBigQuery(beam.PTransform):
+def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, staging_dir: str, disposition):  # noqa: N802 - a PTransform factory
+    """ScoredBlocks -> Parquet files in `staging_dir` -> one load into the predictions table."""
+    schema = _load_schema(columns.arrow_schema())
+
+    def stage(prefix):
+        return beam.Map(
+            lambda block: scored_table(block, columns).cast(schema)
+        ) | beam.io.WriteToParquetBatched(prefix, schema=schema, shard_name_template=SHARD_TEMPLATE)
+
+    return _StageAndLoad(
+        connection, table, staging_dir, disposition, stage, prediction_schema(columns), "PARQUET"
+    )
+
+
+def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposition):  # noqa: N802 - a PTransform factory
     """Error records -> NDJSON files in `staging_dir` -> one load into the errors table."""
 
-    def __init__(self, connection, table: TableRef, staging_dir: str, disposition):
-        super().__init__()
-        self._connection = connection
-        self._table = table
-        self._staging = f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}"
-        self._disposition = disposition
+    def stage(prefix):
+        return beam.Map(error_row) | beam.io.WriteToText(prefix, shard_name_template=SHARD_TEMPLATE)
 
-    def expand(self, errors_):
-        staged = (
-            errors_
-            | "ToTableRows" >> beam.Map(error_row)
-            | "StageJson"
-            >> beam.io.WriteToText(f"{self._staging}/errors", shard_name_template=SHARD_TEMPLATE)
-        )
-        return (
-            staged
-            | "AllStagedFiles" >> beam.combiners.ToList()
-            | "LoadTable"
-            >> beam.ParDo(
-                _LoadFilesFn(
-                    self._connection, self._table, error_schema, "NEWLINE_DELIMITED_JSON", self._disposition
-                )
-            )
-        )
+    return _StageAndLoad(
+        connection, table, staging_dir, disposition, stage, error_schema(), "NEWLINE_DELIMITED_JSON"
+    )

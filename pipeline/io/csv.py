@@ -164,28 +164,23 @@ def header_row(columns: base.PredictionColumns) -> str:
 
 class _FormatFn(beam.DoFn):
     def __init__(self, columns):
-        self._columns = columns
+        self.columns = columns
 
     def process(self, scored: ScoredBlock):
         if len(scored):
-            yield format_rows(scored, self._columns)
+            yield format_rows(scored, self.columns)
 
 
-class WritePredictions(beam.PTransform):
+class WritePredictions(base.PredictionWriter):
     """ScoredBlocks -> sharded CSV files with a header row, `<prefix>-SSSSS-of-NNNNN`."""
-
-    def __init__(self, prefix: str, columns: base.PredictionColumns):
-        super().__init__()
-        self._prefix = prefix
-        self._columns = columns
 
     def expand(self, scored):
         return (
             scored
-            | "FormatCsvRows" >> beam.ParDo(_FormatFn(self._columns))
+            | "FormatCsvRows" >> beam.ParDo(_FormatFn(self.columns))
             | "WriteCsv"
             >> beam.io.WriteToText(
-                self._prefix, shard_name_template=base.SHARD_TEMPLATE, header=header_row(self._columns)
+                self.prefix, shard_name_template=base.SHARD_TEMPLATE, header=header_row(self.columns)
             )
         )
 

@@ -144,25 +144,20 @@ def json_column(values) -> pa.Array:
 
 class _FormatFn(beam.DoFn):
     def __init__(self, columns: base.PredictionColumns):
-        self._columns = columns
+        self.columns = columns
 
     def process(self, scored: ScoredBlock):
-        yield format_predictions(scored, list(self._columns.outputs))
+        yield format_predictions(scored, list(self.columns.outputs))
 
 
-class WritePredictions(beam.PTransform):
+class WritePredictions(base.PredictionWriter):
     """ScoredBlocks -> sharded JSON Lines files `<prefix>-SSSSS-of-NNNNN`."""
-
-    def __init__(self, prefix: str, columns: base.PredictionColumns):
-        super().__init__()
-        self._prefix = prefix
-        self._columns = columns
 
     def expand(self, scored):
         return (
             scored
-            | "FormatJsonLines" >> beam.ParDo(_FormatFn(self._columns))
-            | "WriteJsonLines" >> beam.io.WriteToText(self._prefix, shard_name_template=base.SHARD_TEMPLATE)
+            | "FormatJsonLines" >> beam.ParDo(_FormatFn(self.columns))
+            | "WriteJsonLines" >> beam.io.WriteToText(self.prefix, shard_name_template=base.SHARD_TEMPLATE)
         )
 
 

@@ -61,22 +61,17 @@ def head_problem(head: bytes, layout) -> str | None:
     return f"it starts with {head[:8]!r}, not the Parquet magic {MAGIC!r}"
 
 
-class WritePredictions(beam.PTransform):
+class WritePredictions(base.PredictionWriter):
     """ScoredBlocks -> sharded Parquet files `<prefix>-SSSSS-of-NNNNN`, a row group per block."""
 
-    def __init__(self, prefix: str, columns: base.PredictionColumns):
-        super().__init__()
-        self._prefix = prefix
-        self._columns = columns
-
     def expand(self, scored):
-        columns = self._columns
+        columns = self.columns
         return (
             scored
             | "ToArrowTables" >> beam.Map(lambda block: base.scored_table(block, columns))
             | "WriteParquet"
             >> beam.io.WriteToParquetBatched(
-                self._prefix, schema=columns.arrow_schema(), shard_name_template=base.SHARD_TEMPLATE
+                self.prefix, schema=columns.arrow_schema(), shard_name_template=base.SHARD_TEMPLATE
             )
         )
 

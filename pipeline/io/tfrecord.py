@@ -269,21 +269,15 @@ def encode_examples(scored: ScoredBlock, columns: base.PredictionColumns) -> lis
     return example_coder.RecordBatchToExamplesEncoder().encode(_as_lists(base.scored_table(scored, columns)))
 
 
-class WritePredictions(beam.PTransform):
+class WritePredictions(base.PredictionWriter):
     """ScoredBlocks -> sharded TFRecord files of tf.Examples, `<prefix>-SSSSS-of-NNNNN`."""
 
-    def __init__(self, prefix: str, columns: base.PredictionColumns):
-        super().__init__()
-        self._prefix = prefix
-        self._columns = columns
-
     def expand(self, scored):
-        columns = self._columns
+        columns = self.columns
         return (
             scored
             | "EncodeExamples" >> beam.FlatMap(lambda block: encode_examples(block, columns))
-            | "WriteTFRecord"
-            >> beam.io.WriteToTFRecord(self._prefix, shard_name_template=base.SHARD_TEMPLATE)
+            | "WriteTFRecord" >> beam.io.WriteToTFRecord(self.prefix, shard_name_template=base.SHARD_TEMPLATE)
         )
 
 
