@@ -1,6 +1,7 @@
 """`adpredict demo`: the whole flow on generated data, on the DirectRunner, with no cloud.
 
-WORK_DIR/data/       generated training records (JSONL) and records to score (JSONL + CSV)
+WORK_DIR/data/       generated training records (JSONL) and records to score, the same
+                     number in each of JSONL, CSV, Parquet and TFRecord
 WORK_DIR/transform/  tf.Transform artifacts and transformed train/eval data
 WORK_DIR/model/      the exported all-in-one model directory
 WORK_DIR/predictions/ prediction.results-*, errors-*, prediction.errors_stats, run.json
@@ -11,7 +12,8 @@ from __future__ import annotations
 import os
 import time
 
-SCORE_SEEDS = {"jsonl": 101, "csv": 102}
+SCORE_FILES = {"jsonl": ("score.jsonl", 101), "csv": ("score.csv", 102), "parquet": ("score.parquet", 103),
+               "tfrecord": ("score.tfrecord.gz", 104)}  # fmt: skip
 
 
 def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
@@ -28,15 +30,18 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     model_dir = os.path.join(work_dir, "model")
     predictions_dir = os.path.join(work_dir, "predictions")
 
-    _step("generate", f"{records} training records and {records // 2} records to score")
+    per_file = records // (2 * len(SCORE_FILES))
+    _step(
+        "generate", f"{records} training records and {per_file} to score in each of {', '.join(SCORE_FILES)}"
+    )
     generate_file(os.path.join(data_dir, "train.jsonl"), records, seed=seed)
-    for index, (fmt, score_seed) in enumerate(SCORE_SEEDS.items()):
+    for index, (fmt, (name, score_seed)) in enumerate(SCORE_FILES.items()):
         generate_file(
-            os.path.join(data_dir, f"score.{fmt}"),
-            records // 4,
+            os.path.join(data_dir, name),
+            per_file,
             seed=score_seed + seed,
             fmt=fmt,
-            first_id=records + index * (records // 4),  # keys unique across all demo files
+            first_id=records + index * per_file,  # keys unique across all demo files
         )
 
     _step("analyze", "tf.Transform AnalyzeDataset + TransformDataset (Beam DirectRunner)")
@@ -58,19 +63,9 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     metrics = train_and_export(transform_dir, load_schema("ads"), model_dir, seed=seed)
     metrics["predict_batch_size"] = tune_batch_size(model_dir, load_schema("ads"))
 
-    _step("predict", "Beam batch prediction on JSONL and CSV inputs")
-    manifest = predict.run(
-        [
-            "--model_dir",
-            model_dir,
-            "--input",
-            os.path.join(data_dir, "score.jsonl"),
-            "--input",
-            os.path.join(data_dir, "score.csv"),
-            "--output_dir",
-            predictions_dir,
-        ]
-    )
+    _step("predict", f"Beam batch prediction on {', '.join(SCORE_FILES)} inputs")
+    inputs = [arg for name, _ in SCORE_FILES.values() for arg in ("--input", os.path.join(data_dir, name))]
+    manifest = predict.run(["--model_dir", model_dir, *inputs, "--output_dir", predictions_dir])
     counts = manifest["counts"]
     print(
         "\n== adpredict demo summary ==\n"
