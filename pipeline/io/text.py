@@ -34,14 +34,24 @@ _NEWLINE, _QUOTE = 10, 34
 
 @dataclasses.dataclass
 class Records:
-    """Whole records in `data`: record i is data[ends[i-1]:ends[i]] and starts on lines[i]."""
+    """Whole records in `data`: record i is data[ends[i-1]:ends[i]] and starts on lines[i].
+
+    For one-line records `ends` is found only when needed (the slow path of a block).
+    """
 
     data: bytes
-    ends: np.ndarray
     lines: np.ndarray
+    _ends: np.ndarray | None = None
+    has_quotes: bool = False  # a CSV block with quotes may hold newlines inside fields
+
+    @property
+    def ends(self) -> np.ndarray:
+        if self._ends is None:
+            self._ends = np.flatnonzero(np.frombuffer(self.data, np.uint8) == _NEWLINE) + 1
+        return self._ends
 
     def __len__(self) -> int:
-        return len(self.ends)
+        return len(self.lines)
 
     def numbered(self) -> list[tuple[int, bytes]]:
         starts = np.concatenate([[0], self.ends[:-1]])
@@ -65,8 +75,9 @@ def split_records(
 ) -> Iterator[Records | UnterminatedRecord]:
     """Blocks of whole records from `stream`; `quoted`: newlines inside "..." do not end one.
 
-    Empty lines are dropped here. A quote that never closes yields an UnterminatedRecord for
-    its line, and reading resumes on the next line, so one stray quote costs one record.
+    Quoted (CSV) blocks drop empty lines here; in JSONL pyarrow skips them. A quote that
+    never closes yields an UnterminatedRecord for its line, and reading resumes on the next
+    line, so one stray quote costs one record.
     """
     carry, line = b"", first_line
     eof = False
@@ -79,18 +90,19 @@ def split_records(
             return
         if eof and not carry.endswith(b"\n"):
             carry += b"\n"
+        if not quoted or b'"' not in carry:  # every newline ends a record: no need to find them all
+            cut = carry.rfind(b"\n")
+            if cut >= 0:
+                data, carry = carry[: cut + 1], carry[cut + 1 :]
+                count = data.count(b"\n")
+                yield Records(data, np.arange(line, line + count, dtype=np.int64))
+                line += count
+            continue
         array = np.frombuffer(carry, np.uint8)
         newlines = np.flatnonzero(array == _NEWLINE)
-        if quoted and len(newlines):
-            quotes = np.flatnonzero(array == _QUOTE)
-            if len(quotes):
-                newlines_seen = np.arange(len(newlines))
-                at_boundary = np.searchsorted(quotes, newlines) % 2 == 0
-                newlines_seen = newlines_seen[at_boundary]
-            else:
-                newlines_seen = np.arange(len(newlines))
-        else:
-            newlines_seen = np.arange(len(newlines))
+        quotes = np.flatnonzero(array == _QUOTE)
+        # Indices (among all newlines) of the newlines that end a record: even quotes before.
+        newlines_seen = np.flatnonzero(np.searchsorted(quotes, newlines) % 2 == 0)
         if not len(newlines_seen):
             if eof or len(carry) > MAX_RECORD_BYTES:
                 cut = int(newlines[0]) + 1 if len(newlines) else len(carry)
@@ -101,9 +113,9 @@ def split_records(
         starts_line = np.concatenate([[0], newlines_seen[:-1] + 1]) + line
         consumed = int(ends[-1])
         starts = np.concatenate([[0], ends[:-1]])
-        nonblank = (ends - starts > 2) | ((ends - starts == 2) & (array[starts] != 13))
-        nonblank &= ends - starts > 1
-        records = Records(carry[:consumed], ends[nonblank].astype(np.int64), starts_line[nonblank])
+        lengths = ends - starts  # "\n" or "\r\n" alone is an empty line
+        nonblank = (lengths > 2) | ((lengths == 2) & (array[starts] != 13))
+        records = Records(carry[:consumed], starts_line[nonblank], ends[nonblank].astype(np.int64), True)
         carry, line = carry[consumed:], line + int(newlines_seen[-1]) + 1
         if len(records):
             yield records
@@ -115,6 +127,7 @@ class BlockParser(abc.ABC):
     def __init__(self, layout: RecordLayout, source: str):
         self.layout = layout
         self.source = source
+        self.has_quotes = False  # of the block being parsed
 
     @abc.abstractmethod
     def parse(self, data: bytes) -> pa.Table:
@@ -133,6 +146,7 @@ class BlockParser(abc.ABC):
                 records.text.decode("utf-8", errors="replace"),
             )
             return
+        self.has_quotes = records.has_quotes
         try:
             table = self.parse(records.data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
