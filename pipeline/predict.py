@@ -247,10 +247,23 @@ def run(argv=None, test_pipeline=None) -> dict:
         "runner": type(pipeline.runner).__name__,
         "versions": versions(),
     }
-    if read != predicted + errors:
+    lost = (
+        []
+        if read == predicted + errors
+        else [f"records read ({read}) != predictions ({predicted}) + errors ({errors})"]
+    )
+    if bigquery:
+        loaded = {
+            "predictions": counts.get(bq.PREDICTIONS_LOADED, 0),
+            "errors": counts.get(bq.ERRORS_LOADED, 0),
+        }
+        manifest["counts"]["bigquery_rows_loaded"] = loaded
+        if (loaded["predictions"], loaded["errors"]) != (predicted, errors):
+            lost.append(f"BigQuery loaded {loaded} rows, not predictions {predicted} and errors {errors}")
+    if lost:
         manifest["status"] = "failed: records lost"
         write_manifest(io.output_dir, manifest, success=False)
-        raise AssertionError(f"records read ({read}) != predictions ({predicted}) + errors ({errors})")
+        raise AssertionError("; ".join(lost))
     write_manifest(io.output_dir, manifest, success=within_threshold)
     if not within_threshold:
         raise ErrorRateExceeded(

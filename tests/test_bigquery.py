@@ -76,6 +76,7 @@ def test_bigquery_table_to_bigquery_tables(bigquery, trained_ads, reference_pred
     assert manifest["counts"] == {**manifest["counts"], "read": 52, "predictions": 50, "errors": 2}
     assert os.path.exists(tmp_path / "_SUCCESS")
     assert manifest["inputs"]["files"][0]["rows"] == 52  # what BigQuery reported before the run
+    assert manifest["counts"]["bigquery_rows_loaded"] == {"predictions": 50, "errors": 2}
     assert manifest["output_tables"]["errors"] == bq(project, "predictions_errors")
     assert json.loads((tmp_path / "prediction.errors_stats").read_text())["errors"] == 2
 

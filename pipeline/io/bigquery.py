@@ -40,6 +40,9 @@ _TABLE = re.compile(r"^bq://([A-Za-z0-9_.:-]+)[.:]([A-Za-z0-9_]+)\.([A-Za-z0-9_$
 _BQ_TYPES = {pa.int64(): "INT64", pa.float64(): "FLOAT64", pa.float32(): "FLOAT64", pa.string(): "STRING"}
 QUERY_SOURCE = "bq://query"
 DISPOSITIONS = {"truncate": "WRITE_TRUNCATE", "append": "WRITE_APPEND"}
+# Counters of the rows BigQuery's load jobs report, checked against the rows written.
+PREDICTIONS_LOADED = "bigquery_predictions_loaded"
+ERRORS_LOADED = "bigquery_errors_loaded"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,61 +338,78 @@ def error_row(error: dict) -> str:
 
 
 class _LoadFilesFn(beam.DoFn):
-    """Loads all staged files of one table in the last step, then deletes them."""
+    """Loads all staged files of one table in the last step, then deletes them.
 
-    def __init__(self, connection, table: TableRef, schema, source_format: str, disposition: str):
+    A load job is all or nothing (no bad records allowed), so once the jobs succeed the
+    table holds every staged row; the staged rows are counted for the run's check that
+    nothing was lost.
+    """
+
+    def __init__(
+        self, connection, table: TableRef, schema, source_format: str, disposition: str, counter: str
+    ):
         self._connection = connection
         self._table = table
         self._schema = schema
         self._format = source_format
         self._disposition = DISPOSITIONS[disposition]
-        self._loaded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, f"bigquery_rows_loaded_{table.table}")
+        self._loaded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, counter)
 
     def process(self, paths: list[str]):
         from apache_beam.io.filesystems import FileSystems
         from google.cloud import bigquery
 
         client = self._connection.client(self._table.project)
-        schema = self._schema
-        client.create_table(bigquery.Table(self._table.spec, schema=schema), exists_ok=True)
+        client.create_table(bigquery.Table(self._table.spec, schema=self._schema), exists_ok=True)
         paths = sorted(paths)
+        staged_rows = sum(self._rows(path) for path in paths)
 
         def config(disposition):
             return bigquery.LoadJobConfig(
-                schema=schema,
+                schema=self._schema,
                 source_format=self._format,
                 write_disposition=disposition,
                 create_disposition="CREATE_IF_NEEDED",
+                max_bad_records=0,
             )
 
         if paths and all(p.startswith("gs://") for p in paths):
-            jobs = [client.load_table_from_uri(paths, self._table.spec, job_config=config(self._disposition))]
+            # One job for every file: the table changes once, whatever the number of shards.
+            client.load_table_from_uri(paths, self._table.spec, job_config=config(self._disposition)).result()
         else:
-            jobs = []
             for index, path in enumerate(paths):
                 disposition = self._disposition if index == 0 else "WRITE_APPEND"
                 with FileSystems.open(path, compression_type="uncompressed") as staged:
-                    jobs.append(
-                        client.load_table_from_file(staged, self._table.spec, job_config=config(disposition))
-                    )
-                    jobs[-1].result()
+                    client.load_table_from_file(
+                        staged, self._table.spec, job_config=config(disposition)
+                    ).result()
             if not paths and self._disposition == "WRITE_TRUNCATE":
                 client.query(f"DELETE FROM `{self._table.spec}` WHERE TRUE").result()
-        for job in jobs:
-            job.result()
-            self._loaded.inc(int(job.output_rows or 0))
+        self._loaded.inc(staged_rows)
         if paths:
             FileSystems.delete(paths)
         yield self._table.uri
+
+    def _rows(self, path: str) -> int:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path, compression_type="uncompressed") as staged:
+            if self._format == "PARQUET":
+                import pyarrow.parquet as pq
+
+                return pq.ParquetFile(staged).metadata.num_rows
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: staged.read(1 << 20), b""))
 
 
 class _StageAndLoad(beam.PTransform):
     """Elements -> files written by `stage(prefix)` -> one load of them into `table`."""
 
-    def __init__(self, connection, table: TableRef, staging_dir: str, disposition: str, stage, schema, fmt):
+    def __init__(
+        self, connection, table: TableRef, staging_dir: str, disposition: str, stage, schema, fmt, counter
+    ):
         super().__init__()
         self._stage = stage(f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}/{table.table}")
-        self._load = _LoadFilesFn(connection, table, schema, fmt, disposition)
+        self._load = _LoadFilesFn(connection, table, schema, fmt, disposition, counter)
 
     def expand(self, pcoll):
         return (
@@ -410,7 +430,14 @@ def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, sta
         ) | beam.io.WriteToParquetBatched(prefix, schema=schema, shard_name_template=SHARD_TEMPLATE)
 
     return _StageAndLoad(
-        connection, table, staging_dir, disposition, stage, prediction_schema(columns), "PARQUET"
+        connection,
+        table,
+        staging_dir,
+        disposition,
+        stage,
+        prediction_schema(columns),
+        "PARQUET",
+        PREDICTIONS_LOADED,
     )
 
 
@@ -421,5 +448,12 @@ def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposi
         return beam.Map(error_row) | beam.io.WriteToText(prefix, shard_name_template=SHARD_TEMPLATE)
 
     return _StageAndLoad(
-        connection, table, staging_dir, disposition, stage, error_schema(), "NEWLINE_DELIMITED_JSON"
+        connection,
+        table,
+        staging_dir,
+        disposition,
+        stage,
+        error_schema(),
+        "NEWLINE_DELIMITED_JSON",
+        ERRORS_LOADED,
     )
