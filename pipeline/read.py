@@ -78,6 +78,7 @@ def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: R
     BigQuery reports before running (table size, bytes a query processes)."""
     if not isinstance(inputs, Inputs):
         inputs = Inputs(tuple(inputs), input_format)
+    input_format = inputs.input_format
     if not inputs.patterns and not inputs.query:
         raise InputError("no --input given: pass one or more file patterns or bq:// tables")
     files = []

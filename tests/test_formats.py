@@ -254,3 +254,15 @@ def test_schema_csv_columns_must_cover_every_feature():
     assert parse_schema({**doc, "csv_columns": ["y", "a"]}).csv_columns == ("y", "a")
     with pytest.raises(SchemaError, match="lacks the features \\['a'\\]"):
         parse_schema({**doc, "csv_columns": ["y"]})
+
+
+def test_bigquery_table_names_parse_or_name_the_flag():
+    from pipeline.io.bigquery import TableRef
+
+    assert TableRef.parse("bq://my-project.ads.impressions").spec == "my-project.ads.impressions"
+    assert (
+        TableRef.parse("bq://my-project:ads.impressions").path
+        == "projects/my-project/datasets/ads/tables/impressions"
+    )
+    with pytest.raises(InputError, match="--output_table 'bq://ads.impressions' is not a BigQuery table"):
+        TableRef.parse("bq://ads.impressions", "--output_table")

@@ -40,7 +40,7 @@ _TABLE = re.compile(r"^bq://([A-Za-z0-9_.:-]+)[.:]([A-Za-z0-9_]+)\.([A-Za-z0-9_$
 _BQ_TYPES = {pa.int64(): "INT64", pa.float64(): "FLOAT64", pa.float32(): "FLOAT64", pa.string(): "STRING"}
 QUERY_SOURCE = "bq://query"
 DISPOSITIONS = {"truncate": "WRITE_TRUNCATE", "append": "WRITE_APPEND"}
-# Counters of the rows BigQuery's load jobs report, checked against the rows written.
+# Counters of the rows staged and loaded into each table, checked against the rows written.
 PREDICTIONS_LOADED = "bigquery_predictions_loaded"
 ERRORS_LOADED = "bigquery_errors_loaded"
 
