@@ -266,3 +266,18 @@ def test_bigquery_table_names_parse_or_name_the_flag():
     )
     with pytest.raises(InputError, match="--output_table 'bq://ads.impressions' is not a BigQuery table"):
         TableRef.parse("bq://ads.impressions", "--output_table")
+
+
+def test_a_corrupt_parquet_row_group_is_one_error_and_the_others_are_read(layout):
+    table = pa.table({"id": [f"p{i}" for i in range(300)], "age": list(range(300))})
+    data = bytearray(_parquet_bytes(table, row_group_size=100))
+    page = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(1).column(0).data_page_offset
+    data[page + 20 : page + 60] = bytes(
+        b ^ 0xFF for b in data[page + 20 : page + 60]
+    )  # break its page header
+    rows, failures = read(bytes(data), "in.parquet", layout)
+    assert [r["__line__"] for r in rows] == list(range(1, 101)) + list(range(201, 301))
+    assert [(f["source"], f["error"]["code"]) for f in failures[-1:]] == [
+        ("in.parquet:101", errors.MALFORMED_RECORD)
+    ]
+    assert "row group 1 of in.parquet (rows 101-200) cannot be decoded" in failures[-1]["error"]["message"]

@@ -2,8 +2,9 @@
 
 In: each row group is read (only the layout's columns) and cast to the layout's types; a
 column of the wrong type makes each affected row one `wrong_type` error, not a crash. A
-file that is not Parquet, or a row group that cannot be decoded, is one error record naming
-the file and the row group, after the rows before it. Out: one column per prediction field.
+file that is not Parquet is one error record naming it; a row group that cannot be decoded
+is one error record naming the file, the row group and its rows, and reading goes on with
+the next row group. Out: one column per prediction field.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ def read(stream, source: str, layout, block_bytes: int):
                 code=errors.MALFORMED_RECORD,
                 message=(
                     f"row group {group} of {source} (rows {first_row}-{first_row + rows - 1}) cannot be "
-                    f"decoded ({e}); the rest of the file is not read"
+                    f"decoded: {str(e).splitlines()[0]}"
                 ),
             )
-            return
+            first_row += rows
+            continue
         lines = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
         block, failures = conform(table, layout, source, lines)
         if block is not None and len(block):
