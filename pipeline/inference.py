@@ -110,9 +110,11 @@ def string_tensor(column: pa.Array) -> tf.Tensor:
 
 
 class RunInferenceFn(beam.DoFn):
-    """Scores RecordBlocks in batches of `batch_size`; emits ScoredBlocks and error records."""
+    """Scores RecordBlocks in batches of `batch_size`; emits ScoredBlocks and error records,
+    and ("model_loads" | "model_batches", n) pairs on `counts` for the run manifest."""
 
     ERRORS = "errors"
+    COUNTS = "counts"
 
     def __init__(
         self,
@@ -140,6 +142,7 @@ class RunInferenceFn(beam.DoFn):
         if not self._model.load_reported:
             self._model.load_reported = True
             self._model_loads.inc()
+            yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_loads", 1))
         keys = record_keys(block, self._layout)
         passthrough = (
             block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None
@@ -149,6 +152,7 @@ class RunInferenceFn(beam.DoFn):
             for start, size in batch_slices(len(block), self._batch_size)
         ]
         calls = [self._model.calls.submit(self._model.predict, batch) for _, batch in batches]
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_batches", len(batches)))
         scored = []
         for (start, batch), call in zip(batches, calls, strict=True):
             batch_keys = keys.slice(start, batch.num_rows)

@@ -15,16 +15,13 @@ with any Beam options (e.g. `--runner DataflowRunner --project ...`).
 
 from __future__ import annotations
 
-import datetime
 import sys
 import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import METRICS_NAMESPACE
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
 from pipeline.entrypoint import ErrorRateExceeded
@@ -32,8 +29,20 @@ from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY
 from pipeline.io import bigquery as bq
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
-from pipeline.manifest import RUN_MANIFEST, SUCCESS_MARKER, model_fingerprint, versions, write_manifest
-from pipeline.read import BLOCKS, ERRORS, Inputs, ReadAdRecords, check_inputs
+from pipeline.manifest import (
+    ERRORS,
+    FAILED_ERROR_RATE,
+    FAILED_LOST,
+    PREDICTIONS,
+    RUN_MANIFEST,
+    SUCCESS_MARKER,
+    FinalizeRun,
+    model_fingerprint,
+    read_manifest,
+    versions,
+)
+from pipeline.read import BLOCKS, COUNTS, Inputs, ReadAdRecords, check_inputs
+from pipeline.read import ERRORS as ERROR_RECORDS
 from pipeline.write import (
     ERRORS_PREFIX,
     ERRORS_STATS,
@@ -107,24 +116,44 @@ def build_predict(
     layout: RecordLayout | None = None,
     output_format: str = "jsonl",
     bigquery: BigQueryTarget | None = None,
+    run_info: dict | None = None,
+    max_error_rate: float = 1.0,
 ) -> dict:
-    """Builds the graph; returns the `scored` blocks and `errors` PCollections.
+    """Builds the graph; returns the `scored` blocks, `errors` and `manifest` PCollections.
 
     `inputs` are file patterns (or an `Inputs` with BigQuery tables and queries); with
-    `bigquery`, predictions and errors go to its tables instead of files.
+    `bigquery`, predictions and errors go to its tables instead of files. The last step
+    writes `run.json` (`run_info` plus the counts) and `_SUCCESS` once every write is done.
     """
     layout = layout or prediction_layout(description)
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
     inference = records[BLOCKS] | "RunInference" >> beam.ParDo(
         RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads)
-    ).with_outputs(RunInferenceFn.ERRORS, main=SCORED)
-    errors = (records[ERRORS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
+    ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
+    errors = (records[ERROR_RECORDS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
     columns = prediction_columns(description, layout)
-    _ = inference[SCORED] | "WritePredictions" >> WritePredictions(
+    predictions_written = inference[SCORED] | "WritePredictions" >> WritePredictions(
         output_dir, columns, output_format, bigquery
     )
-    _ = errors | "WriteErrors" >> WriteErrors(output_dir, bigquery)
-    return {SCORED: inference[SCORED], ERRORS: errors}
+    errors_written = errors | "WriteErrors" >> WriteErrors(output_dir, bigquery)
+    counts = [
+        records[COUNTS],
+        inference[RunInferenceFn.COUNTS],
+        inference[SCORED] | "CountPredictions" >> beam.Map(lambda scored: (PREDICTIONS, len(scored))),
+        errors | "CountErrors" >> beam.Map(lambda _: (ERRORS, 1)),
+    ]
+    loaded_names = None
+    if bigquery:  # the loads emit (counter, rows loaded)
+        counts += [predictions_written, errors_written[0]]
+        loaded_names = {PREDICTIONS: bq.PREDICTIONS_LOADED, ERRORS: bq.ERRORS_LOADED}
+    written = {
+        f"written_{index}": pcoll for index, pcoll in enumerate([predictions_written, *errors_written])
+    }
+    manifest = {
+        "counts": tuple(counts) | "AllCounts" >> beam.Flatten(),
+        **written,
+    } | "FinalizeRun" >> FinalizeRun(output_dir, run_info or {}, max_error_rate, loaded_names)
+    return {SCORED: inference[SCORED], ERROR_RECORDS: errors, "manifest": manifest}
 
 
 def prediction_columns(description: ModelDescription, layout: RecordLayout) -> PredictionColumns:
@@ -142,15 +171,6 @@ def clear_previous_outputs(output_dir: str) -> None:
         matched = FileSystems.match([FileSystems.join(output_dir, name)])[0].metadata_list
         if matched:
             FileSystems.delete([m.path for m in matched])
-
-
-def counters(result) -> dict[str, int]:
-    """adpredict's Beam counters, summed over steps (committed where the runner has them)."""
-    totals: dict[str, int] = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
-    return totals
 
 
 def bigquery_target(options) -> BigQueryTarget:
@@ -174,7 +194,7 @@ def bigquery_target(options) -> BigQueryTarget:
 
 
 def run(argv=None, test_pipeline=None) -> dict:
-    """Parses options, runs the pipeline, writes run.json and _SUCCESS; returns the manifest."""
+    """Parses options, checks inputs and outputs, runs the pipeline; returns its run.json."""
     options = PipelineOptions(argv)
     opts.validate_predict(options)
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
@@ -189,7 +209,25 @@ def run(argv=None, test_pipeline=None) -> dict:
         FileSystems.mkdirs(io.output_dir)
     clear_previous_outputs(io.output_dir)
 
-    started = time.time()
+    run_info = {
+        "started": time.time(),
+        "inputs": {
+            "patterns": io.input,
+            "query": io.input_query,
+            "filter": io.input_filter,
+            "files": files,
+            "format": io.input_format or "from file names",
+        },
+        "output_dir": io.output_dir,
+        "output_format": predict.output_format,
+        "output_tables": bigquery
+        and {"predictions": bigquery.table.uri, "errors": bigquery.errors_table.uri},
+        "model": {"dir": predict.model_dir, "fingerprint": model_fingerprint(predict.model_dir)},
+        "batch_size": predict.batch_size or description.batch_size,
+        "tf_threads": opts.tf_threads(options) or "TensorFlow default (all cores)",
+        "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        "versions": versions(),
+    }
     pipeline = test_pipeline or opts.make_pipeline(options)
     build_predict(
         pipeline,
@@ -203,72 +241,19 @@ def run(argv=None, test_pipeline=None) -> dict:
         layout=layout,
         output_format=predict.output_format,
         bigquery=bigquery,
+        run_info=run_info,
+        max_error_rate=predict.max_error_rate,
     )
-    result = pipeline.run()
-    result.wait_until_finish()
-    finished = time.time()
-
-    counts = counters(result)
-    read = counts.get("records_read", 0)
-    predicted = counts.get("predictions_written", 0)
-    errors = counts.get("errors_written", 0)
-    error_rate = errors / read if read else 0.0
-    within_threshold = error_rate <= predict.max_error_rate
-    manifest = {
-        "status": "succeeded" if within_threshold else "failed: error rate above --max_error_rate",
-        "inputs": {
-            "patterns": io.input,
-            "query": io.input_query,
-            "filter": io.input_filter,
-            "files": files,
-            "format": io.input_format or "from file names",
-        },
-        "output_format": predict.output_format,
-        "output_tables": bigquery
-        and {"predictions": bigquery.table.uri, "errors": bigquery.errors_table.uri},
-        "model": {"dir": predict.model_dir, "fingerprint": model_fingerprint(predict.model_dir)},
-        "output_dir": io.output_dir,
-        "counts": {
-            "read": read,
-            "predictions": predicted,
-            "errors": errors,
-            "error_rate": round(error_rate, 6),
-            "model_loads": counts.get("model_loads", 0),
-            "model_batches": counts.get("model_batches", 0),
-        },
-        "max_error_rate": predict.max_error_rate,
-        "batch_size": predict.batch_size or description.batch_size,
-        "tf_threads": opts.tf_threads(options) or "TensorFlow default (all cores)",
-        "timings": {
-            "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(),
-            "finished": datetime.datetime.fromtimestamp(finished, datetime.UTC).isoformat(),
-            "seconds": round(finished - started, 3),
-        },
-        "runner": type(pipeline.runner).__name__,
-        "versions": versions(),
-    }
-    lost = (
-        []
-        if read == predicted + errors
-        else [f"records read ({read}) != predictions ({predicted}) + errors ({errors})"]
-    )
-    if bigquery:
-        loaded = {
-            "predictions": counts.get(bq.PREDICTIONS_LOADED, 0),
-            "errors": counts.get(bq.ERRORS_LOADED, 0),
-        }
-        manifest["counts"]["bigquery_rows_loaded"] = loaded
-        if (loaded["predictions"], loaded["errors"]) != (predicted, errors):
-            lost.append(f"BigQuery loaded {loaded} rows, not predictions {predicted} and errors {errors}")
-    if lost:
-        manifest["status"] = "failed: records lost"
-        write_manifest(io.output_dir, manifest, success=False)
-        raise AssertionError("; ".join(lost))
-    write_manifest(io.output_dir, manifest, success=within_threshold)
-    if not within_threshold:
+    pipeline.run().wait_until_finish()
+    # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
+    manifest = read_manifest(io.output_dir)
+    if manifest["status"] == FAILED_LOST:
+        raise AssertionError("; ".join(manifest["problems"]))
+    if manifest["status"] == FAILED_ERROR_RATE:
+        counts = manifest["counts"]
         raise ErrorRateExceeded(
-            f"{errors} of {read} records failed ({error_rate:.2%}), above --max_error_rate "
-            f"{predict.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
+            f"{counts['errors']} of {counts['read']} records failed ({counts['error_rate']:.2%}), above "
+            f"--max_error_rate {predict.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
         )
     return manifest
 

@@ -24,6 +24,7 @@ from pipeline.validation import validate_block
 
 BLOCKS = "blocks"
 ERRORS = "errors"
+COUNTS = "counts"  # ("read", number of records) pairs, for the run's final check
 HEAD_BYTES = 4096
 # Files whose first bytes are checked before the job starts (per pattern); the others are
 # checked by the worker that reads them.
@@ -187,7 +188,11 @@ class _ValidateFn(beam.DoFn):
 
 
 class ReadAdRecords(beam.PTransform):
-    """Reads and validates ad records from files and BigQuery: `blocks` and `errors` outputs."""
+    """Reads and validates ad records from files and BigQuery.
+
+    Outputs `blocks` (valid rows), `errors` (one per record that cannot be scored) and
+    `counts` (("read", n) pairs: every record read, before validation).
+    """
 
     def __init__(
         self,
@@ -215,7 +220,11 @@ class ReadAdRecords(beam.PTransform):
             tag: tuple(part[tag] for part in parts) | f"Merge{tag.title()}" >> beam.Flatten()
             for tag in (BLOCKS, ERRORS)
         }
-        return read | "Validate" >> ValidateRecords(self._layout)
+        counts = (
+            read[BLOCKS] | "CountBlockRows" >> beam.Map(lambda block: ("read", len(block))),
+            read[ERRORS] | "CountUnreadable" >> beam.Map(lambda _: ("read", 1)),
+        ) | "ReadCounts" >> beam.Flatten()
+        return {**(read | "Validate" >> ValidateRecords(self._layout)), COUNTS: counts}
 
 
 class _ReadFiles(beam.PTransform):

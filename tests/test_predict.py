@@ -208,3 +208,28 @@ def test_model_is_loaded_once_per_worker_process(mode, most_loads, trained_ads, 
     assert counts["predictions"] == 240 and counts["errors"] == 0
     assert counts["model_batches"] == 30  # 6 files x 5 batches of 8: many calls...
     assert 1 <= counts["model_loads"] <= most_loads  # ...on one model per process
+
+
+def test_the_pipeline_itself_writes_run_json_then_success(trained_ads, bad_inputs):
+    """No launcher code after the run: on Dataflow the launcher may be gone by then."""
+    out = bad_inputs / "in_pipeline"
+    patterns = [str(bad_inputs / "in" / "*.jsonl"), str(bad_inputs / "in" / "*.csv")]
+    description = ModelDescription.read(trained_ads["model"])
+    with TestPipeline() as p:
+        outputs = predict.build_predict(
+            p, trained_ads["model"], description, patterns, str(out), run_info={"started": 0.0, "note": "x"}
+        )
+        summary = outputs["manifest"] | beam.Map(
+            lambda m: (
+                m["status"],
+                m["note"],
+                m["counts"]["read"],
+                m["counts"]["predictions"],
+                m["counts"]["errors"],
+            )
+        )
+        assert_that(summary, equal_to([("succeeded", "x", 10, 4, 6)]))
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"]["model_loads"] == 1 and manifest["outputs_written"] >= 3
+    written = [os.path.getmtime(path) for path in glob.glob(str(out / "*")) if not path.endswith("_SUCCESS")]
+    assert os.path.getmtime(out / "_SUCCESS") >= max(written)

@@ -338,7 +338,8 @@ def error_row(error: dict) -> str:
 
 
 class _LoadFilesFn(beam.DoFn):
-    """Loads all staged files of one table in the last step, then deletes them.
+    """Loads all staged files of one table in the last step, deletes them, and emits
+    (counter, rows loaded).
 
     A load job is all or nothing (no bad records allowed), so once the jobs succeed the
     table holds every staged row; the staged rows are counted for the run's check that
@@ -353,6 +354,7 @@ class _LoadFilesFn(beam.DoFn):
         self._schema = schema
         self._format = source_format
         self._disposition = DISPOSITIONS[disposition]
+        self._counter_name = counter
         self._loaded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, counter)
 
     def process(self, paths: list[str]):
@@ -388,7 +390,7 @@ class _LoadFilesFn(beam.DoFn):
         self._loaded.inc(staged_rows)
         if paths:
             FileSystems.delete(paths)
-        yield self._table.uri
+        yield self._counter_name, staged_rows
 
     def _rows(self, path: str) -> int:
         from apache_beam.io.filesystems import FileSystems
