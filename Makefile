@@ -41,9 +41,10 @@ test: venv emulators ## Run the test suite (includes lint; starts the emulators 
 bench: venv ## Throughput: predict vs bare model, naive Beam, per-record (~20 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
-lint: venv ## ruff check + format check
+lint: venv ## ruff check + format check + shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck run_dataflow.sh .ci/run
 
 format: venv ## Apply ruff's formatting and import order
 	$(BIN)/ruff check --fix .

@@ -3,45 +3,86 @@
 #
 #   ./run_dataflow.sh predict --model_dir gs://B/model --input 'gs://B/in/*.jsonl' --output_dir gs://B/out
 #   ./run_dataflow.sh analyze --schema ads --input 'gs://B/train/*.jsonl' --output_dir gs://B/transform
+#   ./run_dataflow.sh --dry-run predict ...   # build and stage the real job offline, submit nothing
 #
-# Settings come from the environment (see .env.template); extra arguments go to the pipeline.
-# Workers install this package from setup.py (--setup_file), pinned like the launcher.
-# DRY_RUN=1 builds the real Dataflow job graph without submitting it (no cloud access needed).
+# Settings come from the environment or .env (documented in .env.template); every other
+# argument goes to the pipeline. Workers install this package from setup.py (--setup_file),
+# pinned like the launcher, or run SDK_CONTAINER_IMAGE (see Dockerfile) when it is set.
+# A dry run writes the job request to $DRY_RUN_DIR/<job name>.json and the files it would
+# stage under $DRY_RUN_DIR/staged/, with no network and no credentials.
 set -euo pipefail
 
 cd "$(dirname "$0")"
-[ -f .env ] && . ./.env
+if [ -f .env ]; then
+  # shellcheck disable=SC1091
+  . ./.env
+fi
 
-JOB="${1:?usage: run_dataflow.sh analyze|predict [pipeline flags...]}"
+usage() { echo "usage: run_dataflow.sh [--dry-run] analyze|predict [pipeline flags...]" >&2; exit 2; }
+
+DRY_RUN="${DRY_RUN:-0}"
+if [ "${1:-}" = "--dry-run" ]; then
+  DRY_RUN=1
+  shift
+fi
+JOB="${1:-}"
+[ -n "$JOB" ] || usage
 shift
 case "$JOB" in
   analyze|predict) ;;
-  *) echo "run_dataflow.sh: unknown job '$JOB' (analyze or predict)" >&2; exit 2 ;;
+  *) echo "run_dataflow.sh: unknown job '$JOB' (analyze or predict)" >&2; usage ;;
 esac
 
-: "${PROJECT:?set PROJECT to your GCP project}"
-: "${REGION:?set REGION, e.g. europe-west1}"
-: "${TEMP_LOCATION:?set TEMP_LOCATION to a gs:// folder for temporary files}"
+missing=()
+for name in PROJECT REGION TEMP_LOCATION; do
+  [ -n "${!name:-}" ] || missing+=("$name")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "run_dataflow.sh: set ${missing[*]} (in the environment or .env; see .env.template)" >&2
+  exit 2
+fi
+case "$TEMP_LOCATION" in
+  gs://*) ;;
+  *) echo "run_dataflow.sh: TEMP_LOCATION must be a gs:// folder, got '$TEMP_LOCATION'" >&2; exit 2 ;;
+esac
+STAGING_LOCATION="${STAGING_LOCATION:-${TEMP_LOCATION%/}/staging}"
 PYTHON="${PYTHON:-.venv/bin/python}"
-JOB_NAME="adpredict-${JOB}-$(date -u +%Y%m%d-%H%M%S)"
+JOB_NAME="${JOB_NAME:-adpredict-${JOB}-$(date -u +%Y%m%d-%H%M%S)}"
 
-EXTRA=()
-if [ "${DRY_RUN:-0}" = "1" ]; then
-  EXTRA+=(--dry_run=True)
+ARGS=(
+  --runner DataflowRunner
+  --project "$PROJECT"
+  --region "$REGION"
+  --temp_location "$TEMP_LOCATION"
+  --staging_location "$STAGING_LOCATION"
+  --job_name "$JOB_NAME"
+)
+if [ -n "${SDK_CONTAINER_IMAGE:-}" ]; then
+  ARGS+=(--sdk_container_image "$SDK_CONTAINER_IMAGE" --sdk_location container)
+else
+  ARGS+=(--setup_file ./setup.py)
 fi
-if [ -n "${MACHINE_TYPE:-}" ]; then
-  EXTRA+=(--machine_type "$MACHINE_TYPE")
+[ -z "${SERVICE_ACCOUNT_EMAIL:-}" ] || ARGS+=(--service_account_email "$SERVICE_ACCOUNT_EMAIL")
+[ -z "${MACHINE_TYPE:-}" ] || ARGS+=(--machine_type "$MACHINE_TYPE")
+[ -z "${MAX_WORKERS:-}" ] || ARGS+=(--max_num_workers "$MAX_WORKERS")
+[ -z "${NETWORK:-}" ] || ARGS+=(--network "$NETWORK")
+[ -z "${SUBNETWORK:-}" ] || ARGS+=(--subnetwork "$SUBNETWORK")
+if [ -n "${GPU_TYPE:-}" ]; then
+  # One SDK process per GPU worker, so the model and its GPU memory are held once.
+  ARGS+=(
+    --dataflow_service_options "worker_accelerator=type:${GPU_TYPE};count:${GPU_COUNT:-1};install-nvidia-driver"
+    --experiments no_use_multiple_sdk_containers
+  )
 fi
-if [ -n "${MAX_WORKERS:-}" ]; then
-  EXTRA+=(--max_num_workers "$MAX_WORKERS")
+if [ "$DRY_RUN" = "1" ]; then
+  DRY_RUN_DIR="${DRY_RUN_DIR:-dataflow-dry-run}"
+  ARGS+=(--dry_run=True --no_auth --dataflow_job_file "$DRY_RUN_DIR/$JOB_NAME.json")
 fi
 
-exec "$PYTHON" -m "pipeline.${JOB}" \
-  --runner DataflowRunner \
-  --project "$PROJECT" \
-  --region "$REGION" \
-  --temp_location "$TEMP_LOCATION" \
-  --job_name "$JOB_NAME" \
-  --setup_file ./setup.py \
-  "${EXTRA[@]}" \
-  "$@"
+echo "run_dataflow.sh: $JOB as Dataflow job $JOB_NAME in $PROJECT/$REGION" >&2
+"$PYTHON" -m "pipeline.${JOB}" "${ARGS[@]}" "$@"
+if [ "$DRY_RUN" = "1" ]; then
+  echo "run_dataflow.sh: dry run: job request in $DRY_RUN_DIR/$JOB_NAME.json, nothing submitted" >&2
+else
+  echo "run_dataflow.sh: console: https://console.cloud.google.com/dataflow/jobs?project=${PROJECT}&region=${REGION} (job $JOB_NAME)" >&2
+fi

@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
+from pipeline.dataflow import finish_dry_run, is_dry_run, local_stand_in, print_summary
 from pipeline.read import BLOCKS, ERRORS, Inputs, ReadAdRecords, check_inputs
 from pipeline.write import WriteErrors
 from transforms.model_contract import InputField, description_from_schema
@@ -151,10 +152,14 @@ def run(argv=None, test_pipeline=None) -> str:
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
     layout = training_layout(schema, io.csv_columns)
     inputs = Inputs.from_options(options)
-    check_inputs(inputs, io.input_format, layout)
+    offline = is_dry_run(options)  # a Dataflow dry run reads nothing: see pipeline.dataflow
+    if not offline:
+        check_inputs(inputs, io.input_format, layout)
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
     pipeline = test_pipeline or opts.make_pipeline(options)
-    with tft_beam.Context(temp_dir=temp_dir):
+    # tf.Transform writes temporary assets while the graph is built; a dry run keeps them in
+    # its local stand-in for Cloud Storage.
+    with tft_beam.Context(temp_dir=local_stand_in(options, temp_dir)):
         build_analyze(
             pipeline,
             schema,
@@ -164,7 +169,10 @@ def run(argv=None, test_pipeline=None) -> str:
             options.view_as(opts.AnalyzeOptions).eval_percent,
             layout,
         )
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        if offline:
+            return print_summary(finish_dry_run(result, options))
+        result.wait_until_finish()
     return io.output_dir
 
 

@@ -15,6 +15,7 @@ with any Beam options (e.g. `--runner DataflowRunner --project ...`).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -24,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
+from pipeline.dataflow import finish_dry_run, is_dry_run, print_summary
 from pipeline.entrypoint import ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY
@@ -173,9 +175,10 @@ def clear_previous_outputs(output_dir: str) -> None:
             FileSystems.delete([m.path for m in matched])
 
 
-def bigquery_target(options) -> BigQueryTarget:
-    """The BigQuery tables a run writes, checked before it starts; files are staged in
-    --temp_location (gs:// loads by URI), else under --output_dir."""
+def bigquery_target(options, check: bool = True) -> BigQueryTarget:
+    """The BigQuery tables a run writes, checked before it starts (unless `check` is off,
+    for an offline dry run); files are staged in --temp_location (gs:// loads by URI), else
+    under --output_dir."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     predict = options.view_as(opts.PredictOptions)
@@ -186,7 +189,7 @@ def bigquery_target(options) -> BigQueryTarget:
         if predict.output_errors_table
         else table.with_suffix("_errors")
     )
-    for target in (table, errors_table):
+    for target in (table, errors_table) if check else ():
         bq.check_write(connection, target)
     temp = options.view_as(GoogleCloudOptions).temp_location
     staging = FileSystems.join(temp or options.view_as(opts.RecordIOOptions).output_dir, "_bigquery_staging")
@@ -194,7 +197,11 @@ def bigquery_target(options) -> BigQueryTarget:
 
 
 def run(argv=None, test_pipeline=None) -> dict:
-    """Parses options, checks inputs and outputs, runs the pipeline; returns its run.json."""
+    """Parses options, checks inputs and outputs, runs the pipeline; returns its run.json.
+
+    With `--dry_run=True` (DataflowRunner) nothing is read, written or submitted: the job
+    request is built and staged offline (`pipeline.dataflow`), and its summary returned.
+    """
     options = PipelineOptions(argv)
     opts.validate_predict(options)
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
@@ -203,11 +210,21 @@ def run(argv=None, test_pipeline=None) -> dict:
     description = ModelDescription.read(predict.model_dir)
     layout = prediction_layout(description, predict.passthrough_fields, io.csv_columns)
     inputs = Inputs.from_options(options)
-    files = check_inputs(inputs, io.input_format, layout)
-    bigquery = bigquery_target(options) if predict.output_format == BIGQUERY else None
-    if not FileSystems.exists(io.output_dir):
-        FileSystems.mkdirs(io.output_dir)
-    clear_previous_outputs(io.output_dir)
+    offline = is_dry_run(options)
+    if options.view_as(StandardOptions).runner == "DataflowRunner" and not predict.model_dir.startswith(
+        "gs://"
+    ):
+        if not offline:
+            raise opts.OptionsError(
+                f"--model_dir {predict.model_dir!r} is not on gs://: Dataflow workers cannot read a local model"
+            )
+        logging.warning("--model_dir %s is local: a real Dataflow job needs it on gs://", predict.model_dir)
+    files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, layout)
+    bigquery = bigquery_target(options, check=not offline) if predict.output_format == BIGQUERY else None
+    if not offline:
+        if not FileSystems.exists(io.output_dir):
+            FileSystems.mkdirs(io.output_dir)
+        clear_previous_outputs(io.output_dir)
 
     run_info = {
         "started": time.time(),
@@ -222,7 +239,10 @@ def run(argv=None, test_pipeline=None) -> dict:
         "output_format": predict.output_format,
         "output_tables": bigquery
         and {"predictions": bigquery.table.uri, "errors": bigquery.errors_table.uri},
-        "model": {"dir": predict.model_dir, "fingerprint": model_fingerprint(predict.model_dir)},
+        "model": {
+            "dir": predict.model_dir,
+            "fingerprint": None if offline else model_fingerprint(predict.model_dir),
+        },
         "batch_size": predict.batch_size or description.batch_size,
         "tf_threads": opts.tf_threads(options) or "TensorFlow default (all cores)",
         "runner": options.view_as(StandardOptions).runner or "DirectRunner",
@@ -244,7 +264,10 @@ def run(argv=None, test_pipeline=None) -> dict:
         run_info=run_info,
         max_error_rate=predict.max_error_rate,
     )
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    if offline:
+        return print_summary(finish_dry_run(result, options))
+    result.wait_until_finish()
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
     manifest = read_manifest(io.output_dir)
     if manifest["status"] == FAILED_LOST:
