@@ -106,6 +106,26 @@ def finish_dry_run(result, options) -> dict:
     }
 
 
+def launched(result, options) -> dict:
+    """What a launcher that does not wait (a Flex Template, --no_wait_until_finish) reports."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    job_id = result.job_id() if hasattr(result, "job_id") else None
+    return {
+        "submitted": True,
+        "runner": options.view_as(StandardOptions).runner,
+        "job_id": job_id,
+        "state": str(result.state),
+        "note": "the pipeline writes run.json and then _SUCCESS at its end",
+    }
+
+
+def waits(options) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return not options.view_as(StandardOptions).no_wait_until_finish
+
+
 def print_summary(summary: dict) -> dict:
     print(json.dumps(summary, indent=2), flush=True)
     return summary

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
-from pipeline.dataflow import finish_dry_run, is_dry_run, print_summary
+from pipeline.dataflow import finish_dry_run, is_dry_run, launched, print_summary, waits
 from pipeline.entrypoint import ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY
@@ -267,6 +267,8 @@ def run(argv=None, test_pipeline=None) -> dict:
     result = pipeline.run()
     if offline:
         return print_summary(finish_dry_run(result, options))
+    if not waits(options):
+        return print_summary(launched(result, options))
     result.wait_until_finish()
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
     manifest = read_manifest(io.output_dir)

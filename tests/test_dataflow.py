@@ -5,6 +5,8 @@ import os
 import subprocess
 import tarfile
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {"PROJECT": "my-project", "REGION": "europe-west1", "TEMP_LOCATION": "gs://my-bucket/tmp"}
 
@@ -103,3 +105,106 @@ def test_shell_scripts_pass_shellcheck():
     checker = os.path.join(ROOT, ".venv", "bin", "shellcheck")
     done = subprocess.run([checker, "run_dataflow.sh", ".ci/run"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_worker_image_versions_agree_with_the_pinned_stack():
+    import re
+    import sys
+
+    dockerfile = open(os.path.join(ROOT, "Dockerfile")).read()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", dockerfile, re.M))
+    setup = open(os.path.join(ROOT, "setup.py")).read()
+    lock = open(os.path.join(ROOT, "requirements.lock")).read()
+    assert f'"apache-beam[gcp]=={args["BEAM_VERSION"]}"' in setup
+    assert f"apache-beam=={args['BEAM_VERSION']}\n" in lock
+    assert args["PYTHON_VERSION"] == f"{sys.version_info.major}.{sys.version_info.minor}"  # CI's Python
+    launcher_python = args["PYTHON_VERSION"].replace(".", "")
+    assert f"python{launcher_python}-template-launcher-base" in dockerfile
+    assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in dockerfile
+
+
+def pipeline_option_names(job: str) -> set[str]:
+    import argparse
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import options as opts
+
+    parser = argparse.ArgumentParser(add_help=False)
+    job_options = opts.PredictOptions if job == "predict" else opts.AnalyzeOptions
+    for cls in (opts.RecordIOOptions, opts.BigQueryOptions, job_options):
+        cls._add_argparse_args(parser)
+    names = {action.dest for action in parser._actions}
+    assert names <= set(PipelineOptions([]).get_all_options())  # Beam parses them all
+    return names
+
+
+@pytest.mark.parametrize(
+    ("job", "required"), [("predict", {"model_dir", "output_dir"}), ("analyze", {"output_dir"})]
+)
+def test_flex_template_metadata_matches_the_pipeline_options(job, required):
+    import re
+
+    metadata = json.loads(open(os.path.join(ROOT, "flex_template", f"{job}_metadata.json")).read())
+    parameters = {p["name"]: p for p in metadata["parameters"]}
+    assert set(parameters) <= pipeline_option_names(job)  # every parameter is a real option
+    assert {name for name, p in parameters.items() if not p["isOptional"]} == required
+    assert {"input", "input_query"} <= set(parameters)  # one of them is needed: checked by the pipeline
+    for parameter in parameters.values():
+        assert parameter["helpText"] and parameter["label"] and parameter["regexes"]
+        for regex in parameter["regexes"]:
+            re.compile(regex)
+    good = {"model_dir": "gs://b/model", "input": "bq://p.d.t", "output_dir": "gs://b/out/dt=2026-11-26",
+            "output_table": "bq://my-project.ads.predictions", "passthrough_fields": "media,campaign:int",
+            "max_error_rate": "0.05", "csv_columns": "id,age"}  # fmt: skip
+    for name, value in good.items():
+        if name in parameters:
+            assert re.match(parameters[name]["regexes"][0], value), (name, value)
+    assert not re.match(parameters["output_dir"]["regexes"][0], "/local/out")
+
+
+def test_flex_launcher_submits_and_returns_while_the_pipeline_writes_its_own_end(trained_ads, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [os.path.join(ROOT, ".venv", "bin", "python"), os.path.join(ROOT, "flex_template", "launch.py"),
+         f"--model_dir={trained_ads['model']}", f"--input={trained_ads['data']}", f"--output_dir={out}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"submitted": true' in done.stdout
+    manifest = json.loads((out / "run.json").read_text())  # written by the pipeline, not the launcher
+    assert manifest["counts"]["predictions"] == 600 and (out / "_SUCCESS").exists()
+
+
+def test_the_sdist_installs_and_imports_the_pipelines_outside_the_source_tree(tmp_path):
+    """What Dataflow workers do with --setup_file: build the sdist, pip install it."""
+    import glob
+    import sys
+    import sysconfig
+
+    python = os.path.join(ROOT, ".venv", "bin", "python")
+    subprocess.run([python, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path / "dist")], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    (sdist,) = glob.glob(str(tmp_path / "dist" / "adpredict-*.tar.gz"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # The pinned stack comes from the project's venv (a worker has it from requirements);
+    # adpredict itself only from the sdist.
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    stack = sysconfig.get_paths()["purelib"]
+    with open(os.path.join(site, "stack.pth"), "w") as f:
+        f.write(stack + "\n")
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-build-isolation", sdist],
+                   check=True, capture_output=True)  # fmt: skip
+    probe = (
+        "import sys; sys.path = [p for p in sys.path if not p.endswith('/main') and p != '']\n"
+        "import pipeline.predict, pipeline.analyze, pipeline.io.bigquery, trainer.model\n"
+        "from transforms.schema import load_schema\n"
+        "print(pipeline.predict.__file__); print(len(load_schema('ads').features), len(load_schema('criteo').features))\n"
+    )
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    module_path, counts = done.stdout.strip().splitlines()[-2:]
+    assert module_path.startswith(site) and counts == "7 39"
