@@ -4,6 +4,7 @@
     adpredict analyze  --schema ads --input PATTERN --output_dir DIR [Beam options...]
     adpredict train    --transform_dir DIR --model_dir DIR [--schema ads]
     adpredict predict  --model_dir DIR --input PATTERN --output_dir DIR [Beam options...]
+    adpredict nightly  --config nightly.yaml [--date D | --backfill START END] [--force]
     adpredict demo     --work_dir DIR [--records N]
 
 `analyze` and `predict` hand their arguments to the pipelines as Beam options, so
@@ -83,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(handler=_generate)
 
-    for name, module in (("analyze", "pipeline.analyze"), ("predict", "pipeline.predict")):
+    for name, module in (
+        ("analyze", "pipeline.analyze"),
+        ("predict", "pipeline.predict"),
+        ("nightly", "pipeline.nightly"),
+    ):
         sub = commands.add_parser(
             name,
             help=f"Run the {name} pipeline (all Beam options accepted; see --help).",
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("analyze", "predict"):
+    if argv and argv[0] in ("analyze", "predict", "nightly"):
         import importlib
 
         module = importlib.import_module(f"pipeline.{argv[0]}")

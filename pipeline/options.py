@@ -123,6 +123,11 @@ class PredictOptions(PipelineOptions):
             help="Fail the run (after writing everything) if errors/read exceeds this (0..1).",
         )
         parser.add_argument(
+            "--run_date",
+            default=None,
+            help="The date this run scores (recorded in run.json; set by `adpredict nightly`).",
+        )
+        parser.add_argument(
             "--tf_threads",
             type=int,
             default=None,

@@ -15,7 +15,9 @@ with any Beam options (e.g. `--runner DataflowRunner --project ...`).
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import sys
 import time
 
@@ -43,7 +45,7 @@ from pipeline.manifest import (
     read_manifest,
     versions,
 )
-from pipeline.read import BLOCKS, COUNTS, Inputs, ReadAdRecords, check_inputs
+from pipeline.read import BLOCKS, COUNTS, Inputs, ReadAdRecords, check_inputs, input_fingerprint
 from pipeline.read import ERRORS as ERROR_RECORDS
 from pipeline.write import (
     ERRORS_PREFIX,
@@ -56,6 +58,7 @@ from pipeline.write import (
 from transforms.model_contract import InputField, ModelDescription
 
 SCORED = "scored"
+BEAM_TEMP_FOLDERS = ".temp-beam*"  # where Beam's file sinks write shards before the final rename
 PASSTHROUGH_TYPES = ("int", "float", "string")
 
 __all__ = ["ErrorRateExceeded", "build_predict", "run"]
@@ -168,11 +171,22 @@ def prediction_columns(description: ModelDescription, layout: RecordLayout) -> P
 
 
 def clear_previous_outputs(output_dir: str) -> None:
-    """Removes a previous run's files first (the marker first), so no stale shard survives."""
+    """Removes a previous run's files first (the marker first), so no stale shard survives,
+    and the temporary folders of a run that was killed while writing."""
     for name in (SUCCESS_MARKER, RUN_MANIFEST, ERRORS_STATS, f"{PREDICTIONS_PREFIX}-*", f"{ERRORS_PREFIX}-*"):
         matched = FileSystems.match([FileSystems.join(output_dir, name)])[0].metadata_list
         if matched:
             FileSystems.delete([m.path for m in matched])
+    if FileSystems.get_scheme(output_dir) is None:  # a local folder is removed whole
+        temp_dirs = glob.glob(os.path.join(output_dir, BEAM_TEMP_FOLDERS))
+    else:  # an object store has prefixes, not folders: "prefix/" deletes what is under it
+        pattern = FileSystems.join(output_dir, f"{BEAM_TEMP_FOLDERS}/**")
+        start = len(output_dir.rstrip("/")) + 1
+        temp_dirs = {
+            m.path[: m.path.index("/", start) + 1] for m in FileSystems.match([pattern])[0].metadata_list
+        }
+    if temp_dirs:
+        FileSystems.delete(sorted(temp_dirs))
 
 
 def bigquery_target(options, check: bool = True) -> BigQueryTarget:
@@ -228,6 +242,8 @@ def run(argv=None, test_pipeline=None) -> dict:
 
     run_info = {
         "started": time.time(),
+        "date": predict.run_date,
+        "input_fingerprint": None if offline else input_fingerprint(inputs),
         "inputs": {
             "patterns": io.input,
             "query": io.input_query,

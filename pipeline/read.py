@@ -8,6 +8,8 @@ BigQuery tables and queries through `pipeline.io.bigquery`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -104,6 +106,20 @@ def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: R
             check_file_head(path, input_format, layout)
         files += paths
     return files
+
+
+def input_fingerprint(inputs: Inputs) -> str:
+    """sha256 over what the inputs are now: each file's path, size and modification time,
+    each table's size and last change with its filter, a query's text. It changes when the
+    data does, so a nightly re-run can tell that a date's inputs are the ones it scored."""
+    digest = hashlib.sha256()
+    for pattern in inputs.file_patterns:
+        for m in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+            digest.update(f"{m.path}\0{m.size_in_bytes}\0{m.last_updated_in_seconds}\n".encode())
+    for spec in inputs.bigquery_reads:
+        described = bq.check_read(inputs.connection or bq.Connection(), spec)
+        digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def check_file_head(path: str, input_format: str | None, layout: RecordLayout) -> None:

@@ -136,6 +136,8 @@ def test_cloud_storage_in_and_out(source, sink, gcs_emulator, trained_ads, input
     remote_out = f"{gcs_emulator}/{source}-{sink}/out"
     with open(local, "rb") as src, FileSystems.create(remote_in, compression_type="uncompressed") as dst:
         dst.write(src.read())
+    with FileSystems.create(f"{remote_out}/.temp-beam-crashed/shard-1") as stale:  # a killed run's shard
+        stale.write(b"half-written\n")
     manifest = predict.run(
         ["--model_dir", trained_ads["model"], "--input", remote_in, "--output_dir", remote_out,
          "--output_format", sink, "--no_auth"]
@@ -143,6 +145,8 @@ def test_cloud_storage_in_and_out(source, sink, gcs_emulator, trained_ads, input
     assert manifest["counts"]["predictions"] == RECORDS and manifest["inputs"]["files"] == [remote_in]
     listed = FileSystems.match([f"{remote_out}/*"])[0].metadata_list
     names = sorted(os.path.basename(m.path) for m in listed)
+    everything = FileSystems.match([f"{remote_out}/**"])[0].metadata_list
+    assert everything and not [m.path for m in everything if ".temp-beam" in m.path]
     assert "_SUCCESS" in names and "run.json" in names and "prediction.errors_stats" in names
     for metadata in listed:
         with FileSystems.open(metadata.path, compression_type="uncompressed") as src:

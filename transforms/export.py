@@ -20,6 +20,7 @@ import tensorflow_transform as tft
 from transforms.model_contract import (
     EXAMPLE_SIGNATURE,
     RAW_SIGNATURE,
+    TRANSFORM_SIGNATURE,
     ModelDescription,
     description_from_schema,
 )
@@ -27,7 +28,6 @@ from transforms.preprocessing import transformed_feature_names
 from transforms.schema import FLOAT, IMAGE, INT, STRING, STRING_LIST, Schema
 
 OUTPUT_NAME = "probability"
-TRANSFORM_SIGNATURE = "transform_features"
 _DTYPES = {INT: tf.int64, FLOAT: tf.float32, STRING: tf.string, IMAGE: tf.string, STRING_LIST: tf.string}
 
 

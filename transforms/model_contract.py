@@ -20,6 +20,7 @@ FORMAT_VERSION = 1
 DESCRIPTION_PATH = os.path.join("assets.extra", "adpredict_model.json")
 RAW_SIGNATURE = "serving_default"
 EXAMPLE_SIGNATURE = "serving_tf_example"
+TRANSFORM_SIGNATURE = "transform_features"  # raw inputs -> tf.Transform's outputs (parity checks)
 
 
 class ModelDirectoryError(ValueError):

@@ -157,7 +157,13 @@ def check_read(connection: Connection, spec: ReadSpec) -> dict:
     try:
         if spec.table:
             table = connection.client(spec.table.project).get_table(spec.table.spec)
-            return {"table": spec.table.uri, "rows": table.num_rows, "bytes": table.num_bytes}
+            return {
+                "table": spec.table.uri,
+                "filter": spec.row_filter,
+                "rows": table.num_rows,
+                "bytes": table.num_bytes,
+                "modified": table.modified.isoformat() if table.modified else None,
+            }
         if not spec.query_dataset or "." not in spec.query_dataset:
             raise InputError(
                 "--input_query needs --query_dataset project.dataset: where the query's result is "

@@ -1,0 +1,257 @@
+"""`adpredict nightly`: score one date's ad records (or a range of dates), unattended.
+
+    adpredict nightly --config nightly.yaml                  # yesterday, in the config's time zone
+    adpredict nightly --config nightly.yaml --date 2026-11-26
+    adpredict nightly --config nightly.yaml --backfill 2026-11-01 2026-11-26
+    adpredict nightly --config nightly.yaml --force --runner DataflowRunner ...   # Beam flags pass through
+
+The config file (YAML) holds what a crontab line should not: the model, and input and
+output templates where `{date}` becomes YYYY-MM-DD and `{date_nodash}` YYYYMMDD:
+
+    model_dir: gs://my-bucket/model
+    input: gs://my-bucket/ads/dt={date}/*.jsonl       # or bq://p.d.t with input_filter
+    output_dir: gs://my-bucket/predictions/dt={date}
+
+A date whose `_SUCCESS` exists with the same model and input fingerprints in its run.json
+is skipped (`--force` re-runs it). A crashed run's half-written outputs are cleared before
+its date is scored again, so predictions are never duplicated or mixed. With
+`transform_dir`, a parity gate compares the model's in-graph transform with the transform
+artifacts on a sample of the date's records before scoring.
+
+Exit codes (a scheduler can act on them): 0 done, 4 skipped (already done), 3 error rate
+over max_error_rate (everything written, no _SUCCESS), 2 a config or flag is wrong,
+1 failed (the parity gate, lost records, a crash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import sys
+import zoneinfo
+
+import yaml
+
+from pipeline.entrypoint import EXIT_ERROR_RATE, EXIT_USAGE, ErrorRateExceeded
+
+EXIT_DONE = 0
+EXIT_FAILED = 1
+EXIT_SKIPPED = 4
+
+
+class ConfigError(ValueError):
+    """The nightly config file is wrong; the message names the file and the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NightlyConfig:
+    model_dir: str
+    output_dir: str
+    input: tuple[str, ...] = ()
+    input_query: str | None = None
+    input_filter: str | None = None
+    query_dataset: str | None = None
+    input_format: str | None = None
+    output_format: str = "jsonl"
+    output_table: str | None = None
+    passthrough_fields: str | None = None
+    max_error_rate: float = 1.0
+    timezone: str = "UTC"
+    transform_dir: str | None = None  # with it, the parity gate runs first
+    parity_sample: int = 256
+    parity_tolerance: float = 1e-5
+    pipeline_args: tuple[str, ...] = ()  # Beam flags for every run, e.g. [--runner, DataflowRunner]
+
+
+_TEMPLATED = ("model_dir", "output_dir", "input", "input_query", "input_filter", "output_table")
+
+
+def load_config(path: str) -> NightlyConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"nightly config {path!r} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    known = {f.name for f in dataclasses.fields(NightlyConfig)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    for required in ("model_dir", "output_dir"):
+        if not doc.get(required):
+            raise ConfigError(f"{path}: {required!r} is required")
+    if not doc.get("input") and not doc.get("input_query"):
+        raise ConfigError(f"{path}: give 'input' (file pattern or bq:// table) or 'input_query'")
+    if "{date" not in str(doc["output_dir"]) and not doc.get("output_table"):
+        raise ConfigError(f"{path}: output_dir must contain {{date}}, or each night would replace the last")
+    for key in ("input", "pipeline_args"):
+        if isinstance(doc.get(key), str):
+            doc[key] = [doc[key]]
+        if key in doc:
+            doc[key] = tuple(str(v) for v in doc[key])
+    try:
+        zoneinfo.ZoneInfo(doc.get("timezone", "UTC"))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{path}: unknown timezone {doc.get('timezone')!r} (e.g. Europe/Berlin)") from None
+    return NightlyConfig(**doc)
+
+
+def render(template: str | None, date: datetime.date) -> str | None:
+    if template is None:
+        return None
+    return template.replace("{date}", date.isoformat()).replace("{date_nodash}", date.strftime("%Y%m%d"))
+
+
+def yesterday(timezone: str) -> datetime.date:
+    return datetime.datetime.now(zoneinfo.ZoneInfo(timezone)).date() - datetime.timedelta(days=1)
+
+
+def predict_argv(config: NightlyConfig, date: datetime.date, extra: list[str]) -> list[str]:
+    """The `predict` flags of one date's run."""
+    argv = ["--model_dir", render(config.model_dir, date), "--output_dir", render(config.output_dir, date)]
+    for pattern in config.input:
+        argv += ["--input", render(pattern, date)]
+    optional = {
+        "input_query": render(config.input_query, date),
+        "input_filter": render(config.input_filter, date),
+        "query_dataset": config.query_dataset,
+        "input_format": config.input_format,
+        "output_table": render(config.output_table, date),
+        "passthrough_fields": config.passthrough_fields,
+    }
+    argv += [arg for name, value in optional.items() if value for arg in (f"--{name}", value)]
+    argv += ["--output_format", config.output_format, "--max_error_rate", str(config.max_error_rate)]
+    return [*argv, "--run_date", date.isoformat(), *config.pipeline_args, *extra]
+
+
+def already_done(argv: list[str]) -> str | None:
+    """Why this date needs no run (its _SUCCESS, same model and inputs), or None."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import options as opts
+    from pipeline.manifest import SUCCESS_MARKER, model_fingerprint, read_manifest
+    from pipeline.read import Inputs, input_fingerprint
+
+    options = PipelineOptions(argv)
+    FileSystems.set_options(options)
+    output_dir = options.view_as(opts.RecordIOOptions).output_dir
+    if not FileSystems.exists(FileSystems.join(output_dir, SUCCESS_MARKER)):
+        return None
+    manifest = read_manifest(output_dir)
+    model_dir = options.view_as(opts.PredictOptions).model_dir
+    if manifest.get("model", {}).get("fingerprint") != model_fingerprint(model_dir):
+        return None
+    if manifest.get("input_fingerprint") != input_fingerprint(Inputs.from_options(options)):
+        return None
+    return f"{output_dir} has _SUCCESS from a run with the same model and inputs"
+
+
+def parity_gate(config: NightlyConfig, argv: list[str]) -> dict:
+    """Compares the model's transform with config.transform_dir's on the date's records."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import options as opts
+    from pipeline import parity
+    from pipeline.predict import prediction_layout
+    from pipeline.read import Inputs, check_inputs
+    from transforms.model_contract import ModelDescription
+
+    options = PipelineOptions(argv)
+    model_dir = options.view_as(opts.PredictOptions).model_dir
+    description = ModelDescription.read(model_dir)
+    layout = prediction_layout(description)
+    inputs = Inputs.from_options(options)
+    files = [f for f in check_inputs(inputs, inputs.input_format, layout) if isinstance(f, str)]
+    if not files:
+        raise parity.ParityError("the parity gate samples files; these inputs are BigQuery only")
+    batch = parity.sample_records(files, layout, config.parity_sample)
+    return parity.compare(model_dir, config.transform_dir, batch, config.parity_tolerance)
+
+
+def run_date(config: NightlyConfig, date: datetime.date, force: bool = False, extra=()) -> int:
+    """Scores one date; returns its exit code."""
+    from pipeline import predict
+    from pipeline.parity import ParityError
+
+    argv = predict_argv(config, date, list(extra))
+    if not force:
+        reason = already_done(argv)
+        if reason:
+            print(f"adpredict nightly {date}: skipped: {reason}", flush=True)
+            return EXIT_SKIPPED
+    if config.transform_dir:
+        try:
+            differences = parity_gate(config, argv)
+        except ParityError as e:
+            print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
+            return EXIT_FAILED
+        print(f"adpredict nightly {date}: parity gate passed (largest difference "
+              f"{max(differences.values()):.3g})", flush=True)  # fmt: skip
+    try:
+        manifest = predict.run(argv)
+    except ErrorRateExceeded as e:
+        print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
+        return EXIT_ERROR_RATE
+    except AssertionError as e:  # records lost: the run said so in run.json
+        print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    counts = manifest.get("counts", {})
+    print(f"adpredict nightly {date}: done: read {counts.get('read')} = predictions {counts.get('predictions')} "
+          f"+ errors {counts.get('errors')}", flush=True)  # fmt: skip
+    return EXIT_DONE
+
+
+def dates(start: datetime.date, end: datetime.date) -> list[datetime.date]:
+    if end < start:
+        raise ConfigError(f"--backfill: {end} is before {start}")
+    return [start + datetime.timedelta(days=n) for n in range((end - start).days + 1)]
+
+
+def main(argv=None) -> int:
+    """`adpredict nightly ...`; unknown flags go to every predict run (Beam options)."""
+    import argparse
+
+    from pipeline.entrypoint import run_reporting_errors
+
+    parser = argparse.ArgumentParser(prog="adpredict nightly", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="Nightly config file (YAML).")
+    when = parser.add_mutually_exclusive_group()
+    when.add_argument("--date", type=datetime.date.fromisoformat, help="YYYY-MM-DD; default: yesterday.")
+    when.add_argument("--backfill", nargs=2, type=datetime.date.fromisoformat, metavar=("START", "END"),
+                      help="Every date from START to END, in order, skipping those already done.")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="Re-run dates that are already done.")
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    logging.getLogger().setLevel(logging.WARNING)
+    codes = []
+
+    def run(_):
+        config = load_config(args.config)
+        if args.backfill:
+            todo = dates(*args.backfill)
+        else:
+            todo = [args.date or yesterday(config.timezone)]
+        for date in todo:
+            codes.append(run_date(config, date, args.force, extra))
+            if codes[-1] not in (EXIT_DONE, EXIT_SKIPPED):
+                print(f"adpredict nightly: stopped at {date}; later dates were not run", file=sys.stderr)
+                break
+
+    try:
+        code = run_reporting_errors(run, None)
+    except ConfigError as e:
+        print(f"adpredict nightly: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if code:
+        return code
+    if all(c == EXIT_SKIPPED for c in codes):
+        return EXIT_SKIPPED
+    return next((c for c in codes if c not in (EXIT_DONE, EXIT_SKIPPED)), EXIT_DONE)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

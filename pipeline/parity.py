@@ -1,0 +1,104 @@
+"""The parity gate: the model's own transform against tf.Transform's, on tonight's records.
+
+The exported model carries the tf.Transform graph it was trained with; `transform_features`
+exposes its output. Before a night is scored, a sample of that night's records goes through
+both it and the transform artifacts (`TFTransformOutput` of the analyze run); any feature
+that differs by more than a tolerance means the model and the artifacts the team believes
+it was trained with have drifted apart, and the night fails with the feature's name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.blocks import RecordLayout
+from pipeline.io import format_for
+from pipeline.validation import validate_block
+
+DEFAULT_SAMPLE = 256
+DEFAULT_TOLERANCE = 1e-5
+
+
+class ParityError(RuntimeError):
+    """The model's transform and the transform artifacts disagree (or cannot be compared)."""
+
+
+def sample_records(files: list[str], layout: RecordLayout, rows: int = DEFAULT_SAMPLE) -> pa.RecordBatch:
+    """The first `rows` valid records of `files`, read as predict reads them."""
+    from apache_beam.io.filesystems import FileSystems
+
+    batches, found = [], 0
+    for path in files:
+        fmt = format_for(path)
+        compression = "uncompressed" if fmt.needs_seekable_file else "auto"
+        with FileSystems.open(path, compression_type=compression) as stream:
+            for item in fmt.read(stream, path, layout, 1 << 20):
+                if isinstance(item, dict):
+                    continue
+                valid, _ = validate_block(item, layout)
+                if valid is not None:
+                    batches.append(valid.batch)
+                    found += len(valid)
+                if found >= rows:
+                    break
+        if found >= rows:
+            break
+    if not batches:
+        raise ParityError(f"no valid record to compare in {files[:3]}")
+    return pa.Table.from_batches(batches).slice(0, rows).combine_chunks().to_batches()[0]
+
+
+def compare(
+    model_dir: str, transform_dir: str, batch: pa.RecordBatch, tolerance: float = DEFAULT_TOLERANCE
+) -> dict:
+    """{feature: largest absolute difference}; raises ParityError when one passes `tolerance`."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from pipeline.inference import model_inputs
+    from transforms.model_contract import TRANSFORM_SIGNATURE, ModelDescription
+
+    description = ModelDescription.read(model_dir)
+    model = tf.saved_model.load(model_dir)
+    if TRANSFORM_SIGNATURE not in model.signatures:
+        raise ParityError(
+            f"{model_dir} has no {TRANSFORM_SIGNATURE!r} signature, so its transform cannot be compared; "
+            "remove transform_dir from the nightly config to run without the gate"
+        )
+    inputs = model_inputs(batch, description.inputs)
+    served = {name: value.numpy() for name, value in model.signatures[TRANSFORM_SIGNATURE](**inputs).items()}
+    raw = dict(inputs)
+    for field in description.inputs:
+        if field.type == "string_list":  # padded [B, N] -> the SparseTensor tf.Transform was fed
+            padded = inputs[field.name]
+            where = tf.where(tf.not_equal(padded, ""))
+            raw[field.name] = tf.SparseTensor(
+                where, tf.gather_nd(padded, where), tf.shape(padded, out_type=tf.int64)
+            )
+    if description.label:
+        raw[description.label] = tf.zeros([batch.num_rows], tf.int64)  # analysed with the label; unused here
+    expected = tft.TFTransformOutput(transform_dir).transform_raw_features(raw, drop_unused_features=True)
+    differences = {}
+    for name, value in sorted(served.items()):
+        if name not in expected:
+            raise ParityError(
+                f"feature {name!r} of the model is not produced by the transform in {transform_dir}"
+            )
+        reference = expected[name]
+        if isinstance(reference, tf.SparseTensor):
+            reference = tf.sparse.to_dense(reference)
+        reference = np.asarray(reference, dtype=np.float64)
+        if reference.size != value.size:
+            raise ParityError(
+                f"feature {name!r}: the model gives shape {value.shape}, the transform {reference.shape}"
+            )
+        differences[name] = float(np.max(np.abs(value.astype(np.float64) - reference.reshape(value.shape))))
+    worst = max(differences, key=differences.get)
+    if differences[worst] > tolerance:
+        raise ParityError(
+            f"training/serving skew: feature {worst!r} differs by up to {differences[worst]:.6g} (tolerance "
+            f"{tolerance:g}) between the model in {model_dir} and the transform in {transform_dir}, on "
+            f"{batch.num_rows} of tonight's records"
+        )
+    return differences

@@ -1,0 +1,149 @@
+"""`adpredict nightly`: one date, skip when done, --force, crash recovery, backfill, parity gate."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from pipeline import cli
+from pipeline.nightly import EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED
+from sampledata.generate import generate_file
+
+DATES = ("2026-11-24", "2026-11-25", "2026-11-26")
+RECORDS = 40
+
+
+@pytest.fixture()
+def nightly(trained_ads, tmp_path):
+    """Three dates of input files and a config scoring them into out/dt={date}."""
+    for index, date in enumerate(DATES):
+        generate_file(str(tmp_path / "ads" / f"dt={date}" / "part-0.jsonl"), RECORDS, seed=30 + index,
+                      first_id=1000 * index)  # fmt: skip
+    config = {
+        "model_dir": trained_ads["model"],
+        "input": str(tmp_path / "ads" / "dt={date}" / "*.jsonl"),
+        "output_dir": str(tmp_path / "out" / "dt={date}"),
+        "timezone": "Europe/Berlin",
+        "transform_dir": trained_ads["transform"],
+    }
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return {"config": str(path), "dir": tmp_path, "settings": config}
+
+
+def night(nightly, *args) -> int:
+    return cli.main(["nightly", "--config", nightly["config"], *args])
+
+
+def outputs(nightly, date) -> dict:
+    out = nightly["dir"] / "out" / f"dt={date}"
+    lines = [
+        line for path in sorted(out.glob("prediction.results-*")) for line in path.read_text().splitlines()
+    ]
+    return {
+        "predictions": lines,
+        "manifest": json.loads((out / "run.json").read_text()),
+        "success": (out / "_SUCCESS").exists(),
+        "names": sorted(p.name for p in out.iterdir()),
+    }
+
+
+def test_a_night_runs_then_is_skipped_then_forced(nightly, capsys):
+    assert night(nightly, "--date", DATES[2]) == EXIT_DONE
+    first = outputs(nightly, DATES[2])
+    assert len(first["predictions"]) == RECORDS and first["success"]
+    assert first["manifest"]["date"] == DATES[2] and len(first["manifest"]["input_fingerprint"]) == 64
+    assert "parity gate passed" in capsys.readouterr().out
+
+    assert night(nightly, "--date", DATES[2]) == EXIT_SKIPPED
+    assert "skipped" in capsys.readouterr().out
+    assert outputs(nightly, DATES[2])["manifest"]["timings"] == first["manifest"]["timings"]
+
+    assert night(nightly, "--date", DATES[2], "--force") == EXIT_DONE
+    forced = outputs(nightly, DATES[2])
+    assert (
+        len(forced["predictions"]) == RECORDS
+        and forced["manifest"]["timings"] != first["manifest"]["timings"]
+    )
+
+    # New input for the date: its fingerprint changes, so the night runs again.
+    with open(nightly["dir"] / "ads" / f"dt={DATES[2]}" / "part-0.jsonl", "a") as f:
+        f.write(open(nightly["dir"] / "ads" / f"dt={DATES[0]}" / "part-0.jsonl").readline())
+    assert night(nightly, "--date", DATES[2]) == EXIT_DONE
+    assert len(outputs(nightly, DATES[2])["predictions"]) == RECORDS + 1
+
+
+def test_a_run_killed_while_writing_is_cleared_before_the_rerun(nightly):
+    out = nightly["dir"] / "out" / f"dt={DATES[1]}"
+    (out / ".temp-beam-0a1b2c").mkdir(parents=True)
+    (out / ".temp-beam-0a1b2c" / "partial-shard").write_text('{"key": "half-written"}\n')
+    (out / "prediction.results-00002-of-00003").write_text('{"key": "stale", "prediction": {}}\n')
+    (out / "run.json").write_text('{"status": "running"}')  # and no _SUCCESS
+    assert night(nightly, "--date", DATES[1]) == EXIT_DONE
+    after = outputs(nightly, DATES[1])
+    keys = [json.loads(line)["key"] for line in after["predictions"]]
+    assert len(keys) == len(set(keys)) == RECORDS and "stale" not in keys
+    assert not any(name.startswith(".temp-beam") for name in after["names"])
+    assert after["success"] and after["manifest"]["status"] == "succeeded"
+
+
+def test_backfill_runs_each_date_in_order_and_skips_the_one_done(nightly, capsys):
+    assert night(nightly, "--date", DATES[1]) == EXIT_DONE
+    done_before = outputs(nightly, DATES[1])["manifest"]
+    capsys.readouterr()
+    assert night(nightly, "--backfill", DATES[0], DATES[2]) == EXIT_DONE
+    printed = capsys.readouterr().out
+    order = [printed.index(f"nightly {date}:") for date in DATES]
+    assert order == sorted(order) and f"nightly {DATES[1]}: skipped" in printed
+    for date in DATES:
+        assert len(outputs(nightly, date)["predictions"]) == RECORDS
+    assert outputs(nightly, DATES[1])["manifest"] == done_before
+
+
+@pytest.fixture(scope="module")
+def other_transform(tmp_path_factory):
+    """tf.Transform artifacts analysed on other data: not the ones the model was trained with."""
+    from pipeline import analyze
+
+    work = tmp_path_factory.mktemp("other_transform")
+    generate_file(str(work / "train.jsonl"), 150, seed=99)
+    analyze.run(
+        ["--schema", "ads", "--input", str(work / "train.jsonl"), "--output_dir", str(work / "transform")]
+    )
+    return str(work / "transform")
+
+
+def test_the_parity_gate_fails_a_night_whose_model_and_transform_disagree(nightly, other_transform, capsys):
+    settings = {**nightly["settings"], "transform_dir": other_transform}
+    with open(nightly["config"], "w") as f:
+        yaml.safe_dump(settings, f)
+    assert night(nightly, "--date", DATES[0]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "training/serving skew: feature '" in err and "differs by up to" in err
+    assert not (nightly["dir"] / "out" / f"dt={DATES[0]}").exists()  # nothing scored
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schedule": "daily"}, "unknown keys ['schedule']"),
+        ({"output_dir": "/tmp/no-date-here"}, "must contain {date}"),
+        ({"timezone": "Mars/Olympus"}, "unknown timezone"),
+    ],
+)
+def test_config_mistakes_exit_2_naming_the_key(nightly, change, message, capsys):
+    with open(nightly["config"], "w") as f:
+        yaml.safe_dump({**nightly["settings"], **change}, f)
+    assert night(nightly) == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_an_error_rate_over_the_threshold_exits_3(nightly, capsys):
+    with open(nightly["dir"] / "ads" / f"dt={DATES[0]}" / "part-0.jsonl", "a") as f:
+        f.write('{"id": "broken", "age": \n')
+    with open(nightly["config"], "w") as f:
+        yaml.safe_dump({**nightly["settings"], "max_error_rate": 0.0}, f)
+    assert night(nightly, "--date", DATES[0]) == cli.EXIT_ERROR_RATE
+    assert not outputs(nightly, DATES[0])["success"]
+    assert os.path.exists(nightly["dir"] / "out" / f"dt={DATES[0]}" / "run.json")
