@@ -173,25 +173,38 @@ def parity_gate(config: NightlyConfig, argv: list[str]) -> dict:
     return parity.compare(model_dir, config.transform_dir, batch, config.parity_tolerance)
 
 
-def run_date(config: NightlyConfig, date: datetime.date, force: bool = False, extra=()) -> int:
-    """Scores one date; returns its exit code."""
-    from pipeline import predict
+def gate(config: NightlyConfig, date: datetime.date, argv: list[str]) -> int:
+    """Runs the parity gate for one date; returns EXIT_DONE when it passes."""
     from pipeline.parity import ParityError
 
+    try:
+        differences = parity_gate(config, argv)
+    except ParityError as e:
+        print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    print(f"adpredict nightly {date}: parity gate passed (largest difference "
+          f"{max(differences.values()):.3g})", flush=True)  # fmt: skip
+    return EXIT_DONE
+
+
+def run_date(
+    config: NightlyConfig, date: datetime.date, force: bool = False, extra=(), parity_only=False
+) -> int:
+    """Scores one date (or, with `parity_only`, only runs its parity gate); returns its exit code."""
+    from pipeline import predict
+
     argv = predict_argv(config, date, list(extra))
+    if parity_only:
+        if not config.transform_dir:
+            raise ConfigError("--parity_only needs transform_dir in the nightly config")
+        return gate(config, date, argv)
     if not force:
         reason = already_done(argv)
         if reason:
             print(f"adpredict nightly {date}: skipped: {reason}", flush=True)
             return EXIT_SKIPPED
-    if config.transform_dir:
-        try:
-            differences = parity_gate(config, argv)
-        except ParityError as e:
-            print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
-            return EXIT_FAILED
-        print(f"adpredict nightly {date}: parity gate passed (largest difference "
-              f"{max(differences.values()):.3g})", flush=True)  # fmt: skip
+    if config.transform_dir and gate(config, date, argv) != EXIT_DONE:
+        return EXIT_FAILED
     try:
         manifest = predict.run(argv)
     except ErrorRateExceeded as e:
@@ -225,6 +238,9 @@ def main(argv=None) -> int:
     when.add_argument("--backfill", nargs=2, type=datetime.date.fromisoformat, metavar=("START", "END"),
                       help="Every date from START to END, in order, skipping those already done.")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="Re-run dates that are already done.")
+    parser.add_argument(
+        "--parity_only", action="store_true", help="Only run the parity gate (exit 0 when it passes)."
+    )
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     logging.getLogger().setLevel(logging.WARNING)
     codes = []
@@ -236,7 +252,7 @@ def main(argv=None) -> int:
         else:
             todo = [args.date or yesterday(config.timezone)]
         for date in todo:
-            codes.append(run_date(config, date, args.force, extra))
+            codes.append(run_date(config, date, args.force, extra, args.parity_only))
             if codes[-1] not in (EXIT_DONE, EXIT_SKIPPED):
                 print(f"adpredict nightly: stopped at {date}; later dates were not run", file=sys.stderr)
                 break

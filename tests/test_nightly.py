@@ -115,6 +115,8 @@ def other_transform(tmp_path_factory):
 
 
 def test_the_parity_gate_fails_a_night_whose_model_and_transform_disagree(nightly, other_transform, capsys):
+    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_DONE  # the model's own transform
+    assert "parity gate passed" in capsys.readouterr().out
     settings = {**nightly["settings"], "transform_dir": other_transform}
     with open(nightly["config"], "w") as f:
         yaml.safe_dump(settings, f)
@@ -122,6 +124,7 @@ def test_the_parity_gate_fails_a_night_whose_model_and_transform_disagree(nightl
     err = capsys.readouterr().err
     assert "training/serving skew: feature '" in err and "differs by up to" in err
     assert not (nightly["dir"] / "out" / f"dt={DATES[0]}").exists()  # nothing scored
+    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_FAILED
 
 
 @pytest.mark.parametrize(
