@@ -150,3 +150,36 @@ def test_an_error_rate_over_the_threshold_exits_3(nightly, capsys):
     assert night(nightly, "--date", DATES[0]) == cli.EXIT_ERROR_RATE
     assert not outputs(nightly, DATES[0])["success"]
     assert os.path.exists(nightly["dir"] / "out" / f"dt={DATES[0]}" / "run.json")
+
+
+def test_a_night_killed_by_sigkill_while_writing_reruns_to_one_set_of_outputs(nightly, tmp_path):
+    """A real kill: the nightly process dies as soon as the first output appears (Beam's
+    temporary shards, or the first renamed shard), before the run could finish."""
+    import signal
+    import subprocess
+    import time
+
+    generate_file(
+        str(nightly["dir"] / "ads" / f"dt={DATES[0]}" / "part-1.jsonl"), 3000, seed=5, first_id=50_000
+    )
+    out = nightly["dir"] / "out" / f"dt={DATES[0]}"
+    adpredict = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "adpredict"
+    )
+    process = subprocess.Popen([adpredict, "nightly", "--config", nightly["config"], "--date", DATES[0]],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if out.exists() and any(out.iterdir()):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait(30)
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-write"
+    assert not (out / "_SUCCESS").exists()
+
+    assert night(nightly, "--date", DATES[0]) == EXIT_DONE
+    after = outputs(nightly, DATES[0])
+    keys = [json.loads(line)["key"] for line in after["predictions"]]
+    assert len(keys) == len(set(keys)) == RECORDS + 3000
+    assert not any(name.startswith(".temp-beam") for name in after["names"])
