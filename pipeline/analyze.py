@@ -27,7 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
-from pipeline.dataflow import finish_dry_run, is_dry_run, launched, local_stand_in, print_summary, waits
+from pipeline.dataflow import is_dry_run, launch, local_stand_in
 from pipeline.read import BLOCKS, ERRORS, Inputs, ReadAdRecords, check_inputs
 from pipeline.write import WriteErrors
 from transforms.model_contract import InputField, description_from_schema
@@ -169,13 +169,8 @@ def run(argv=None, test_pipeline=None) -> str:
             options.view_as(opts.AnalyzeOptions).eval_percent,
             layout,
         )
-        result = pipeline.run()
-        if offline:
-            return print_summary(finish_dry_run(result, options))
-        if not waits(options):
-            return print_summary(launched(result, options))
-        result.wait_until_finish()
-    return io.output_dir
+        summary = launch(pipeline, options)
+    return summary or io.output_dir
 
 
 def main(argv=None) -> int:

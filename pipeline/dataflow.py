@@ -129,3 +129,16 @@ def waits(options) -> bool:
 def print_summary(summary: dict) -> dict:
     print(json.dumps(summary, indent=2), flush=True)
     return summary
+
+
+def launch(pipeline, options) -> dict | None:
+    """Runs `pipeline` and waits for it; returns None then. A dry run is finished offline and
+    a run that must not wait (Flex Template, --no_wait_until_finish) returns at once: both
+    print and return their summary instead."""
+    result = pipeline.run()
+    if is_dry_run(options):
+        return print_summary(finish_dry_run(result, options))
+    if not waits(options):
+        return print_summary(launched(result, options))
+    result.wait_until_finish()
+    return None

@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
-from pipeline.dataflow import finish_dry_run, is_dry_run, launched, print_summary, waits
+from pipeline.dataflow import is_dry_run, launch
 from pipeline.entrypoint import ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY
@@ -280,12 +280,9 @@ def run(argv=None, test_pipeline=None) -> dict:
         run_info=run_info,
         max_error_rate=predict.max_error_rate,
     )
-    result = pipeline.run()
-    if offline:
-        return print_summary(finish_dry_run(result, options))
-    if not waits(options):
-        return print_summary(launched(result, options))
-    result.wait_until_finish()
+    summary = launch(pipeline, options)
+    if summary:  # a dry run, or submitted without waiting
+        return summary
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
     manifest = read_manifest(io.output_dir)
     if manifest["status"] == FAILED_LOST:
