@@ -161,7 +161,7 @@ class RunInferenceFn(beam.DoFn):
             try:
                 scored.append(ScoredBlock(batch_keys, call.result(), batch_passthrough))
             except tf.errors.OpError:
-                kept = yield from self._score_one_by_one(block, batch, batch_keys, start)
+                kept = yield from self._isolate_failures(block, batch, batch_keys, start)
                 if kept is not None:
                     rows, outputs = kept
                     all_rows = ScoredBlock(batch_keys, {}, batch_passthrough).take(rows)
@@ -169,17 +169,27 @@ class RunInferenceFn(beam.DoFn):
         if scored:
             yield ScoredBlock.concatenated(scored)
 
-    def _score_one_by_one(self, block, batch, batch_keys, start):
-        """Scores a batch TensorFlow rejected row by row; returns (rows that scored, outputs)."""
+    def _isolate_failures(self, block, batch, batch_keys, start):
+        """Finds the rows of a batch TensorFlow rejected by bisection: halves that score are
+        kept, halves that fail are split again, so one bad record costs O(log n) model calls,
+        not one call per row of a 65,536-row batch. Returns (rows that scored, outputs)."""
         kept_rows, kept_outputs = [], []
-        for row in range(batch.num_rows):
+        pending = [(0, batch.num_rows)]
+        while pending:
+            offset, size = pending.pop()
             try:
-                kept_outputs.append(self._model.predict(batch.slice(row, 1)))
-                kept_rows.append(row)
+                outputs = self._model.predict(batch.slice(offset, size))
             except tf.errors.OpError as e:
+                if size > 1:
+                    half = size // 2
+                    pending += [(offset + half, size - half), (offset, half)]  # first half next
+                    continue
                 self._failed.inc()
-                key = batch_keys[row].as_py()
-                yield beam.pvalue.TaggedOutput(self.ERRORS, _inference_error(block, start + row, key, e))
+                key = batch_keys[offset].as_py()
+                yield beam.pvalue.TaggedOutput(self.ERRORS, _inference_error(block, start + offset, key, e))
+                continue
+            kept_rows.extend(range(offset, offset + size))
+            kept_outputs.append(outputs)
         if not kept_rows:
             return None
         names = kept_outputs[0].keys()

@@ -120,3 +120,39 @@ def test_tf_threads_divides_cores_between_local_worker_processes(monkeypatch):
         is None
     )
     assert tf_threads(PipelineOptions(["--tf_threads=3"])) == 3
+
+
+def test_a_record_the_model_rejects_is_found_by_bisection_in_logarithmic_calls():
+    """At 1,024 rows a row-by-row retry costs 1,024 model calls; bisection about 2 log2(n)."""
+    import tensorflow as tf
+
+    from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout
+    from pipeline.inference import RunInferenceFn
+
+    calls = []
+
+    class RejectsPoison:  # stands in for LoadedModel.predict: TensorFlow fails on one record
+        def predict(self, batch):
+            calls.append(batch.num_rows)
+            if "poison" in batch.column("id").to_pylist():
+                raise tf.errors.InvalidArgumentError(None, None, "Invalid JPEG data")
+            return {"probability": np.arange(batch.num_rows, dtype=np.float32)}
+
+    ids = [f"ad-{i}" for i in range(1024)]
+    ids[700] = "poison"
+    batch = pa.RecordBatch.from_pydict({"id": ids, LINE_COLUMN: list(range(1, 1025))})
+    block = RecordBlock("f.jsonl", batch)
+    fn = RunInferenceFn("unused", RecordLayout((), "id"), 1024)
+    fn._model = RejectsPoison()
+    search = fn._isolate_failures(block, batch, batch.column("id"), 0)
+    errors = []
+    try:
+        while True:
+            errors.append(next(search).value)
+    except StopIteration as done:
+        rows, outputs = done.value
+    assert [(e["key"], e["source"], e["error"]["code"]) for e in errors] == [
+        ("poison", "f.jsonl:701", "inference_failed")
+    ]
+    assert rows == [r for r in range(1024) if r != 700] and len(outputs["probability"]) == 1023
+    assert len(calls) <= 2 * 10 + 1, calls
