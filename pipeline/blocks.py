@@ -108,6 +108,8 @@ class RecordLayout:
     # Pass-through fields of no declared type: read as text, numbers included where the
     # source is typed (Parquet, BigQuery, tf.Example).
     untyped: frozenset[str] = frozenset()
+    # A record without its key field is an error (predict: a prediction nobody can join back).
+    require_key: bool = False
 
     @property
     def all_fields(self) -> tuple[InputField, ...]:

@@ -7,6 +7,7 @@ and alerts can match on them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 MALFORMED_RECORD = "malformed_record"  # not valid JSON / wrong number of CSV columns
@@ -41,6 +42,9 @@ def error_record(
 
 
 def _shorten(value: Any) -> Any:
+    """A copy fit for a JSON error file: long strings cut, NaN/Infinity written as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # bare NaN/Infinity is not JSON
     if isinstance(value, str) and len(value) > MAX_INSTANCE_VALUE_CHARS:
         return value[:MAX_INSTANCE_VALUE_CHARS] + f"...({len(value)} chars)"
     if isinstance(value, dict):

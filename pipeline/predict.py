@@ -30,7 +30,7 @@ from pipeline.blocks import RecordLayout
 from pipeline.dataflow import is_dry_run, launch
 from pipeline.entrypoint import ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
-from pipeline.io import BIGQUERY
+from pipeline.io import BIGQUERY, InputError
 from pipeline.io import bigquery as bq
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.manifest import (
@@ -78,6 +78,7 @@ def prediction_layout(
         passthrough=fields,
         csv_columns=tuple(c.strip() for c in csv_columns.split(",")) if csv_columns else None,
         untyped=frozenset(f.name for f in fields if f.name not in declared | model_fields),
+        require_key=bool(description.key_field),
     )
 
 
@@ -236,9 +237,12 @@ def run(argv=None, test_pipeline=None) -> dict:
     files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, layout)
     bigquery = bigquery_target(options, check=not offline) if predict.output_format == BIGQUERY else None
     if not offline:
-        if not FileSystems.exists(io.output_dir):
-            FileSystems.mkdirs(io.output_dir)
-        clear_previous_outputs(io.output_dir)
+        try:
+            if not FileSystems.exists(io.output_dir):
+                FileSystems.mkdirs(io.output_dir)
+            clear_previous_outputs(io.output_dir)
+        except OSError as e:
+            raise InputError(f"cannot create or clear --output_dir {io.output_dir!r}: {e}") from None
 
     run_info = {
         "started": time.time(),

@@ -2,7 +2,7 @@
 
 Each check is an Arrow compute kernel over a whole column; only the (rare) failing rows
 are turned into Python error records. A row gets at most one error: the first failing
-check, in the order missing field, out of range, invalid image. Unknown categories are
+check, in the order missing field (or key), out of range (or not a finite number), invalid image. Unknown categories are
 not errors: the model scores them through its out-of-vocabulary buckets.
 """
 
@@ -34,6 +34,14 @@ def validate_block(block: RecordBlock, layout: RecordLayout) -> tuple[RecordBloc
             failures.append((int(row), code, field, message(row) if callable(message) else message))
         failed[new] = True
 
+    if layout.require_key and batch.column(layout.key_field).null_count:
+        flag(
+            _to_mask(batch.column(layout.key_field).is_null()),
+            errors.MISSING_FIELD,
+            layout.key_field,
+            f"record has no key field {layout.key_field!r}, so its prediction could not be joined back; "
+            "give every record a key (or declare key: {from: line} in the schema)",
+        )
     for field in layout.fields:
         column = batch.column(field.name)
         if field.required and column.null_count:
@@ -45,6 +53,17 @@ def validate_block(block: RecordBlock, layout: RecordLayout) -> tuple[RecordBloc
             )
     for field in layout.fields:
         column = batch.column(field.name)
+        if field.type == "float" and column.null_count < len(column):
+            # NaN is the model's missing marker and Infinity has no encoding: neither is a value.
+            not_finite = pc.and_(column.is_valid(), pc.invert(pc.is_finite(column)))
+            flag(
+                _to_mask(not_finite),
+                errors.OUT_OF_RANGE,
+                field.name,
+                lambda row, f=field, c=column: (
+                    f"field {f.name!r} is {c[int(row)].as_py()}, not a finite number"
+                ),
+            )
         if field.range and field.type in ("int", "float"):
             low, high = field.range
             outside = _to_mask(pc.or_(pc.less(column, low), pc.greater(column, high)))

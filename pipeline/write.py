@@ -153,7 +153,7 @@ class WriteErrors(beam.PTransform):
             return table, stats
         files = (
             counted
-            | "FormatErrors" >> beam.Map(json.dumps)
+            | "FormatErrors" >> beam.Map(json.dumps, allow_nan=False)
             | "WriteErrorFiles"
             >> beam.io.WriteToText(
                 FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=base.SHARD_TEMPLATE

@@ -233,3 +233,38 @@ def test_the_pipeline_itself_writes_run_json_then_success(trained_ads, bad_input
     assert manifest["counts"]["model_loads"] == 1 and manifest["outputs_written"] >= 3
     written = [os.path.getmtime(path) for path in glob.glob(str(out / "*")) if not path.endswith("_SUCCESS")]
     assert os.path.getmtime(out / "_SUCCESS") >= max(written)
+
+
+def test_keyless_records_nan_values_and_an_uncreatable_output_dir(
+    trained_ads, sample_image, tmp_path, capsys
+):
+    path = tmp_path / "in.jsonl"
+    path.write_text(
+        "\n".join([
+            good_record("ok", sample_image),
+            json.dumps({**GOOD, "image": sample_image}),  # no key: nobody could join its prediction back
+            good_record("nan-age", sample_image).replace('"age": 30', '"age": NaN'),
+            good_record("inf-bid", sample_image).replace('"bid": 2.0', '"bid": Infinity'),
+        ]) + "\n"
+    )  # fmt: skip
+    out = tmp_path / "out"
+    manifest = predict.run(
+        ["--model_dir", trained_ads["model"], "--input", str(path), "--output_dir", str(out)]
+    )
+    assert (manifest["counts"]["read"], manifest["counts"]["errors"]) == (4, 3)
+    lines = [line for p in out.glob("errors-*") for line in p.read_text().splitlines()]
+
+    def strict(line):  # bare NaN/Infinity tokens are not JSON
+        return json.loads(line, parse_constant=lambda token: pytest.fail(f"{token} in {line}"))
+
+    errors = {e["key"]: e for e in map(strict, lines)}
+    assert errors[None]["error"]["code"] == "missing_field" and errors[None]["error"]["field"] == "id"
+    assert errors["nan-age"]["instance"]["age"] == "nan" and errors["nan-age"]["error"]["field"] == "age"
+    assert errors["inf-bid"]["instance"]["bid"] == "inf"
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    code = cli.main(["predict", "--model_dir", trained_ads["model"], "--input", str(path),
+                     "--output_dir", str(blocked / "out")])  # fmt: skip
+    assert code == cli.EXIT_USAGE
+    assert f"cannot create or clear --output_dir '{blocked / 'out'}'" in capsys.readouterr().err
