@@ -281,3 +281,19 @@ def test_a_corrupt_parquet_row_group_is_one_error_and_the_others_are_read(layout
         ("in.parquet:101", errors.MALFORMED_RECORD)
     ]
     assert "row group 1 of in.parquet (rows 101-200) cannot be decoded" in failures[-1]["error"]["message"]
+
+
+@pytest.mark.parametrize("blank", ["\n", "   \n", "\r\n"])
+def test_two_objects_on_one_line_beside_an_empty_line_are_one_error_not_two_predictions(layout, blank):
+    one = {"id": "a", "age": 30, "gender": "m", "media": "X", "hour": 1, "image": JPEG_B64}
+    data = (
+        json.dumps(one)
+        + json.dumps({**one, "id": "b"})
+        + "\n"
+        + blank
+        + json.dumps({**one, "id": "c"})
+        + "\n"
+    )
+    rows, failures = read(data.encode(), "in.jsonl", layout)
+    assert [(r["id"], r["__line__"]) for r in rows] == [("c", 3)]
+    assert [(f["source"], f["error"]["code"]) for f in failures] == [("in.jsonl:1", errors.MALFORMED_RECORD)]

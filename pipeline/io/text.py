@@ -43,6 +43,9 @@ class Records:
     lines: np.ndarray
     _ends: np.ndarray | None = None
     has_quotes: bool = False  # a CSV block with quotes may hold newlines inside fields
+    # False when a line of only spaces may hide among the records: the parser skips it, so
+    # a row count equal to the record count would prove nothing (`{..}{..}` on one line).
+    exact: bool = True
 
     @property
     def ends(self) -> np.ndarray:
@@ -90,12 +93,17 @@ def split_records(
             return
         if eof and not carry.endswith(b"\n"):
             carry += b"\n"
-        if not quoted or b'"' not in carry:  # every newline ends a record: no need to find them all
+        if not quoted or b'"' not in carry:  # every newline ends a record
             cut = carry.rfind(b"\n")
             if cut >= 0:
                 data, carry = carry[: cut + 1], carry[cut + 1 :]
                 count = data.count(b"\n")
-                yield Records(data, np.arange(line, line + count, dtype=np.int64))
+                if quoted:  # CSV: a line holds one row at most; empty lines take the slow path
+                    records = Records(data, np.arange(line, line + count, dtype=np.int64))
+                else:  # JSONL: `{..}{..}` on one line must not pass for one record per line
+                    records = _exact_lines(data, line)
+                if len(records):
+                    yield records
                 line += count
             continue
         array = np.frombuffer(carry, np.uint8)
@@ -109,16 +117,40 @@ def split_records(
                 yield UnterminatedRecord(line, carry[:cut])
                 carry, line = carry[cut:], line + 1
             continue
-        ends = newlines[newlines_seen] + 1
-        starts_line = np.concatenate([[0], newlines_seen[:-1] + 1]) + line
-        consumed = int(ends[-1])
-        starts = np.concatenate([[0], ends[:-1]])
-        lengths = ends - starts  # "\n" or "\r\n" alone is an empty line
-        nonblank = (lengths > 2) | ((lengths == 2) & (array[starts] != 13))
-        records = Records(carry[:consumed], starts_line[nonblank], ends[nonblank].astype(np.int64), True)
+        consumed = int(newlines[newlines_seen[-1]]) + 1
+        records = _without_empty_lines(carry[:consumed], newlines_seen, line, newlines)
+        records.has_quotes = True
         carry, line = carry[consumed:], line + int(newlines_seen[-1]) + 1
         if len(records):
             yield records
+
+
+def _exact_lines(data: bytes, line: int) -> Records:
+    """One record per non-empty line; `exact` unless a line holds only spaces (rare in JSONL).
+
+    pyarrow's JSON reader skips empty lines, so a block whose row count equals its line
+    count could still hide a line with two objects beside an empty one; counting only
+    non-empty lines (in numpy, about 5 ms per 8 MiB) closes that gap.
+    """
+    array = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(array == _NEWLINE)
+    records = _without_empty_lines(data, np.arange(len(newlines)), line, newlines)
+    starts = np.concatenate([[0], newlines[:-1] + 1])
+    records.exact = not np.isin(array[np.minimum(starts, len(array) - 1)], (32, 9)).any()
+    return records
+
+
+def _without_empty_lines(data: bytes, record_ends: np.ndarray, line: int, newlines=None) -> Records:
+    """The records of `data` that end at the newlines numbered `record_ends`, minus empty ones."""
+    if newlines is None:
+        newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == _NEWLINE)
+    ends = newlines[record_ends] + 1
+    starts_line = np.concatenate([[0], record_ends[:-1] + 1]) + line
+    starts = np.concatenate([[0], ends[:-1]])
+    lengths = ends - starts  # "\n" or "\r\n" alone is an empty line
+    first = np.frombuffer(data, np.uint8)[np.minimum(starts, len(data) - 1)]
+    nonblank = (lengths > 2) | ((lengths == 2) & (first != 13))
+    return Records(data, starts_line[nonblank], ends[nonblank].astype(np.int64))
 
 
 class BlockParser(abc.ABC):
@@ -151,7 +183,7 @@ class BlockParser(abc.ABC):
             table = self.parse(records.data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             table = None
-        if table is not None and table.num_rows == len(records):
+        if table is not None and table.num_rows == len(records) and records.exact:
             yield self._block(table, records.lines.astype(np.int64))
             return
         tables, line_arrays, failures = [], [], []
