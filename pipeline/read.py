@@ -8,8 +8,10 @@ BigQuery tables and queries through `pipeline.io.bigquery`.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
+import zlib
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -18,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import METRICS_NAMESPACE
 from pipeline.blocks import RecordLayout
-from pipeline.io import InputError, describe_formats, format_for, is_bigquery
+from pipeline.io import COMPRESSED_SUFFIX, InputError, describe_formats, format_for, is_bigquery
 from pipeline.io import bigquery as bq
 from pipeline.io.base import Prepended, read_ahead
 from pipeline.io.text import DEFAULT_BLOCK_BYTES
@@ -138,6 +140,51 @@ def _compression(fmt) -> str:
     return CompressionTypes.UNCOMPRESSED if fmt.needs_seekable_file else CompressionTypes.AUTO
 
 
+_GZIP_FAILURES = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+class _GzipStream:
+    """A .gz file read in small pieces, so the data before a cut is returned; the cut then
+    raises on the next read (Python's gzip raises it, where Beam's reader ends silently)."""
+
+    PIECE = 1 << 16
+
+    def __init__(self, raw):
+        self._gzip = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._error: Exception | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        parts, wanted = [], size if size is not None and size >= 0 else None
+        while self._error is None and (wanted is None or wanted > 0):
+            try:
+                piece = self._gzip.read(self.PIECE if wanted is None else min(self.PIECE, wanted))
+            except _GZIP_FAILURES as e:
+                self._error = e
+                break
+            if not piece:
+                break
+            parts.append(piece)
+            if wanted is not None:
+                wanted -= len(piece)
+        if not parts and self._error is not None:
+            raise self._error
+        return b"".join(parts)
+
+
+def _cut_short(path: str, error: Exception) -> dict:
+    """The error record of a compressed file that ends early: the records before were read."""
+    from pipeline import errors
+
+    return errors.error_record(
+        source=path,
+        code=errors.MALFORMED_RECORD,
+        message=(
+            f"{path} ends before its gzip end marker ({error}): the file was cut short or is corrupt; "
+            "the records before the cut were read, the rest of the file is missing"
+        ),
+    )
+
+
 class _ReadFileFn(beam.DoFn):
     def __init__(self, layout: RecordLayout, input_format: str | None, block_bytes: int):
         self._layout = layout
@@ -151,8 +198,15 @@ class _ReadFileFn(beam.DoFn):
         path = readable_file.metadata.path
         fmt = format_for(path, self._input_format)
         self._files.inc()
-        with readable_file.open(compression_type=_compression(fmt)) as stream:
-            head = stream.read(HEAD_BYTES)
+        gzipped = path.endswith(COMPRESSED_SUFFIX) and not fmt.needs_seekable_file
+        with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+            # Python's gzip reader, not Beam's: Beam ends a truncated .gz file silently.
+            stream = _GzipStream(raw) if gzipped else raw
+            try:
+                head = stream.read(HEAD_BYTES)
+            except _GZIP_FAILURES as e:
+                yield from self.counted([_cut_short(path, e)])
+                return
             problem = fmt.head_problem(head, self._layout)
             if problem:
                 raise InputError(f"{path} does not look like {fmt.name}: {problem}")
@@ -161,7 +215,10 @@ class _ReadFileFn(beam.DoFn):
             else:
                 stream = Prepended(head, stream)
             blocks = fmt.read(stream, path, self._layout, self._block_bytes)
-            yield from self.counted(read_ahead(blocks))
+            try:
+                yield from self.counted(read_ahead(blocks))
+            except _GZIP_FAILURES as e:
+                yield from self.counted([_cut_short(path, e)])
 
     def counted(self, items):
         for item in items:

@@ -268,3 +268,19 @@ def test_keyless_records_nan_values_and_an_uncreatable_output_dir(
                      "--output_dir", str(blocked / "out")])  # fmt: skip
     assert code == cli.EXIT_USAGE
     assert f"cannot create or clear --output_dir '{blocked / 'out'}'" in capsys.readouterr().err
+
+
+def test_a_gzip_file_cut_in_half_scores_what_it_holds_and_says_it_was_cut(trained_ads, tmp_path):
+    import gzip
+
+    data = open(trained_ads["data"], "rb").read()
+    packed = gzip.compress(data)
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    out = tmp_path / "out"
+    manifest = predict.run(["--model_dir", trained_ads["model"], "--input", str(tmp_path / "cut.jsonl.gz"),
+                            "--output_dir", str(out)])  # fmt: skip
+    counts = manifest["counts"]
+    assert 0 < counts["predictions"] < 600 and counts["errors"] >= 1
+    errors = [json.loads(line) for p in out.glob("errors-*") for line in p.read_text().splitlines()]
+    cut = [e for e in errors if "ends before its gzip end marker" in e["error"]["message"]]
+    assert len(cut) == 1 and cut[0]["source"] == str(tmp_path / "cut.jsonl.gz")
