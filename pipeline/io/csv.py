@@ -20,7 +20,7 @@ import pyarrow.csv as pa_csv
 
 from pipeline.blocks import ScoredBlock
 from pipeline.io import base
-from pipeline.io.text import PARSE_CHUNK_BYTES, BlockParser, Records, split_records
+from pipeline.io.text import BlockParser, Records, split_records
 
 
 class CsvParser(BlockParser):
@@ -28,9 +28,6 @@ class CsvParser(BlockParser):
         super().__init__(layout, source)
         self.header = header
         csv_types = {"int": pa.int64(), "float": pa.float64()}
-        self._read_options = pa_csv.ReadOptions(
-            column_names=header, use_threads=True, block_size=PARSE_CHUNK_BYTES
-        )
         # Newlines inside quoted values cost pyarrow a third more time: only blocks with quotes.
         self._parse_options = {
             True: pa_csv.ParseOptions(newlines_in_values=True),
@@ -45,10 +42,12 @@ class CsvParser(BlockParser):
             null_values=[""],
         )
 
-    def parse(self, data: bytes) -> pa.Table:
+    def parse(self, data: bytes, chunk_bytes: int) -> pa.Table:
         return pa_csv.read_csv(
             io.BytesIO(data),
-            read_options=self._read_options,
+            read_options=pa_csv.ReadOptions(
+                column_names=self.header, use_threads=True, block_size=chunk_bytes
+            ),
             parse_options=self._parse_options[self.has_quotes],
             convert_options=self._convert_options,
         )
@@ -63,7 +62,11 @@ class CsvParser(BlockParser):
         return table
 
     def diagnose(self, line_number: int, text: bytes) -> dict:
-        text = text.decode("utf-8", errors="replace")
+        try:
+            undecodable = None
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            undecodable, text = e, text.decode("utf-8", "surrogateescape")
         try:
             rows = list(csv.reader(io.StringIO(text)))
             values, problem = (rows[0], None) if len(rows) == 1 else (None, "line is not one CSV record")
@@ -76,11 +79,21 @@ class CsvParser(BlockParser):
                 else f"as in the header of {self.source}"
             )
             problem = f"expected {len(self.header)} columns {where}, got {len(values)}"
-            values = None
+            # The key is still named when its column is there: the record can be found.
+            partial = dict(zip(self.header, values, strict=False))
+            return self.malformed(line_number, problem, text.rstrip("\r\n"), self.typed(partial))
         text = text.rstrip("\r\n")
         if values is None:
             return self.malformed(line_number, problem, text)
         record = dict(zip(self.header, values, strict=True))
+        if undecodable is not None:
+            return self.not_utf8(line_number, undecodable, record)
+        return self.wrong_type(line_number, self.typed(record)) or self.malformed(
+            line_number, "row could not be read as the declared types", record, record
+        )
+
+    def typed(self, record: dict) -> dict:
+        """The row with its numeric cells as numbers (bad ones left as text for wrong_type)."""
         typed = {}
         for field in self.layout.all_fields:
             cell = record.get(field.name, "")
@@ -89,10 +102,8 @@ class CsvParser(BlockParser):
             try:
                 typed[field.name] = {"int": int, "float": float}.get(field.type, str)(cell)
             except ValueError:
-                typed[field.name] = cell  # left as text: the type check below reports it
-        return self.wrong_type(line_number, {**record, **typed}) or self.malformed(
-            line_number, "row could not be read as the declared types", record, record
-        )
+                typed[field.name] = cell
+        return {**record, **typed}
 
 
 def parse_header(text: bytes) -> list[str]:
@@ -115,8 +126,9 @@ def read(stream, source: str, layout, block_bytes: int):
                 records.lines[1:],
                 records.ends[1:] - header_end,
                 records.has_quotes,
+                records.rejected,
             )
-            if not len(records):
+            if not len(records) and not records.rejected:
                 continue
         yield from parser.parse_records(records)
 

@@ -19,9 +19,10 @@ import pyarrow.json as pa_json
 
 from pipeline.blocks import ScoredBlock, string_buffer
 from pipeline.io import base
-from pipeline.io.text import PARSE_CHUNK_BYTES, BlockParser, split_records
+from pipeline.io.text import BlockParser, split_records
 
 B64_KEY = "b64"
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 
 
 class JsonParser(BlockParser):
@@ -42,12 +43,12 @@ class JsonParser(BlockParser):
     def _options(schema):
         return pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
 
-    def parse(self, data: bytes) -> pa.Table:
+    def parse(self, data: bytes, chunk_bytes: int) -> pa.Table:
         for attempt, options in enumerate(self._variants):
             try:
                 table = pa_json.read_json(
                     io.BytesIO(data),
-                    read_options=pa_json.ReadOptions(use_threads=True, block_size=PARSE_CHUNK_BYTES),
+                    read_options=pa_json.ReadOptions(use_threads=True, block_size=chunk_bytes),
                     parse_options=options,
                 )
             except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -71,29 +72,53 @@ class JsonParser(BlockParser):
         return table
 
     def diagnose(self, line_number: int, text: bytes) -> dict:
-        text = text.decode("utf-8", errors="replace").rstrip("\r\n")
+        raw = text.rstrip(b"\r\n")
         try:
-            record = json.loads(text)
-        except ValueError as e:
-            return self.malformed(line_number, f"line is not valid JSON: {e}", text)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return self.not_utf8(line_number, e, _loads(raw.decode("utf-8", "surrogateescape")))
+        record = _loads(text)
+        if isinstance(record, Exception):
+            return self.malformed(line_number, f"line is not valid JSON: {record}", text)
         if not isinstance(record, dict):
             return self.malformed(
-                line_number, f"expected a JSON object per line, got {type(record).__name__}", record
+                line_number, f"expected a JSON object per line, got {_json_kind(record)}", record
             )
         return self.wrong_type(line_number, record) or self.malformed(
             line_number, "record could not be read as the declared types", record, record
         )
 
 
+def _loads(text: str):
+    """The JSON value of `text`, or the exception saying why it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        return e
+    except RecursionError:
+        return ValueError("nested too deeply (more than Python's recursion limit of levels)")
+
+
+def _json_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {list: "an array", str: "a string"}.get(type(value), "a number")
+
+
 def read(stream, source: str, layout, block_bytes: int):
     parser = JsonParser(layout, source)
+    head = stream.read(len(BYTE_ORDER_MARK))
+    if head != BYTE_ORDER_MARK:  # a UTF-8 BOM (Windows editors) is not part of the first record
+        stream = base.Prepended(head, stream)
     for records in split_records(stream, block_bytes):
         yield from parser.parse_records(records)
 
 
 def head_problem(head: bytes, layout) -> str | None:
     """A JSON Lines file starts with `{` (after blank space and a UTF-8 byte-order mark)."""
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    text = head.lstrip(BYTE_ORDER_MARK + b" \t\r\n")
     if not text or text.startswith(b"{"):
         return None
     return f"it starts with {text[:16]!r}, not a JSON object"

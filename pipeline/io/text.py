@@ -8,6 +8,11 @@ not parse (a malformed line, `"age": "old"`, a CSV row with too few columns) it 
 halves until each bad record stands alone, so one bad record costs a few extra parses, not a
 slow path for the whole file, and becomes exactly one error record naming its file, line and
 field. Every block carries a `__line__` column: the line each record starts on.
+
+Records the native parser must never see are screened out first, in numpy, and become error
+records directly: bytes that are not UTF-8 (pyarrow would pass them on into the outputs), and
+JSON lines that do not start with `{` (a block starting with `null` crashes pyarrow's reader).
+A file of a million such lines costs one Python diagnosis per line, not a bisection each.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ PARSE_CHUNK_BYTES = 1 << 20
 # A quoted CSV field still open after this many bytes is taken as an unbalanced quote.
 MAX_RECORD_BYTES = 64 << 20
 
-_NEWLINE, _QUOTE = 10, 34
+_NEWLINE, _QUOTE, _OPEN_BRACE = 10, 34, 123
+_BLANKS = (32, 9, 13)  # space, tab, carriage return
 
 
 @dataclasses.dataclass
@@ -43,9 +49,8 @@ class Records:
     lines: np.ndarray
     _ends: np.ndarray | None = None
     has_quotes: bool = False  # a CSV block with quotes may hold newlines inside fields
-    # False when a line of only spaces may hide among the records: the parser skips it, so
-    # a row count equal to the record count would prove nothing (`{..}{..}` on one line).
-    exact: bool = True
+    # Records taken out before parsing (not UTF-8, not a JSON object).
+    rejected: list[Rejected] = dataclasses.field(default_factory=list)
 
     @property
     def ends(self) -> np.ndarray:
@@ -61,8 +66,67 @@ class Records:
         return [
             (int(line), self.data[start:end])
             for line, start, end in zip(self.lines, starts, self.ends, strict=True)
-            if self.data[start:end].strip()
         ]
+
+    def without(self, indices, rejected: bool = True) -> Records:
+        """These records taken out of the block (kept in `rejected` unless told otherwise).
+
+        In numpy, and the taken records are kept as offsets into the block, not as Python
+        objects: a block of four million bad lines costs 24 bytes per line until diagnosed.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        starts = np.concatenate([[0], self.ends[:-1]]).astype(np.int64)
+        lengths = self.ends - starts
+        keep = np.ones(len(self), dtype=bool)
+        keep[indices] = False
+        array = np.frombuffer(self.data, np.uint8)
+        tail = array[int(self.ends[-1]) :]  # blank lines after the last record
+        kept = np.concatenate([array[: int(self.ends[-1])][np.repeat(keep, lengths)], tail])
+        taken = [Rejected(self.data, starts[indices], self.ends[indices], self.lines[indices])]
+        return Records(
+            kept.tobytes(),
+            self.lines[keep],
+            np.cumsum(lengths[keep]).astype(np.int64),
+            self.has_quotes,
+            self.rejected + (taken if rejected else []),
+        )
+
+
+@dataclasses.dataclass
+class Rejected:
+    """Records of `data` taken out of a block: record i is data[starts[i]:ends[i]]."""
+
+    data: bytes
+    starts: np.ndarray
+    ends: np.ndarray
+    lines: np.ndarray
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for first in range(0, len(self.lines), 4096):  # Python ints for a slice at a time
+            part = slice(first, first + 4096)
+            for line, start, end in zip(
+                self.lines[part].tolist(), self.starts[part].tolist(), self.ends[part].tolist(), strict=True
+            ):
+                yield line, self.data[start:end]
+
+
+def screen_utf8(records: Records) -> Records:
+    """Takes out the records holding bytes that are not UTF-8 (ASCII blocks: one fast check)."""
+    data = records.data
+    if data.isascii():
+        return records
+    bad, position = [], 0
+    while True:
+        try:
+            data[position:].decode("utf-8")
+            break
+        except UnicodeDecodeError as e:
+            index = int(np.searchsorted(records.ends, position + e.start, side="right"))
+            if index >= len(records):  # a stray byte on a blank line between records
+                break
+            bad.append(index)
+            position = int(records.ends[index])
+    return records.without(bad) if bad else records
 
 
 @dataclasses.dataclass
@@ -102,7 +166,8 @@ def split_records(
                     records = Records(data, np.arange(line, line + count, dtype=np.int64))
                 else:  # JSONL: `{..}{..}` on one line must not pass for one record per line
                     records = _exact_lines(data, line)
-                if len(records):
+                records = screen_utf8(records)
+                if len(records) or records.rejected:
                     yield records
                 line += count
             continue
@@ -121,23 +186,40 @@ def split_records(
         records = _without_empty_lines(carry[:consumed], newlines_seen, line, newlines)
         records.has_quotes = True
         carry, line = carry[consumed:], line + int(newlines_seen[-1]) + 1
-        if len(records):
+        records = screen_utf8(records)
+        if len(records) or records.rejected:
             yield records
 
 
 def _exact_lines(data: bytes, line: int) -> Records:
-    """One record per non-empty line; `exact` unless a line holds only spaces (rare in JSONL).
+    """One record per non-empty line, each starting with `{`; other lines are taken out.
 
-    pyarrow's JSON reader skips empty lines, so a block whose row count equals its line
-    count could still hide a line with two objects beside an empty one; counting only
-    non-empty lines (in numpy, about 5 ms per 8 MiB) closes that gap.
+    pyarrow's JSON reader skips lines of only spaces, so a block whose row count equals its
+    line count could still hide a line with two objects beside an empty one: those lines
+    are dropped here (they are not records). A line that does not start with `{` is
+    rejected before pyarrow sees it. Both checks are numpy passes (about 5 ms per 8 MiB).
     """
     array = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(array == _NEWLINE)
     records = _without_empty_lines(data, np.arange(len(newlines)), line, newlines)
-    starts = np.concatenate([[0], newlines[:-1] + 1])
-    records.exact = not np.isin(array[np.minimum(starts, len(array) - 1)], (32, 9)).any()
-    return records
+    if not len(records):
+        return records
+    line_starts = np.concatenate([[0], newlines[:-1] + 1])[records.lines - line]
+    first = array[line_starts]
+    rejected = np.flatnonzero((first != _OPEN_BRACE) & ~np.isin(first, _BLANKS))
+    indented = np.flatnonzero(np.isin(first, _BLANKS))  # rare: looked at one by one
+    blank = []
+    for index in indented.tolist():
+        text = data[line_starts[index] : records.ends[index]].lstrip(b" \t\r\n")
+        if not text:
+            blank.append(index)
+        elif not text.startswith(b"{"):
+            rejected = np.append(rejected, index)
+    if blank:  # dropped first: `without` renumbers the records after them
+        records = records.without(blank, rejected=False)
+        rejected = np.sort(rejected)
+        rejected = rejected - np.searchsorted(blank, rejected)
+    return records.without(rejected) if len(rejected) else records
 
 
 def _without_empty_lines(data: bytes, record_ends: np.ndarray, line: int, newlines=None) -> Records:
@@ -162,8 +244,19 @@ class BlockParser(abc.ABC):
         self.has_quotes = False  # of the block being parsed
 
     @abc.abstractmethod
-    def parse(self, data: bytes) -> pa.Table:
-        """Parses whole records; raises pa.ArrowInvalid when any record does not fit."""
+    def parse(self, data: bytes, chunk_bytes: int) -> pa.Table:
+        """Parses whole records; raises pa.ArrowInvalid when any record does not fit.
+
+        pyarrow splits `data` into chunks of `chunk_bytes` parsed in parallel."""
+
+    def parse_whole(self, data: bytes) -> pa.Table:
+        """`parse`, in one chunk when a record is longer than a chunk (a 2.4 MB image)."""
+        try:
+            return self.parse(data, PARSE_CHUNK_BYTES)
+        except pa.ArrowInvalid as e:
+            if "straddl" not in str(e) or len(data) <= PARSE_CHUNK_BYTES:
+                raise
+        return self.parse(data, len(data) + 1)
 
     @abc.abstractmethod
     def diagnose(self, line_number: int, text: bytes) -> dict:
@@ -178,12 +271,17 @@ class BlockParser(abc.ABC):
                 records.text.decode("utf-8", errors="replace"),
             )
             return
+        for rejected in records.rejected:
+            for line_number, text in rejected:
+                yield self.diagnose(line_number, text)
+        if not len(records):
+            return
         self.has_quotes = records.has_quotes
         try:
-            table = self.parse(records.data)
+            table = self.parse_whole(records.data)
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             table = None
-        if table is not None and table.num_rows == len(records) and records.exact:
+        if table is not None and table.num_rows == len(records):
             yield self._block(table, records.lines.astype(np.int64))
             return
         tables, line_arrays, failures = [], [], []
@@ -196,7 +294,7 @@ class BlockParser(abc.ABC):
         if not numbered:
             return
         try:
-            table = self.parse(b"".join(text for _, text in numbered))
+            table = self.parse_whole(b"".join(text for _, text in numbered))
             if table.num_rows == len(numbered):
                 tables.append(table)
                 line_arrays.append(np.array([n for n, _ in numbered], dtype=np.int64))
@@ -229,10 +327,42 @@ class BlockParser(abc.ABC):
             instance=instance,
         )
 
+    def not_utf8(self, line_number: int, error: UnicodeDecodeError, record) -> dict:
+        """The error for a record with bytes that are not UTF-8, naming the field that holds them.
+
+        `record` was decoded with "surrogateescape": the bad bytes are lone surrogates.
+        """
+        if not isinstance(record, dict):
+            record = None
+        field = next((name for name, value in (record or {}).items() if _has_surrogates(value)), None)
+        where = f"field {field!r}" if field else "the line"
+        return errors.error_record(
+            source=f"{self.source}:{line_number}",
+            code=errors.MALFORMED_RECORD,
+            field=field,
+            message=f"{where} holds bytes that are not UTF-8 ({error.object[error.start : error.end]!r}); "
+            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+            key=_replace_surrogates(self.layout.record_key(self.source, line_number, record)),
+            instance=_replace_surrogates(
+                record if record is not None else error.object.decode("utf-8", "replace")
+            ),
+        )
+
     def wrong_type(self, line_number: int, record: dict) -> dict | None:
         """The first field whose JSON-like value does not have the declared type."""
         for field in self.layout.all_fields:
             value = record.get(field.name)
+            if field.type == "int" and has_type(value, "int") and not INT64_MIN <= value <= INT64_MAX:
+                is_key = field.name == self.layout.key_field
+                return errors.error_record(
+                    source=f"{self.source}:{line_number}",
+                    code=errors.OUT_OF_RANGE,
+                    field=field.name,
+                    message=f"field {field.name!r} is {value}, beyond the 64-bit integer range"
+                    + ("; declare the key as text in the schema (key: {type: string})" if is_key else ""),
+                    key=str(value) if is_key else self.layout.record_key(self.source, line_number, record),
+                    instance=record,
+                )
             if value is None or has_type(value, field.type):
                 continue
             return errors.error_record(
@@ -240,15 +370,43 @@ class BlockParser(abc.ABC):
                 code=errors.WRONG_TYPE,
                 field=field.name,
                 message=f"field {field.name!r} must be {TYPE_DESCRIPTIONS[field.type]}, got {preview(value)}"
-                + (
-                    f" (declare its type: --passthrough_fields {field.name}:int or :float)"
-                    if field.name in self.layout.untyped
-                    else ""
-                ),
+                + _type_hint(self.layout, field, value),
                 key=self.layout.record_key(self.source, line_number, record),
                 instance=record,
             )
         return None
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _type_hint(layout: RecordLayout, field, value) -> str:
+    if field.name in layout.untyped:
+        return f" (declare its type: --passthrough_fields {field.name}:int or :float)"
+    if field.name == layout.key_field and isinstance(value, int) and field.type == "string":
+        return " (quote the key, or declare it key: {type: int} in the schema and re-export the model)"
+    return ""
+
+
+def _has_surrogates(value) -> bool:
+    if isinstance(value, str):
+        return any("\udc80" <= c <= "\udcff" for c in value)
+    if isinstance(value, list):
+        return any(_has_surrogates(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_surrogates(v) for v in value.values())
+    return False
+
+
+def _replace_surrogates(value):
+    """A copy with the undecodable bytes as U+FFFD, so the error file stays valid UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_replace_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def has_type(value, ftype: str) -> bool:

@@ -1,0 +1,262 @@
+"""Hostile inputs at the reader and validator: each costs one error record, never the run.
+
+Every case here broke the promise once (issue 9): a segfault, a RecursionError, raw bytes
+in an output, a record blamed on the wrong field, gigabytes for one line. The native parser
+cases run in a child process, so a regression fails its test instead of killing the suite.
+"""
+
+import base64
+import dataclasses
+import io
+import json
+import struct
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import pytest
+
+from pipeline import errors
+from pipeline.blocks import RecordLayout
+from pipeline.inference import MAX_PADDED_LIST_CELLS, narrow_batches
+from pipeline.io import blocks_and_errors, read_stream
+from pipeline.io.jsonl import JsonParser
+from pipeline.validation import MAX_IMAGE_PIXELS, MAX_LIST_ITEMS, image_size, validate_block
+from transforms.model_contract import description_from_schema
+from transforms.schema import load_schema
+
+PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+
+
+@pytest.fixture(scope="module")
+def layout():
+    description = description_from_schema(load_schema("ads"))
+    return RecordLayout(description.inputs, description.key_field, require_key=True)
+
+
+def good(key="a", **changes):
+    record = {"id": key, "age": 30, "gender": "male", "media": "X", "interests": ["sports"], "bid": 1.5,
+              "hour": 3, "image": PNG_1X1}  # fmt: skip
+    record.update(changes)
+    return json.dumps(record)
+
+
+def read(data: bytes, layout, source="in.jsonl", block_bytes=1 << 20):
+    """(valid rows, error records) as predict reads and validates them."""
+    blocks, failures = blocks_and_errors(
+        read_stream(io.BytesIO(data), source, layout, block_bytes=block_bytes)
+    )
+    rows = []
+    for block in blocks:
+        valid, invalid = validate_block(block, layout)
+        failures += invalid
+        rows += valid.batch.to_pylist() if valid is not None else []
+    for failure in failures:  # every error record is strict JSON in valid UTF-8
+        json.dumps(failure, allow_nan=False).encode("utf-8")
+    return rows, failures
+
+
+def summary(failures):
+    return [(f["source"], f["error"]["code"], f["error"]["field"]) for f in failures]
+
+
+def read_in_child(data: bytes, tmp_path) -> dict:
+    """Reads `data` in a child process: a crash in native code is a failed test, not a dead suite."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    script = textwrap.dedent(f"""
+        import json
+        from pipeline.blocks import RecordLayout
+        from pipeline.io import blocks_and_errors, read_stream
+        from transforms.model_contract import description_from_schema
+        from transforms.schema import load_schema
+        d = description_from_schema(load_schema("ads"))
+        layout = RecordLayout(d.inputs, d.key_field, require_key=True)
+        with open({str(path)!r}, "rb") as f:
+            blocks, failures = blocks_and_errors(read_stream(f, "in.jsonl", layout))
+        print(json.dumps({{"rows": sum(len(b) for b in blocks), "messages": [e["error"]["message"] for e in failures]}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"reader died with exit {done.returncode}: {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_block_of_null_lines_is_one_error_each_not_a_segfault(tmp_path):
+    # pyarrow's JSON reader segfaults on a block that starts with `null` (exit 139).
+    got = read_in_child(b"null\n" * 1000 + (good() + "\n").encode() + b"  null\n", tmp_path)
+    assert got["rows"] == 1
+    assert got["messages"] == ["expected a JSON object per line, got null"] * 1001
+
+
+@pytest.mark.parametrize("line", ["[" * 100_000, '{"a":' * 100_000, "{" + '"x": [' * 50_000])
+def test_deep_nesting_is_one_error_not_a_recursion_error(tmp_path, line):
+    got = read_in_child(f"{good('a')}\n{line}\n{good('b')}\n".encode(), tmp_path)
+    assert got["rows"] == 2 and len(got["messages"]) == 1
+    assert "JSON" in got["messages"][0]
+
+
+def test_every_kind_of_non_object_line_is_named(layout):
+    lines = ["null", "[1, 2]", '"text"', "17", "true", "x", f"\ufeff{good('bom-inside')}"]
+    rows, failures = read(("\n".join([good("a"), *lines, good("b")]) + "\n").encode(), layout)
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert [f["error"]["message"].split(":")[0] for f in failures] == [
+        "expected a JSON object per line, got null",
+        "expected a JSON object per line, got an array",
+        "expected a JSON object per line, got a string",
+        "expected a JSON object per line, got a number",
+        "expected a JSON object per line, got true/false",
+        "line is not valid JSON",
+        "line is not valid JSON",
+    ]
+    assert [f["source"] for f in failures] == [f"in.jsonl:{n}" for n in range(2, 9)]
+
+
+def test_non_utf8_bytes_are_blamed_on_their_field_and_never_reach_an_output(layout):
+    bad_gender = good("g", age="old").encode().replace(b'"male"', b'"m\xe9le"')  # and a bad age
+    bad_key = good("k1").encode().replace(b'"k1"', b'"k\xff1"')
+    data = b"\n".join([good("a").encode(), bad_gender, bad_key, good("b").encode()]) + b"\n"
+    rows, failures = read(data, layout)
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert summary(failures) == [
+        ("in.jsonl:2", errors.MALFORMED_RECORD, "gender"),
+        ("in.jsonl:3", errors.MALFORMED_RECORD, "id"),
+    ]
+    assert "not UTF-8 (b'\\xe9')" in failures[0]["error"]["message"]
+    assert failures[0]["key"] == "g" and failures[1]["key"] == "k\ufffd1"
+    assert failures[0]["instance"]["gender"] == "m\ufffdle"
+
+
+def test_non_utf8_csv_cell_is_blamed_on_its_column(layout):
+    header = b"id,age,gender,media,interests,bid,hour,image\n"
+    data = header + b"a,30,male,X,,,3,%s\nb,31,f\xe9male,X,,,3,%s\n" % (PNG_1X1.encode(), PNG_1X1.encode())
+    rows, failures = read(data, layout, "in.csv")
+    assert [r["id"] for r in rows] == ["a"]
+    assert (
+        summary(failures) == [("in.csv:3", errors.MALFORMED_RECORD, "gender")] and failures[0]["key"] == "b"
+    )
+
+
+def test_an_integer_key_beyond_int64_names_the_field_and_the_fix(layout):
+    int_keys = dataclasses.replace(layout, key_type="int")
+    line = good().replace('"id": "a"', '"id": 99999999999999999999999')
+    rows, failures = read(f"{line}\n".encode(), int_keys)
+    assert rows == [] and summary(failures) == [("in.jsonl:1", errors.OUT_OF_RANGE, "id")]
+    assert "beyond the 64-bit integer range" in failures[0]["error"]["message"]
+    assert "key: {type: string}" in failures[0]["error"]["message"]
+    assert failures[0]["key"] == "99999999999999999999999"
+
+
+def test_a_number_for_a_text_key_says_how_to_fix_it(layout):
+    rows, failures = read((good().replace('"id": "a"', '"id": 17') + "\n").encode(), layout)
+    assert summary(failures) == [("in.jsonl:1", errors.WRONG_TYPE, "id")]
+    assert "quote the key" in failures[0]["error"]["message"]
+
+
+def test_a_csv_row_with_the_wrong_column_count_keeps_its_key(layout):
+    data = (
+        f"id,age,gender,media,interests,bid,hour,image\nshort,30,male\nlong,30,male,X,,,3,{PNG_1X1},extra\n"
+    )
+    rows, failures = read(data.encode(), layout, "in.csv")
+    assert [(f["key"], f["error"]["message"]) for f in failures] == [
+        ("short", "expected 8 columns as in the header of in.csv, got 3"),
+        ("long", "expected 8 columns as in the header of in.csv, got 9"),
+    ]
+
+
+def test_a_line_longer_than_a_parse_chunk_is_read(layout):
+    # A valid 2.4 MB image used to be "could not be read as the declared types".
+    big_png = base64.b64decode(PNG_1X1) + b"\x00" * 1_800_000  # trailing bytes after IEND
+    line = good("big", image=base64.b64encode(big_png).decode())
+    rows, failures = read(f"{good('a')}\n{line}\n".encode(), layout, block_bytes=8 << 20)
+    assert failures == [] and [r["id"] for r in rows] == ["a", "big"]
+
+
+def test_blank_and_space_only_lines_are_not_records_but_two_objects_on_a_line_are_one_error(layout):
+    data = f"{good('a')}\n\n   \n\t\r\n{good('b')}{good('c')}\n  {good('d')}\n".encode()
+    rows, failures = read(data, layout)
+    assert [(r["id"], r["__line__"]) for r in rows] == [("a", 1), ("d", 6)]
+    assert summary(failures) == [("in.jsonl:5", errors.MALFORMED_RECORD, None)]
+
+
+def test_a_byte_order_mark_starts_the_file_not_the_first_record(layout):
+    rows, failures = read(b"\xef\xbb\xbf" + f"{good('a')}\n{good('b')}\n".encode(), layout)
+    assert failures == [] and [r["id"] for r in rows] == ["a", "b"]
+
+
+def test_a_million_bad_lines_never_reach_the_native_parser(layout, monkeypatch):
+    """Lines that cannot be records are screened out in numpy: no parse (let alone a bisection
+    of parses) per bad line, so a file of garbage costs one diagnosis per line."""
+    calls = []
+    original = JsonParser.parse
+    monkeypatch.setattr(
+        JsonParser, "parse", lambda self, data, chunk: calls.append(1) or original(self, data, chunk)
+    )
+    lines = 1_000_000
+    rows, failures = read(b"x\n" * lines + f"{good('a')}\n".encode(), layout, block_bytes=8 << 20)
+    assert len(failures) == lines and [r["id"] for r in rows] == ["a"]
+    assert failures[-1]["source"] == f"in.jsonl:{lines}"
+    assert len(calls) == 1
+
+
+def test_a_list_past_the_limit_is_one_error(layout):
+    long_list = good("long", interests=["sports"] * (MAX_LIST_ITEMS + 1))
+    at_limit = good("ok", interests=["sports"] * MAX_LIST_ITEMS)
+    rows, failures = read(f"{long_list}\n{at_limit}\n".encode(), layout)
+    assert [r["id"] for r in rows] == ["ok"]
+    assert summary(failures) == [("in.jsonl:1", errors.OUT_OF_RANGE, "interests")]
+    assert f"{MAX_LIST_ITEMS + 1} items" in failures[0]["error"]["message"]
+
+
+def test_a_long_list_only_narrows_the_batches_that_hold_it():
+    import pyarrow as pa
+
+    lengths = [1] * 100_000
+    lengths[70_000] = MAX_LIST_ITEMS
+    column = pa.array([["x"] * n for n in lengths], pa.list_(pa.string()))
+    batch = pa.RecordBatch.from_arrays([column], ["interests"])
+    slices = narrow_batches(batch, [(0, 50_000), (50_000, 50_000)], ["interests"])
+    assert slices[0] == (0, 50_000)  # the batch without the long list is untouched
+    assert sum(size for _, size in slices) == 100_000
+    assert [start for start, _ in slices] == sorted(start for start, _ in slices)
+    for start, size in slices:
+        assert size * max(lengths[start : start + size]) <= MAX_PADDED_LIST_CELLS or size == 1
+
+
+def png(width, height) -> str:
+    """A PNG that declares width x height pixels: a few KB that decode to gigabytes."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * (width * 3 + 1) * 64, 9)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    return base64.b64encode(data).decode()
+
+
+def jpeg(width, height, exif_bytes=0) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    exif = b"Exif\x00\x00" + b"x" * exif_bytes if exif_bytes else b""
+    Image.new("RGB", (width, height)).save(buffer, "JPEG", quality=5, exif=exif)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_image_sizes_come_from_headers():
+    assert image_size(PNG_1X1) == (1, 1)
+    assert image_size(png(20_000, 20_000)) == (20_000, 20_000)
+    assert image_size(jpeg(64, 48)) == (64, 48)
+    assert image_size(jpeg(40, 30, exif_bytes=30_000)) == (40, 30)  # frame header 30 KB in
+    assert image_size("/9j/" + "A" * 100) is None  # not a readable header: the model decides
+
+
+def test_a_decompression_bomb_is_one_error_before_the_model_sees_it(layout):
+    bomb = png(20_000, 20_000)
+    assert len(bomb) < 60_000
+    rows, failures = read(f"{good('bomb', image=bomb)}\n{good('ok', image=jpeg(64, 48))}\n".encode(), layout)
+    assert [r["id"] for r in rows] == ["ok"]
+    assert summary(failures) == [("in.jsonl:1", errors.INVALID_IMAGE, "image")]
+    assert "20000 x 20000 pixels" in failures[0]["error"]["message"]
+    assert 20_000 * 20_000 > MAX_IMAGE_PIXELS
