@@ -2,14 +2,17 @@
 
 Arrow columns become tensors without a Python loop per record; the model's own
 tf.Transform graph does the rest. If TensorFlow rejects a batch (e.g. an image that
-passed validation but is corrupt further in), the batch is re-run record by record so the
-culprit becomes one error record and the others are still scored.
+passed validation but is corrupt further in), the batch is searched by bisection so the
+culprit becomes one error record and the others are still scored. If it runs out of
+memory, the batch size is halved for the rest of the run and the batch scored in halves;
+a record that runs out of memory alone becomes an error record, so the run never loops.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import re
 
 import apache_beam as beam
 import numpy as np
@@ -24,6 +27,12 @@ from pipeline.validation import record_keys
 from transforms.model_contract import RAW_SIGNATURE, InputField, ModelDescription
 
 CONCURRENT_CALLS = 2
+
+# Errors that mean "this batch needs less memory", not "the model rejects a record".
+OUT_OF_MEMORY = (tf.errors.ResourceExhaustedError, MemoryError)
+BATCH_SIZE_HALVINGS = "batch_size_halvings"
+# Most padded list cells (rows x longest list) in one model call: 4M strings, ~130 MB.
+MAX_PADDED_LIST_CELLS = 1 << 22
 
 
 class LoadedModel:
@@ -111,7 +120,8 @@ def string_tensor(column: pa.Array) -> tf.Tensor:
 
 class RunInferenceFn(beam.DoFn):
     """Scores RecordBlocks in batches of `batch_size`; emits ScoredBlocks and error records,
-    and ("model_loads" | "model_batches", n) pairs on `counts` for the run manifest."""
+    and ("model_loads" | "model_batches" | "batch_size_halvings", n) pairs on `counts` for
+    the run manifest."""
 
     ERRORS = "errors"
     COUNTS = "counts"
@@ -126,6 +136,7 @@ class RunInferenceFn(beam.DoFn):
     ):
         self._model_dir = model_dir
         self._layout = layout
+        self._list_fields = [f.name for f in layout.fields if f.type == "string_list"]
         self._batch_size = batch_size
         self._tf_threads = tf_threads
         self._shared_handle = shared_handle or shared.Shared()
@@ -133,6 +144,7 @@ class RunInferenceFn(beam.DoFn):
         self._model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "model_loads")
         self._batches = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "model_batches")
         self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_inference_failed")
+        self._halvings = beam.metrics.Metrics.counter(METRICS_NAMESPACE, BATCH_SIZE_HALVINGS)
 
     def setup(self):
         model_dir, threads = self._model_dir, self._tf_threads
@@ -147,53 +159,126 @@ class RunInferenceFn(beam.DoFn):
         passthrough = (
             block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None
         )
-        batches = [
-            (start, block.batch.slice(start, size))
-            for start, size in batch_slices(len(block), self._batch_size)
-        ]
+        slices = narrow_batches(block.batch, batch_slices(len(block), self._batch_size), self._list_fields)
+        batches = [(start, block.batch.slice(start, size)) for start, size in slices]
         calls = [self._model.calls.submit(self._model.predict, batch) for _, batch in batches]
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_batches", len(batches)))
         scored = []
-        for (start, batch), call in zip(batches, calls, strict=True):
+        for index, ((start, batch), call) in enumerate(zip(batches, calls, strict=True)):
             batch_keys = keys.slice(start, batch.num_rows)
             batch_passthrough = None if passthrough is None else passthrough.slice(start, batch.num_rows)
             self._batches.inc()
             try:
                 scored.append(ScoredBlock(batch_keys, call.result(), batch_passthrough))
-            except tf.errors.OpError:
-                kept = yield from self._isolate_failures(block, batch, batch_keys, start)
-                if kept is not None:
-                    rows, outputs = kept
-                    all_rows = ScoredBlock(batch_keys, {}, batch_passthrough).take(rows)
-                    scored.append(ScoredBlock(all_rows.keys, outputs, all_rows.passthrough))
+                continue
+            except concurrent.futures.CancelledError:
+                failed = None  # not sent: cut at a batch size that has since been halved
+            except OUT_OF_MEMORY as e:
+                failed = e
+                for later in calls[index + 1 :]:
+                    later.cancel()  # queued at the old size: would run out of memory too
+            except tf.errors.OpError as e:
+                failed = e
+            kept = yield from self._isolate_failures(block, batch, batch_keys, start, failed)
+            if kept is not None:
+                rows, outputs = kept
+                all_rows = ScoredBlock(batch_keys, {}, batch_passthrough).take(rows)
+                scored.append(ScoredBlock(all_rows.keys, outputs, all_rows.passthrough))
         if scored:
             yield ScoredBlock.concatenated(scored)
 
-    def _isolate_failures(self, block, batch, batch_keys, start):
-        """Finds the rows of a batch TensorFlow rejected by bisection: halves that score are
-        kept, halves that fail are split again, so one bad record costs O(log n) model calls,
-        not one call per row of a 65,536-row batch. Returns (rows that scored, outputs)."""
+    def _isolate_failures(self, block, batch, batch_keys, start, failed: BaseException | None = None):
+        """Scores a batch that failed (with `failed`, or not yet sent) piece by piece.
+
+        A rejected piece is bisected: halves that score are kept, halves that fail are
+        split again, so one bad record costs O(log n) model calls, not one per row of a
+        65,536-row batch. A piece that runs out of memory halves the batch size for the
+        rest of the run and is re-cut at it. A single record that still fails becomes an
+        error record. Returns (rows that scored, outputs), or None if none did.
+        """
         kept_rows, kept_outputs = [], []
-        pending = [(0, batch.num_rows)]
+        pending = [(0, batch.num_rows, failed)]
         while pending:
-            offset, size = pending.pop()
-            try:
-                outputs = self._model.predict(batch.slice(offset, size))
-            except tf.errors.OpError as e:
-                if size > 1:
-                    half = size // 2
-                    pending += [(offset + half, size - half), (offset, half)]  # first half next
+            offset, size, error = pending.pop()
+            if error is None:
+                if size > self._batch_size:
+                    pieces = batch_slices(size, self._batch_size)
+                    pending += [(offset + at, rows, None) for at, rows in reversed(pieces)]
                     continue
-                self._failed.inc()
-                key = batch_keys[offset].as_py()
-                yield beam.pvalue.TaggedOutput(self.ERRORS, _inference_error(block, start + offset, key, e))
+                try:
+                    outputs = self._model.predict(batch.slice(offset, size))
+                except (*OUT_OF_MEMORY, tf.errors.OpError) as e:
+                    error = e
+                else:
+                    kept_rows.extend(range(offset, offset + size))
+                    kept_outputs.append(outputs)
+                    continue
+            if size > 1:
+                if isinstance(error, OUT_OF_MEMORY):
+                    if self._halve_batch_size(size, block.source, error):
+                        yield beam.pvalue.TaggedOutput(self.COUNTS, (BATCH_SIZE_HALVINGS, 1))
+                    pending.append((offset, size, None))  # re-cut at the new batch size
+                else:
+                    half = size // 2
+                    pending += [(offset + half, size - half, None), (offset, half, None)]  # first half next
                 continue
-            kept_rows.extend(range(offset, offset + size))
-            kept_outputs.append(outputs)
+            self._failed.inc()
+            key = batch_keys[offset].as_py()
+            error_record = _inference_error(block, start + offset, key, error, self._layout)
+            yield beam.pvalue.TaggedOutput(self.ERRORS, error_record)
         if not kept_rows:
             return None
         names = kept_outputs[0].keys()
         return kept_rows, {n: np.concatenate([o[n] for o in kept_outputs]) for n in names}
+
+    def _halve_batch_size(self, rows: int, source: str, error: BaseException) -> bool:
+        """After `rows` records ran out of memory: half of them is the batch size from now on.
+
+        A batch cut before an earlier halving (in flight beside the one that ran out first)
+        is only re-cut, so one shortage halves once. Returns whether it halved.
+        """
+        if rows > self._batch_size:
+            return False
+        old, self._batch_size = self._batch_size, max(1, (rows + 1) // 2)
+        self._halvings.inc()
+        logging.warning(
+            "Out of memory scoring %d records of %s (%s); halving the batch size "
+            "from %d to %d for the rest of this worker's run and scoring them again in halves",
+            rows,
+            source,
+            tf_error_reason(error, 120),
+            old,
+            self._batch_size,
+        )
+        return True
+
+
+def narrow_batches(
+    batch: pa.RecordBatch, slices: list[tuple[int, int]], list_fields
+) -> list[tuple[int, int]]:
+    """`slices`, with any batch whose padded list matrices pass MAX_PADDED_LIST_CELLS halved.
+
+    A list feature is fed to the model as a [rows, longest list] matrix, so one record with
+    a long list would make its whole batch that wide (a 1,000-item list in a 65,536-row
+    batch: 65M padded strings, gigabytes). Only the batches holding such a record are cut.
+    """
+    if not list_fields or not slices:
+        return slices
+    lengths = sum(
+        pc.fill_null(pc.list_value_length(batch.column(name)), 0)
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+        for name in list_fields
+    )
+    narrowed, pending = [], list(reversed(slices))
+    while pending:
+        start, size = pending.pop()
+        if size > 1 and size * int(lengths[start : start + size].max()) > MAX_PADDED_LIST_CELLS:
+            half = size // 2
+            pending += [(start + half, size - half), (start, half)]
+        else:
+            narrowed.append((start, size))
+    return narrowed
 
 
 def batch_slices(rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -209,15 +294,59 @@ def batch_slices(rows: int, batch_size: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(count)]
 
 
-def _inference_error(block: RecordBlock, row: int, key, error: Exception) -> dict:
+# Lines of a TensorFlow error that are not the op's message: the header, where the node
+# was defined, and the node tags after the message.
+_TF_NOISE_LINES = ("Graph execution error:", "Detected at node ", "<stack traces unavailable>", "Node: ")
+_TF_NODE_TAGS = re.compile(r"\s*\[\[\{\{.*?\}\}\]\]|\s*\[Op:[^\]]*\]|\{\{[^}]*\}\}")
+_IMAGE_OPS = re.compile(r"decode_?(image|jpeg|png|gif|bmp)|\b(jpeg|png|gif|bmp)\b", re.IGNORECASE)
+
+
+def tf_error_reason(error: BaseException, limit: int = 300) -> str:
+    """What the failing op said, e.g. "jpeg::Uncompress failed. Invalid JPEG data or crop
+    window.", without the "Graph execution error:" header, the node's definition
+    traceback and node tags that come first in TensorFlow's message."""
+    text = str(getattr(error, "message", None) or error)
+    kept = []
+    for line in text.splitlines():
+        if not line.strip() or line[0].isspace() or line.startswith(_TF_NOISE_LINES):
+            continue  # traceback frames and "\t [[{{node ...}}]]" are indented
+        line = _TF_NODE_TAGS.sub("", line).strip()
+        if line:
+            kept.append(line)
+    reason = "; ".join(kept).rstrip(".") or text.strip() or type(error).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
+def _inference_error(block: RecordBlock, row: int, key, error: BaseException, layout: RecordLayout) -> dict:
+    """The error record of one row the model failed on alone, with what TensorFlow said and
+    what to check: the image field when an image decoder failed."""
     record = block.batch.slice(row, 1).to_pylist()[0]
     line = record.pop("__line__")
-    message = str(getattr(error, "message", error)).strip().splitlines()[0][:300]
+    reason = tf_error_reason(error)
+    field = None
+    if isinstance(error, OUT_OF_MEMORY):
+        message = (
+            f"the model ran out of memory scoring this record alone (batch size 1): {reason}; "
+            "check it for oversized values (e.g. a huge image) or give the workers more memory"
+        )
+    else:
+        image_fields = [f.name for f in layout.fields if f.type == "image"]
+        text = str(getattr(error, "message", None) or error)
+        if len(image_fields) == 1 and _IMAGE_OPS.search(text):
+            field = image_fields[0]
+            advice = (
+                f"field {field!r} passed the JPEG/PNG signature check but does not decode; "
+                "check its image bytes"
+            )
+        else:
+            advice = "check its field values against the schema"
+        message = f"the model rejected this record alone: {reason}; {advice}"
     logging.warning("record %s:%s failed inference: %s", block.source, line, message)
     return errors.error_record(
         source=f"{block.source}:{line}",
         code=errors.INFERENCE_FAILED,
-        message=f"the model could not score this record: {message}",
+        message=message,
+        field=field,
         key=key,
         instance={k: v for k, v in record.items() if v is not None},
     )
