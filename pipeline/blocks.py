@@ -230,7 +230,11 @@ def conform(
 
 
 def _cast_column(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
-    """(column cast to `target` with failed values nulled, mask of rows that failed)."""
+    """(column cast to `target` with failed values nulled, mask of rows that failed).
+
+    Whole-column casts first; a column where they fail (binary that is not all UTF-8, a
+    float beyond the int64 range) is cast value by value, so only the bad rows fail.
+    """
     none_failed = np.zeros(len(column), dtype=bool)
     if column.type == target:
         return column, none_failed
@@ -238,28 +242,48 @@ def _cast_column(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.nd
         return pa.nulls(len(column), target), none_failed
     if pa.types.is_dictionary(column.type):
         column = column.dictionary_decode()
-    if pa.types.is_list(target):
-        if _is_list(column.type) and _is_stringish(column.type.value_type):
-            return pc.cast(column, target), none_failed
-    elif pa.types.is_string(target):
-        if _is_stringish(column.type):
-            try:
+    try:
+        if pa.types.is_list(target):
+            if _is_list(column.type) and _is_stringish(column.type.value_type):
                 return pc.cast(column, target), none_failed
-            except pa.ArrowInvalid:
-                pass  # binary that is not UTF-8: per value below
-    elif pa.types.is_integer(target):
-        if pa.types.is_integer(column.type):
-            return pc.cast(column, target), none_failed
-        if pa.types.is_floating(column.type):
-            whole = pc.fill_null(pc.and_(pc.is_finite(column), pc.equal(pc.floor(column), column)), True)
-            failed = ~whole.to_numpy(zero_copy_only=False)
-            kept = pc.if_else(whole, column, pa.scalar(None, column.type))
-            return pc.cast(kept, target), failed
-    elif pa.types.is_floating(target):
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            return pc.cast(column, target), none_failed
+        elif pa.types.is_string(target):
+            if _is_stringish(column.type):
+                return pc.cast(column, target), none_failed
+        elif pa.types.is_integer(target):
+            if pa.types.is_integer(column.type):
+                return pc.cast(column, target), none_failed
+            if pa.types.is_floating(column.type):
+                whole = pc.fill_null(
+                    pc.and_(
+                        pc.and_(pc.is_finite(column), pc.equal(pc.floor(column), column)),
+                        pc.less(pc.abs(column), float(1 << 63)),
+                    ),
+                    True,
+                )
+                failed = ~whole.to_numpy(zero_copy_only=False)
+                kept = pc.if_else(whole, column, pa.scalar(None, column.type))
+                return pc.cast(kept, target), failed
+        elif pa.types.is_floating(target):
+            if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+                return pc.cast(column, target), none_failed
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _cast_values(column, target)
     failed = column.is_valid().to_numpy(zero_copy_only=False).astype(bool)
     return pa.nulls(len(column), target), failed
+
+
+def _cast_values(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """The slow path of `_cast_column`: one cast per value."""
+    values, failed = [], np.zeros(len(column), dtype=bool)
+    for row, value in enumerate(column):
+        try:
+            values.append(
+                pa.array([value.as_py()], column.type).cast(target)[0].as_py() if value.is_valid else None
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError):
+            values.append(None)
+            failed[row] = True
+    return pa.array(values, target), failed
 
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")

@@ -7,6 +7,7 @@ and alerts can match on them.
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -34,21 +35,33 @@ def error_record(
 ) -> dict:
     assert code in CODES, code
     return {
-        "key": key,
+        "key": _shorten(key, cut=False),
         "source": source,
         "instance": _shorten(instance),
         "error": {"code": code, "field": field, "message": message},
     }
 
 
-def _shorten(value: Any) -> Any:
-    """A copy fit for a JSON error file: long strings cut, NaN/Infinity written as text."""
+def _json_safe(value: Any) -> Any:
+    """Bytes (a tf.Example or Parquet binary value) as text, or as {"b64": ...} if not UTF-8;
+    NaN and Infinity (not JSON) as text."""
     if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # bare NaN/Infinity is not JSON
-    if isinstance(value, str) and len(value) > MAX_INSTANCE_VALUE_CHARS:
+        return repr(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def _shorten(value: Any, cut: bool = True) -> Any:
+    """A copy fit for a JSON error file: long strings cut, bytes and NaN/Infinity as text."""
+    value = _json_safe(value)
+    if cut and isinstance(value, str) and len(value) > MAX_INSTANCE_VALUE_CHARS:
         return value[:MAX_INSTANCE_VALUE_CHARS] + f"...({len(value)} chars)"
     if isinstance(value, dict):
-        return {k: _shorten(v) for k, v in value.items()}
+        return {str(_json_safe(k)): _shorten(v, cut) for k, v in value.items()}
     if isinstance(value, list):
-        return [_shorten(v) for v in value]
+        return [_shorten(v, cut) for v in value]
     return value
