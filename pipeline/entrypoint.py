@@ -14,6 +14,10 @@ import sys
 EXIT_USAGE = 2
 EXIT_ERROR_RATE = 3
 
+# A run (predict or analyze) fails when more than this share of its records are errors: the
+# odd bad record passes, a systematic problem (schema drift, the wrong file) is loud.
+DEFAULT_MAX_ERROR_RATE = 0.01
+
 
 class ErrorRateExceeded(RuntimeError):
     """More records failed than --max_error_rate allows (everything was still written)."""

@@ -33,7 +33,7 @@ import zoneinfo
 
 import yaml
 
-from pipeline.entrypoint import EXIT_ERROR_RATE, EXIT_USAGE, ErrorRateExceeded
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, EXIT_ERROR_RATE, EXIT_USAGE, ErrorRateExceeded
 
 EXIT_DONE = 0
 EXIT_FAILED = 1
@@ -56,7 +56,7 @@ class NightlyConfig:
     output_format: str = "jsonl"
     output_table: str | None = None
     passthrough_fields: str | None = None
-    max_error_rate: float = 1.0
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     timezone: str = "UTC"
     transform_dir: str | None = None  # with it, the parity gate runs first
     parity_sample: int = 256

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
 
 
@@ -60,6 +61,14 @@ class RecordIOOptions(PipelineOptions):
             "--output_dir",
             default=None,
             help="Directory the run writes into (local or gs://): run.json, _SUCCESS, error files.",
+        )
+        parser.add_argument(
+            "--max_error_rate",
+            type=float,
+            default=DEFAULT_MAX_ERROR_RATE,
+            help="Fail the run (exit 3, no _SUCCESS, everything still written) when more than this "
+            f"share of the records read are errors (0..1; default {DEFAULT_MAX_ERROR_RATE}: the odd "
+            "bad record passes, schema drift or a wrong file fails; 1 never fails on errors).",
         )
 
 
@@ -117,12 +126,6 @@ class PredictOptions(PipelineOptions):
             help="Records per model call; default: the batch size recorded in the model.",
         )
         parser.add_argument(
-            "--max_error_rate",
-            type=float,
-            default=1.0,
-            help="Fail the run (after writing everything) if errors/read exceeds this (0..1).",
-        )
-        parser.add_argument(
             "--run_date",
             default=None,
             help="The date this run scores (recorded in run.json; set by `adpredict nightly`).",
@@ -157,6 +160,8 @@ def _validate_io(io: RecordIOOptions) -> None:
         raise OptionsError("--input_filter applies to a bq:// --input table only")
     if not io.output_dir:
         raise OptionsError("--output_dir is required")
+    if not 0.0 <= io.max_error_rate <= 1.0:
+        raise OptionsError(f"--max_error_rate must be between 0 and 1, got {io.max_error_rate}")
 
 
 def validate_predict(options: PipelineOptions) -> None:
@@ -172,8 +177,6 @@ def validate_predict(options: PipelineOptions) -> None:
         raise OptionsError("--output_format bigquery needs --output_table bq://project.dataset.table")
     if predict.output_table and predict.output_format != "bigquery":
         raise OptionsError("--output_table needs --output_format bigquery")
-    if not 0.0 <= predict.max_error_rate <= 1.0:
-        raise OptionsError(f"--max_error_rate must be between 0 and 1, got {predict.max_error_rate}")
 
 
 def validate_analyze(options: PipelineOptions) -> None:

@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
 from pipeline.dataflow import is_dry_run, launch
-from pipeline.entrypoint import ErrorRateExceeded
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY, InputError
 from pipeline.io import bigquery as bq
@@ -123,7 +123,7 @@ def build_predict(
     output_format: str = "jsonl",
     bigquery: BigQueryTarget | None = None,
     run_info: dict | None = None,
-    max_error_rate: float = 1.0,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
 ) -> dict:
     """Builds the graph; returns the `scored` blocks, `errors` and `manifest` PCollections.
 
@@ -282,7 +282,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         output_format=predict.output_format,
         bigquery=bigquery,
         run_info=run_info,
-        max_error_rate=predict.max_error_rate,
+        max_error_rate=io.max_error_rate,
     )
     summary = launch(pipeline, options)
     if summary:  # a dry run, or submitted without waiting
@@ -295,7 +295,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         counts = manifest["counts"]
         raise ErrorRateExceeded(
             f"{counts['errors']} of {counts['read']} records failed ({counts['error_rate']:.2%}), above "
-            f"--max_error_rate {predict.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
+            f"--max_error_rate {io.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
         )
     return manifest
 

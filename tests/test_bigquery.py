@@ -71,7 +71,7 @@ def test_bigquery_table_to_bigquery_tables(bigquery, trained_ads, reference_pred
     project, client = bigquery["project"], bigquery["client"]
     argv = ["--model_dir", trained_ads["model"], "--input", bq(project, "impressions"), "--output_dir",
             str(tmp_path), "--output_format", "bigquery", "--output_table", bq(project, "predictions"),
-            "--passthrough_fields", "campaign,media", *bigquery["flags"]]  # fmt: skip
+            "--passthrough_fields", "campaign,media", "--max_error_rate", "1", *bigquery["flags"]]  # fmt: skip
     manifest = predict.run(argv)
     assert manifest["counts"] == {**manifest["counts"], "read": 52, "predictions": 50, "errors": 2}
     assert os.path.exists(tmp_path / "_SUCCESS")
@@ -104,7 +104,7 @@ def test_bigquery_table_to_bigquery_tables(bigquery, trained_ads, reference_pred
 
 def test_filtered_table_and_query_inputs_to_files(bigquery, trained_ads, reference_predictions, tmp_path):
     project = bigquery["project"]
-    common = ["--model_dir", trained_ads["model"], *bigquery["flags"]]
+    common = ["--model_dir", trained_ads["model"], "--max_error_rate", "1", *bigquery["flags"]]
     filtered = predict.run([*common, "--input", bq(project, "impressions"), "--input_filter", "hour < 12",
                             "--output_dir", str(tmp_path / "filtered")])  # fmt: skip
     queried = predict.run([*common, "--input_query", f"SELECT * FROM `{project}.{DATASET}.impressions` "
@@ -120,7 +120,7 @@ def test_filtered_table_and_query_inputs_to_files(bigquery, trained_ads, referen
 def test_a_column_of_the_wrong_type_is_one_error_per_row(bigquery, trained_ads, tmp_path):
     manifest = predict.run(["--model_dir", trained_ads["model"], "--input",
                             bq(bigquery["project"], "impressions_typed_wrong"), "--output_dir", str(tmp_path),
-                            *bigquery["flags"]])  # fmt: skip
+                            "--max_error_rate", "1", *bigquery["flags"]])  # fmt: skip
     assert (manifest["counts"]["read"], manifest["counts"]["errors"]) == (4, 4)
     errors = [json.loads(line) for path in tmp_path.glob("errors-*") for line in open(path)]
     assert {(e["error"]["code"], e["error"]["field"]) for e in errors} == {("wrong_type", "age")}
@@ -132,7 +132,7 @@ def test_staged_on_cloud_storage_the_load_goes_by_uri(bigquery, trained_ads, ref
     predict.run(["--model_dir", trained_ads["model"], "--input", bq(project, "impressions"),
                  "--output_dir", f"{bigquery['bucket']}/bq-run", "--temp_location", f"{bigquery['bucket']}/tmp",
                  "--output_format", "bigquery", "--output_table", bq(project, "predictions_gcs"),
-                 *bigquery["flags"]])  # fmt: skip
+                 "--max_error_rate", "1", *bigquery["flags"]])  # fmt: skip
     rows = table_rows(bigquery["client"], f"{project}.{DATASET}.predictions_gcs")
     assert sorted(r["key"] for r in rows) == sorted(reference_predictions)
     from apache_beam.io.filesystems import FileSystems

@@ -54,9 +54,9 @@ def bad_inputs(tmp_path, sample_image):
 EXPECTED_ERRORS = {
     "no-gender": ("missing_field", "gender"),
     "age-old": ("wrong_type", "age"),
-    None: ("malformed_record", None),
+    "c-short": ("malformed_record", None),  # too few columns, but its key is readable
     "not-image": ("invalid_image", "image"),
-    "corrupt-image": ("inference_failed", None),
+    "corrupt-image": ("inference_failed", "image"),
 }
 EXPECTED_SCORED = ["ok-1", "unknown-media", "ok-2", "c-1"]
 
@@ -92,6 +92,8 @@ def test_run_writes_predictions_errors_manifest_and_success(trained_ads, bad_inp
             str(bad_inputs / "in" / "*.csv"),
             "--output_dir",
             str(out),
+            "--max_error_rate",
+            "1",
         ]
     )
     counts = manifest["counts"]
@@ -217,7 +219,13 @@ def test_the_pipeline_itself_writes_run_json_then_success(trained_ads, bad_input
     description = ModelDescription.read(trained_ads["model"])
     with TestPipeline() as p:
         outputs = predict.build_predict(
-            p, trained_ads["model"], description, patterns, str(out), run_info={"started": 0.0, "note": "x"}
+            p,
+            trained_ads["model"],
+            description,
+            patterns,
+            str(out),
+            run_info={"started": 0.0, "note": "x"},
+            max_error_rate=1.0,
         )
         summary = outputs["manifest"] | beam.Map(
             lambda m: (
@@ -249,7 +257,16 @@ def test_keyless_records_nan_values_and_an_uncreatable_output_dir(
     )  # fmt: skip
     out = tmp_path / "out"
     manifest = predict.run(
-        ["--model_dir", trained_ads["model"], "--input", str(path), "--output_dir", str(out)]
+        [
+            "--model_dir",
+            trained_ads["model"],
+            "--input",
+            str(path),
+            "--output_dir",
+            str(out),
+            "--max_error_rate",
+            "1",
+        ]
     )
     assert (manifest["counts"]["read"], manifest["counts"]["errors"]) == (4, 3)
     lines = [line for p in out.glob("errors-*") for line in p.read_text().splitlines()]
