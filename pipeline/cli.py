@@ -27,13 +27,25 @@ __all__ = ["EXIT_ERROR_RATE", "EXIT_USAGE", "build_parser", "main"]
 
 
 def _generate(args) -> int:
+    from pipeline.io import InputError, describe_formats, format_for
     from sampledata.generate import generate_file
 
-    count = generate_file(
-        args.output, args.records, seed=args.seed, fmt=args.format, schema=args.schema, first_id=args.first_id
-    )
-    print(f"wrote {count} records to {args.output}")
-    return 0
+    def run(_):
+        fmt = args.format
+        if fmt is None:
+            try:
+                fmt = format_for(args.output).name
+            except InputError:
+                raise InputError(
+                    f"cannot tell the format of --output {args.output!r} from its name; name it after its "
+                    f"format or pass --format. Formats: {describe_formats()}"
+                ) from None
+        count = generate_file(
+            args.output, args.records, seed=args.seed, fmt=fmt, schema=args.schema, first_id=args.first_id
+        )
+        print(f"wrote {count} records to {args.output}")
+
+    return run_reporting_errors(run, None)
 
 
 def _train(args) -> int:
@@ -141,10 +153,6 @@ def main(argv=None) -> int:
         module = importlib.import_module(f"pipeline.{argv[0]}")
         return module.main(argv[1:])
     args = build_parser().parse_args(argv)
-    if getattr(args, "handler", None) is _generate and args.format is None:
-        from pipeline.io import format_for
-
-        args.format = format_for(args.output).name
     return args.handler(args)
 
 

@@ -72,9 +72,11 @@ def load_config(path: str) -> NightlyConfig:
         with open(path, encoding="utf-8") as f:
             doc = yaml.safe_load(f)
     except FileNotFoundError:
-        raise ConfigError(f"nightly config {path!r} does not exist") from None
+        raise ConfigError(f"nightly config {path!r} does not exist; check --config") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        from transforms.schema import yaml_problem
+
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
     known = {f.name for f in dataclasses.fields(NightlyConfig)}
@@ -168,7 +170,10 @@ def parity_gate(config: NightlyConfig, argv: list[str]) -> dict:
     inputs = Inputs.from_options(options)
     files = [f for f in check_inputs(inputs, inputs.input_format, layout) if isinstance(f, str)]
     if not files:
-        raise parity.ParityError("the parity gate samples files; these inputs are BigQuery only")
+        raise parity.ParityError(
+            "the parity gate samples files; these inputs are BigQuery only: remove transform_dir from the "
+            "nightly config to score them without the gate"
+        )
     batch = parity.sample_records(files, layout, config.parity_sample)
     return parity.compare(model_dir, config.transform_dir, batch, config.parity_tolerance)
 
@@ -221,7 +226,7 @@ def run_date(
 
 def dates(start: datetime.date, end: datetime.date) -> list[datetime.date]:
     if end < start:
-        raise ConfigError(f"--backfill: {end} is before {start}")
+        raise ConfigError(f"--backfill: {end} is before {start}; give START first: --backfill {end} {start}")
     return [start + datetime.timedelta(days=n) for n in range((end - start).days + 1)]
 
 

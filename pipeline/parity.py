@@ -45,7 +45,10 @@ def sample_records(files: list[str], layout: RecordLayout, rows: int = DEFAULT_S
         if found >= rows:
             break
     if not batches:
-        raise ParityError(f"no valid record to compare in {files[:3]}")
+        raise ParityError(
+            f"no valid record to compare in {files[:3]}: none of their records passes validation; score "
+            "them without transform_dir to see the error records"
+        )
     return pa.Table.from_batches(batches).slice(0, rows).combine_chunks().to_batches()[0]
 
 
@@ -83,7 +86,8 @@ def compare(
     for name, value in sorted(served.items()):
         if name not in expected:
             raise ParityError(
-                f"feature {name!r} of the model is not produced by the transform in {transform_dir}"
+                f"feature {name!r} of the model is not produced by the transform in {transform_dir}; set "
+                "transform_dir to the analyze output the model was trained on"
             )
         reference = expected[name]
         if isinstance(reference, tf.SparseTensor):
@@ -91,7 +95,8 @@ def compare(
         reference = np.asarray(reference, dtype=np.float64)
         if reference.size != value.size:
             raise ParityError(
-                f"feature {name!r}: the model gives shape {value.shape}, the transform {reference.shape}"
+                f"feature {name!r}: the model gives shape {value.shape}, the transform in {transform_dir} "
+                f"{reference.shape}; set transform_dir to the analyze output the model was trained on"
             )
         differences[name] = float(np.max(np.abs(value.astype(np.float64) - reference.reshape(value.shape))))
     worst = max(differences, key=differences.get)
@@ -99,6 +104,7 @@ def compare(
         raise ParityError(
             f"training/serving skew: feature {worst!r} differs by up to {differences[worst]:.6g} (tolerance "
             f"{tolerance:g}) between the model in {model_dir} and the transform in {transform_dir}, on "
-            f"{batch.num_rows} of tonight's records"
+            f"{batch.num_rows} of tonight's records; set transform_dir to the analyze output the model was "
+            "trained on, or re-train the model on this one"
         )
     return differences

@@ -61,7 +61,8 @@ def validate_block(block: RecordBlock, layout: RecordLayout) -> tuple[RecordBloc
                 _to_mask(column.is_null()),
                 errors.MISSING_FIELD,
                 field.name,
-                f"required field {field.name!r} is missing or null",
+                f"required field {field.name!r} is missing or null; give every record a value for it "
+                "(the schema declares no missing: rule for it)",
             )
     for field in layout.fields:
         column = batch.column(field.name)

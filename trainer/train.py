@@ -76,6 +76,25 @@ def make_dataset(transform_dir: str, split: str, schema: Schema, batch_size: int
     return dataset.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).cache()
 
 
+def _check_analyze_succeeded(transform_dir: str) -> None:
+    """Refuses the output of an analyze run that failed its error threshold (see its run.json)."""
+    from pipeline.io import InputError
+    from pipeline.manifest import RUN_MANIFEST, SUCCEEDED
+
+    path = os.path.join(transform_dir, RUN_MANIFEST)
+    if not tf.io.gfile.exists(path):  # written by analyze since its error threshold exists
+        return
+    with tf.io.gfile.GFile(path) as f:
+        manifest = json.loads(f.read())
+    if manifest.get("status") != SUCCEEDED:
+        counts = manifest.get("counts", {})
+        raise InputError(
+            f"analyze of {transform_dir!r} ended {manifest.get('status')!r} ({counts.get('errors')} of "
+            f"{counts.get('read')} records were errors; see its run.json and prediction.errors_stats): fix the "
+            "records, or re-run analyze with a higher --max_error_rate if they are acceptable"
+        )
+
+
 def train_model(
     transform_dir: str,
     schema: Schema,
@@ -86,12 +105,26 @@ def train_model(
     image_tower: str = "small",
 ) -> TrainingResult:
     keras.utils.set_random_seed(seed)
+    if not tf.io.gfile.exists(os.path.join(transform_dir, tft.TFTransformOutput.TRANSFORMED_METADATA_DIR)):
+        raise FileNotFoundError(
+            f"--transform_dir {transform_dir!r} holds no tf.Transform output (no "
+            f"{tft.TFTransformOutput.TRANSFORMED_METADATA_DIR}/); give the --output_dir of `adpredict analyze`"
+        )
+    _check_analyze_succeeded(transform_dir)
     spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()
     model = build_model(spec, schema.label, image_tower=image_tower)
     train = make_dataset(transform_dir, "train", schema, batch_size, blank_images)
     evaluation = make_dataset(transform_dir, "eval", schema, 1024, blank_images)
+    labels = np.concatenate([y.numpy() for _, y in evaluation] or [np.zeros(0, np.int64)])
+    if len(np.unique(labels)) < 2:  # checked before training: no AUC could be computed
+        from pipeline.io import InputError
+
+        found = f"{len(labels)} records, all with {schema.label} {labels[0]}" if len(labels) else "no records"
+        raise InputError(
+            f"the held-out split in {transform_dir}/transformed has {found}: the AUC needs both labels; run "
+            "`adpredict analyze` on records of both labels (more records, or a larger --eval_percent)"
+        )
     model.fit(train.shuffle(64, seed=seed), epochs=epochs, verbose=0)
-    labels = np.concatenate([y.numpy() for _, y in evaluation])
     scores = model.predict(evaluation, verbose=0).reshape(-1)
     train_records = sum(int(y.shape[0]) for _, y in train)
     return TrainingResult(model, roc_auc(labels, scores), len(labels), train_records)

@@ -95,8 +95,12 @@ class ModelDescription:
                 schema_name=doc.get("schema_name", ""),
                 batch_size=int(doc.get("batch_size", 256)),
             )
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise ModelDirectoryError(f"{where}: not a valid model description: {e!r}") from None
+        except ModelDirectoryError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # ValueError: bad JSON, numbers
+            raise ModelDirectoryError(
+                f"{where}: not a valid model description: {e!r}; re-export the model with `adpredict train`"
+            ) from None
 
     def write(self, model_dir: str) -> str:
         from apache_beam.io.filesystems import FileSystems
@@ -112,7 +116,10 @@ class ModelDescription:
         from apache_beam.io.filesystems import FileSystems
 
         if not FileSystems.exists(model_dir):
-            raise ModelDirectoryError(f"model directory {model_dir!r} does not exist")
+            raise ModelDirectoryError(
+                f"model directory {model_dir!r} does not exist; check --model_dir: the directory "
+                "`adpredict train` exported (e.g. WORK_DIR/model)"
+            )
         if not any(
             FileSystems.exists(FileSystems.join(model_dir, name))
             for name in ("saved_model.pb", "saved_model.pbtxt")

@@ -142,8 +142,15 @@ def load_schema(name_or_path: str = "ads") -> Schema:
             f"schema file {path!r} does not exist; give a YAML file or one of {', '.join(BUILTIN_SCHEMAS)}"
         ) from None
     except yaml.YAMLError as e:
-        raise SchemaError(f"{path}: not valid YAML: {e}") from None
+        raise SchemaError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     return parse_schema(doc, path)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: where in the file (line, column) and what is wrong."""
+    mark = getattr(error, "problem_mark", None)
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 _SCHEMA_KEYS = {"name", "key", "label", "features", "csv_columns"}
@@ -175,6 +182,8 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
         raise SchemaError(f"{path}: features declared twice: {', '.join(duplicates)}")
 
     key = doc.get("key") or {}
+    if not isinstance(key, dict):
+        key = {}  # `key: id` instead of `key: {field: id}`: the message below says how
     if "field" in key:
         key_field, key_type = key["field"], key.get("type", STRING)
         if key_type not in (STRING, INT):
@@ -186,10 +195,14 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
             f"{path}: 'key' must be {{field: <name>}} or {{from: line}} (the record's position <file>:<line>)"
         )
     label = doc.get("label") or {}
+    if not isinstance(label, dict):
+        raise SchemaError(f"{path}: 'label' must be {{field: <name>}}, got {label!r}")
     label_name = label.get("field")
     reserved = {key_field, label_name} & set(names)
     if reserved:
-        raise SchemaError(f"{path}: {sorted(reserved)} is the key or label, not a feature")
+        raise SchemaError(
+            f"{path}: {sorted(reserved)} is the key or label, not a feature; remove it from features"
+        )
     csv_columns = doc.get("csv_columns")
     if csv_columns is not None:
         if not isinstance(csv_columns, list) or not all(isinstance(c, str) for c in csv_columns):
@@ -224,25 +237,41 @@ def _parse_feature(item: Any, path: str) -> Feature:
     if encoding not in ENCODINGS:
         raise SchemaError(f"{where}: encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     if ftype not in ENCODINGS[encoding]:
-        raise SchemaError(f"{where}: encoding {encoding!r} does not apply to type {ftype!r}")
+        fitting = sorted(e for e, types in ENCODINGS.items() if ftype in types)
+        raise SchemaError(
+            f"{where}: encoding {encoding!r} does not apply to type {ftype!r}; use one of {fitting}"
+        )
 
     kwargs: dict[str, Any] = {"name": name, "type": ftype, "encoding": encoding}
     for key in ("top_k", "oov_buckets", "num_buckets"):
         if key in item:
-            kwargs[key] = int(item[key])
+            kwargs[key] = _integer(item, key, where)
     if "separator" in item:
         kwargs["separator"] = str(item["separator"])
     if "sample" in item:
+        if not isinstance(item["sample"], dict):
+            raise SchemaError(f"{where}: sample must be a mapping of generator hints, got {item['sample']!r}")
         kwargs["sample"] = dict(item["sample"])
     if "range" in item:
-        lo, hi = item["range"]
+        bounds = item["range"]
+        if not (
+            isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(_is_number(b) for b in bounds)
+        ):
+            raise SchemaError(f"{where}: range must be [min, max], two numbers, got {bounds!r}")
+        lo, hi = bounds
         if lo > hi:
-            raise SchemaError(f"{where}: range [{lo}, {hi}] is empty")
+            raise SchemaError(f"{where}: range [{lo}, {hi}] is empty; write it [min, max]")
         kwargs["range"] = (lo, hi)
     if "boundaries" in item:
-        b = tuple(float(x) for x in item["boundaries"])
+        given = item["boundaries"]
+        try:
+            b = tuple(float(x) for x in given)
+        except (TypeError, ValueError):
+            b = ()
         if list(b) != sorted(b) or not b:
-            raise SchemaError(f"{where}: boundaries must be a non-empty increasing list")
+            raise SchemaError(
+                f"{where}: boundaries must be a non-empty increasing list of numbers, got {given!r}"
+            )
         kwargs["boundaries"] = b
     if encoding == "bucketize" and not ("boundaries" in kwargs) ^ ("num_buckets" in kwargs):
         raise SchemaError(f"{where}: bucketize needs exactly one of boundaries or num_buckets")
@@ -250,17 +279,23 @@ def _parse_feature(item: Any, path: str) -> Feature:
         raise SchemaError(f"{where}: one_hot of an int needs range: [min, max]")
     if ftype == IMAGE:
         try:
-            kwargs["image"] = ImageSpec(int(item["height"]), int(item["width"]), int(item.get("channels", 3)))
+            kwargs["image"] = ImageSpec(
+                _integer(item, "height", where),
+                _integer(item, "width", where),
+                _integer(item, "channels", where) if "channels" in item else 3,
+            )
         except KeyError as e:
             raise SchemaError(f"{where}: images need height and width ({e} missing)") from None
         if kwargs["image"].channels not in (1, 3):
-            raise SchemaError(f"{where}: channels must be 1 or 3")
+            raise SchemaError(f"{where}: channels must be 1 or 3, got {kwargs['image'].channels}")
 
     missing = item.get("missing")
     kwargs["required"] = bool(item.get("required", missing is None))
     if missing is not None:
         if kwargs["required"]:
-            raise SchemaError(f"{where}: a required feature cannot have a missing rule")
+            raise SchemaError(
+                f"{where}: a required feature cannot have a missing rule; remove required: true or the missing rule"
+            )
         if not isinstance(missing, dict) or not ({"default", "indicator"} >= set(missing)):
             raise SchemaError(f"{where}: missing must be {{default: <value>, indicator: true|false}}")
         kwargs["indicator"] = bool(missing.get("indicator", False))
@@ -275,10 +310,26 @@ def _parse_feature(item: Any, path: str) -> Feature:
     return Feature(**kwargs)
 
 
+_TYPE_NAMES = {INT: "an int", FLOAT: "a float", STRING: "a string"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(item: dict, key: str, where: str) -> int:
+    try:
+        return int(item[key])
+    except (TypeError, ValueError):
+        raise SchemaError(f"{where}: {key} must be an integer, got {item[key]!r}") from None
+
+
 def _check_default(value: Any, ftype: str, where: str) -> Any:
     if ftype == STRING_LIST:
         if value not in (None, []):
-            raise SchemaError(f"{where}: a missing string_list is the empty list")
+            raise SchemaError(
+                f"{where}: a missing string_list is the empty list; give no default (or default: [])"
+            )
         return []
     if ftype == IMAGE:
         if value is not None:
@@ -288,5 +339,5 @@ def _check_default(value: Any, ftype: str, where: str) -> Any:
         return {INT: 0, FLOAT: 0.0, STRING: "__missing__"}[ftype]
     expected = {INT: int, FLOAT: (int, float), STRING: str}[ftype]
     if not isinstance(value, expected) or isinstance(value, bool):
-        raise SchemaError(f"{where}: default {value!r} is not a {ftype}")
+        raise SchemaError(f"{where}: default {value!r} is not {_TYPE_NAMES[ftype]}, the feature's type")
     return float(value) if ftype == FLOAT else value

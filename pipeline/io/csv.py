@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import apache_beam as beam
 import pyarrow as pa
@@ -20,7 +21,7 @@ import pyarrow.csv as pa_csv
 
 from pipeline.blocks import ScoredBlock
 from pipeline.io import base
-from pipeline.io.text import BlockParser, Records, split_records
+from pipeline.io.text import MAX_RECORD_BYTES, BlockParser, Records, split_records
 
 
 class CsvParser(BlockParser):
@@ -62,16 +63,19 @@ class CsvParser(BlockParser):
         return table
 
     def diagnose(self, line_number: int, text: bytes) -> dict:
+        data = text
         try:
             undecodable = None
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             undecodable, text = e, text.decode("utf-8", "surrogateescape")
+        # A record may be as long as the reader allows (a large image), not Python's 128 KiB.
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
         try:
             rows = list(csv.reader(io.StringIO(text)))
             values, problem = (rows[0], None) if len(rows) == 1 else (None, "line is not one CSV record")
         except csv.Error as e:
-            values, problem = None, f"line is not valid CSV: {e}"
+            values, problem = None, f"line is not valid CSV: {_csv_reason(e)}"
         if values is not None and len(values) != len(self.header):
             where = (
                 "as the declared csv_columns"
@@ -89,8 +93,19 @@ class CsvParser(BlockParser):
         if undecodable is not None:
             return self.not_utf8(line_number, undecodable, record)
         return self.wrong_type(line_number, self.typed(record)) or self.malformed(
-            line_number, "row could not be read as the declared types", record, record
+            line_number,
+            f"row could not be read as the declared types: {self.parse_problem(data)}",
+            record,
+            record,
         )
+
+    def parse_problem(self, data: bytes) -> str:
+        """pyarrow's reason, its 0-based "column #N" named after the header."""
+        reason = super().parse_problem(data)
+        match = re.match(r"In CSV column #(\d+): ", reason)
+        if match and int(match[1]) < len(self.header):
+            reason = f"column {self.header[int(match[1])]!r}: {reason[match.end() :]}"
+        return reason
 
     def typed(self, record: dict) -> dict:
         """The row with its numeric cells as numbers (bad ones left as text for wrong_type)."""
@@ -99,11 +114,20 @@ class CsvParser(BlockParser):
             cell = record.get(field.name, "")
             if cell == "":
                 continue
+            if field.type == "string_list":  # as normalize() splits it, so it is not blamed
+                typed[field.name] = cell.split(field.separator)
+                continue
             try:
                 typed[field.name] = {"int": int, "float": float}.get(field.type, str)(cell)
             except ValueError:
                 typed[field.name] = cell
         return {**record, **typed}
+
+
+def _csv_reason(error: csv.Error) -> str:
+    if "new-line character seen in unquoted field" in str(error):  # Python's advice is for its API
+        return "a field holds a carriage return (\\r) outside quotes; quote that field"
+    return str(error)
 
 
 def parse_header(text: bytes) -> list[str]:
@@ -147,7 +171,7 @@ def head_problem(head: bytes, layout) -> str | None:
     try:
         names = set(parse_header(first_line))
     except (csv.Error, UnicodeDecodeError):
-        return "its first line is not a CSV header"
+        return "its first line is not a CSV header in UTF-8 (re-encode the file as UTF-8)"
     if names & {f.name for f in layout.all_fields}:
         return None
     return (

@@ -71,6 +71,18 @@ class JsonParser(BlockParser):
                 table = table.set_column(index, name, values)
         return table
 
+    def parse_problem(self, data: bytes) -> str:
+        """pyarrow's reason, read the way the file's previous block parsed (its image convention)."""
+        try:
+            pa_json.read_json(
+                io.BytesIO(data),
+                read_options=pa_json.ReadOptions(block_size=len(data) + 1),
+                parse_options=self._variants[0],
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            return str(e).strip().splitlines()[0][:200]
+        return super().parse_problem(data)
+
     def diagnose(self, line_number: int, text: bytes) -> dict:
         raw = text.rstrip(b"\r\n")
         try:
@@ -85,7 +97,10 @@ class JsonParser(BlockParser):
                 line_number, f"expected a JSON object per line, got {_json_kind(record)}", record
             )
         return self.wrong_type(line_number, record) or self.malformed(
-            line_number, "record could not be read as the declared types", record, record
+            line_number,
+            f"record could not be read as the declared types: {self.parse_problem(raw)}",
+            record,
+            record,
         )
 
 

@@ -267,7 +267,8 @@ class BlockParser(abc.ABC):
         if isinstance(records, UnterminatedRecord):
             yield self.malformed(
                 records.line,
-                'a quoted field opened on this line is never closed (an unbalanced ")',
+                'a quoted field opened on this line is never closed (an unbalanced "); close it, and '
+                'write a " inside a quoted field as ""',
                 records.text.decode("utf-8", errors="replace"),
             )
             return
@@ -317,6 +318,14 @@ class BlockParser(abc.ABC):
 
     def normalize(self, table: pa.Table) -> pa.Table:
         return table
+
+    def parse_problem(self, data: bytes) -> str:
+        """What the native parser says about one record that no Python check explains."""
+        try:
+            self.parse_whole(data)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            return str(e).strip().splitlines()[0][:200]
+        return "it does not read as exactly one record"
 
     def malformed(self, line_number: int, message: str, instance, record: dict | None = None) -> dict:
         return errors.error_record(

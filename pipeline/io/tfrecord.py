@@ -143,7 +143,7 @@ class _Decoder:
                 message=f"record is not a serialized tf.Example: {str(e)[:200]}",
                 instance=f"<{len(data)} bytes>",
             )
-        kinds = {"INT": "int64_list", "FLOAT": "float_list", "BYTES": "bytes_list"}
+        kinds = {"INT": "an int64_list", "FLOAT": "a float_list", "BYTES": "a bytes_list"}
         for field in self.layout.all_fields:
             if field.name in record:
                 try:
@@ -153,7 +153,8 @@ class _Decoder:
                         source=where,
                         code=errors.WRONG_TYPE,
                         field=field.name,
-                        message=f"feature {field.name!r} must be a {kinds[_EXAMPLE_TYPES[field.type]]}",
+                        message=f"feature {field.name!r} must be {kinds[_EXAMPLE_TYPES[field.type]]} (declared "
+                        f"{field.type}), got {_kind(data, field.name)}",
                         key=self.layout.record_key(self.source, number, record),
                         instance=record,
                     )
@@ -171,6 +172,16 @@ def _only(data: bytes, name: str) -> bytes:
     kept = tf.train.Example()
     kept.features.feature[name].CopyFrom(example.features.feature[name])
     return kept.SerializeToString()
+
+
+def _kind(data: bytes, name: str) -> str:
+    """Which list feature `name` of a serialized example holds, for an error message."""
+    import tensorflow as tf
+
+    kind = tf.train.Example.FromString(data).features.feature[name].WhichOneof("kind")
+    return {"int64_list": "an int64_list", "float_list": "a float_list", "bytes_list": "a bytes_list"}.get(
+        kind, "no values"
+    )
 
 
 def _json_like(record: dict) -> dict:
@@ -231,7 +242,8 @@ def read(stream, source: str, layout, block_bytes: int):
         yield errors.error_record(
             source=f"{source}:{number + 1}",
             code=errors.MALFORMED_RECORD,
-            message=f"{e} at byte {e.offset} of {source}; records after it cannot be read",
+            message=f"{e} at byte {e.offset} of {source}; records after it cannot be read: replace the file "
+            "with a complete copy",
             instance=None,
         )
         return
