@@ -8,7 +8,7 @@ EMULATORS := .venv-emulators
 WORK_DIR ?= demo_output
 RECORDS ?= 5000
 
-.PHONY: help venv emulators demo test bench lint format lock clean
+.PHONY: help venv emulators demo test fuzz bench lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ test: venv emulators ## Run the test suite (includes lint; starts the emulators 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q tests
+
+FUZZ_EXAMPLES ?= 100000
+fuzz: venv ## Long fuzzing campaign: FUZZ_EXAMPLES (100,000) random inputs per format (~1 h)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 bench: venv ## Throughput: predict vs bare model, naive Beam, per-record (~20 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)

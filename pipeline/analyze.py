@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import zlib
 
 import apache_beam as beam
@@ -28,12 +29,32 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.dataflow import is_dry_run, launch, local_stand_in
-from pipeline.read import BLOCKS, ERRORS, Inputs, ReadAdRecords, check_inputs
-from pipeline.write import WriteErrors
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
+from pipeline.manifest import (
+    FAILED_ERROR_RATE,
+    FAILED_LOST,
+    RUN_MANIFEST,
+    SUCCESS_MARKER,
+    FinalizeRun,
+    read_manifest,
+    versions,
+)
+from pipeline.read import (
+    BLOCKS,
+    COUNTS,
+    ERRORS,
+    RECORDS,
+    Inputs,
+    ReadAdRecords,
+    check_inputs,
+    separate_errors,
+)
+from pipeline.write import ERRORS_STATS, WriteErrors
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
 TRAIN, EVAL = "train", "eval"
+ANALYZED = "analyzed"  # the count of valid records analyzed, in run.json
 TRANSFORMED_DIR = "transformed"
 
 
@@ -103,16 +124,29 @@ class _SplitFn(beam.DoFn):
 
 
 def build_analyze(
-    pipeline, schema: Schema, inputs, output_dir, input_format=None, eval_percent=20, layout=None
+    pipeline,
+    schema: Schema,
+    inputs,
+    output_dir,
+    input_format=None,
+    eval_percent=20,
+    layout=None,
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    run_info: dict | None = None,
 ):
-    """Builds the graph; returns {"transform_fn", "train", "eval", "errors"} PCollections."""
+    """Builds the graph; returns {"transform_fn", "train", "eval", "errors", "manifest"}.
+
+    The last step writes `run.json` and, when at most `max_error_rate` of the records were
+    errors, `_SUCCESS`: a transform trained on the 7% of rows that parsed is a failed run.
+    """
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
 
     from transforms.preprocessing import make_preprocessing_fn
 
     layout = layout or training_layout(schema)
-    records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
+    read = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
+    records = separate_errors(read[RECORDS])
     split = records[BLOCKS] | "SplitTrainEval" >> beam.ParDo(_SplitFn(schema, eval_percent)).with_outputs(
         TRAIN, EVAL
     )
@@ -120,14 +154,14 @@ def build_analyze(
     transform_fn = (split[TRAIN], config) | "AnalyzeDataset" >> tft_beam.AnalyzeDataset(
         make_preprocessing_fn(schema)
     )
-    _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
+    written = [transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)]
     outputs = {"transform_fn": transform_fn, ERRORS: records[ERRORS]}
     for tag in (TRAIN, EVAL):
         transformed, metadata = ((split[tag], config), transform_fn) | f"Transform{tag.title()}" >> (
             tft_beam.TransformDataset()
         )
         coder = tft.coders.ExampleProtoCoder(metadata.schema)
-        _ = (
+        written.append(
             transformed
             | f"Encode{tag.title()}" >> beam.Map(coder.encode)
             | f"Write{tag.title()}"
@@ -136,7 +170,19 @@ def build_analyze(
             )
         )
         outputs[tag] = transformed
-    _ = records[ERRORS] | "WriteErrors" >> WriteErrors(output_dir)
+    written += records[ERRORS] | "WriteErrors" >> WriteErrors(output_dir)
+    counts = (
+        read[COUNTS],
+        records[BLOCKS] | "CountAnalyzed" >> beam.Map(lambda block: (ANALYZED, len(block))),
+        records[ERRORS]
+        | "ErrorListSizes" >> beam.Map(len)
+        | "CountErrors" >> beam.CombineGlobally(sum)
+        | "ErrorsCount" >> beam.Map(lambda n: (ERRORS, n)),
+    )
+    outputs["manifest"] = {
+        "counts": counts | "AllCounts" >> beam.Flatten(),
+        **{f"written_{index}": pcoll for index, pcoll in enumerate(written)},
+    } | "FinalizeRun" >> FinalizeRun(output_dir, run_info or {}, max_error_rate, scored=ANALYZED)
     return outputs
 
 
@@ -155,6 +201,22 @@ def run(argv=None, test_pipeline=None) -> str:
     offline = is_dry_run(options)  # a Dataflow dry run reads nothing: see pipeline.dataflow
     if not offline:
         check_inputs(inputs, io.input_format, layout)
+        for name in (SUCCESS_MARKER, RUN_MANIFEST):  # a failing re-run must not keep the old marker
+            path = FileSystems.join(io.output_dir, name)
+            if FileSystems.exists(path):
+                FileSystems.delete([path])
+    run_info = {
+        "started": time.time(),
+        "job": "analyze",
+        "schema": schema.name,
+        "inputs": {
+            "patterns": io.input,
+            "query": io.input_query,
+            "format": io.input_format or "from file names",
+        },
+        "output_dir": io.output_dir,
+        "versions": versions(),
+    }
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
     pipeline = test_pipeline or opts.make_pipeline(options)
     # tf.Transform writes temporary assets while the graph is built; a dry run keeps them in
@@ -168,9 +230,23 @@ def run(argv=None, test_pipeline=None) -> str:
             io.input_format,
             options.view_as(opts.AnalyzeOptions).eval_percent,
             layout,
+            io.max_error_rate,
+            run_info,
         )
         summary = launch(pipeline, options)
-    return summary or io.output_dir
+    if summary:  # a dry run, or submitted without waiting
+        return summary
+    manifest = read_manifest(io.output_dir)
+    if manifest["status"] == FAILED_LOST:
+        raise AssertionError("; ".join(manifest["problems"]))
+    if manifest["status"] == FAILED_ERROR_RATE:
+        counts = manifest["counts"]
+        raise ErrorRateExceeded(
+            f"{counts['errors']} of {counts['read']} training records failed ({counts['error_rate']:.2%}), "
+            f"above --max_error_rate {io.max_error_rate:.2%}: the transform was not marked usable "
+            f"(no {SUCCESS_MARKER}); see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
+        )
+    return io.output_dir
 
 
 def main(argv=None) -> int:

@@ -119,7 +119,8 @@ def string_tensor(column: pa.Array) -> tf.Tensor:
 
 
 class RunInferenceFn(beam.DoFn):
-    """Scores RecordBlocks in batches of `batch_size`; emits ScoredBlocks and error records,
+    """Scores RecordBlocks in batches of `batch_size`; emits ScoredBlocks and error records
+    (its own and those of the reading step, which arrive on the same stream),
     and ("model_loads" | "model_batches" | "batch_size_halvings", n) pairs on `counts` for
     the run manifest."""
 
@@ -150,7 +151,10 @@ class RunInferenceFn(beam.DoFn):
         model_dir, threads = self._model_dir, self._tf_threads
         self._model = self._shared_handle.acquire(lambda: LoadedModel(model_dir, threads), tag=model_dir)
 
-    def process(self, block: RecordBlock):
+    def process(self, block: RecordBlock | list):
+        if isinstance(block, list):  # error records from reading: passed on, see ReadAdRecords
+            yield beam.pvalue.TaggedOutput(self.ERRORS, block)
+            return
         if not self._model.load_reported:
             self._model.load_reported = True
             self._model_loads.inc()
@@ -225,7 +229,7 @@ class RunInferenceFn(beam.DoFn):
             self._failed.inc()
             key = batch_keys[offset].as_py()
             error_record = _inference_error(block, start + offset, key, error, self._layout)
-            yield beam.pvalue.TaggedOutput(self.ERRORS, error_record)
+            yield beam.pvalue.TaggedOutput(self.ERRORS, [error_record])
         if not kept_rows:
             return None
         names = kept_outputs[0].keys()

@@ -126,6 +126,13 @@ class PredictOptions(PipelineOptions):
             help="Records per model call; default: the batch size recorded in the model.",
         )
         parser.add_argument(
+            "--force_unlock",
+            action="store_true",
+            default=False,
+            help="Remove the output directory's lock file (.adpredict-run.lock) left by a run that "
+            "is no longer running, then run.",
+        )
+        parser.add_argument(
             "--run_date",
             default=None,
             help="The date this run scores (recorded in run.json; set by `adpredict nightly`).",
@@ -155,11 +162,17 @@ class AnalyzeOptions(PipelineOptions):
 
 def _validate_io(io: RecordIOOptions) -> None:
     if not io.input and not io.input_query:
-        raise OptionsError("--input is required: a file pattern or bq:// table of input records")
+        raise OptionsError(
+            "--input is required: a file pattern (local or gs://) or bq://project.dataset.table of input "
+            "records, or --input_query"
+        )
     if io.input_filter and not any(i.startswith("bq://") for i in io.input or ()):
-        raise OptionsError("--input_filter applies to a bq:// --input table only")
+        raise OptionsError(
+            "--input_filter applies to a bq:// --input table only; remove it (with --input_query, "
+            "put the condition in the query's WHERE clause)"
+        )
     if not io.output_dir:
-        raise OptionsError("--output_dir is required")
+        raise OptionsError("--output_dir is required: the directory (local or gs://) the run writes into")
     if not 0.0 <= io.max_error_rate <= 1.0:
         raise OptionsError(f"--max_error_rate must be between 0 and 1, got {io.max_error_rate}")
 
@@ -168,7 +181,7 @@ def validate_predict(options: PipelineOptions) -> None:
     _validate_io(options.view_as(RecordIOOptions))
     predict = options.view_as(PredictOptions)
     if not predict.model_dir:
-        raise OptionsError("--model_dir is required: the exported model directory")
+        raise OptionsError("--model_dir is required: the model directory `adpredict train` exported")
     if predict.batch_size is not None and predict.batch_size < 1:
         raise OptionsError(f"--batch_size must be at least 1, got {predict.batch_size}")
     if predict.tf_threads is not None and predict.tf_threads < 1:
@@ -176,7 +189,9 @@ def validate_predict(options: PipelineOptions) -> None:
     if predict.output_format == "bigquery" and not predict.output_table:
         raise OptionsError("--output_format bigquery needs --output_table bq://project.dataset.table")
     if predict.output_table and predict.output_format != "bigquery":
-        raise OptionsError("--output_table needs --output_format bigquery")
+        raise OptionsError(
+            f"--output_table needs --output_format bigquery, got --output_format {predict.output_format}"
+        )
 
 
 def validate_analyze(options: PipelineOptions) -> None:

@@ -5,8 +5,8 @@
 
 Reads JSONL, CSV, TFRecord or Parquet files into Arrow blocks, validates them against the description inside
 the model directory, scores them in batches with the model loaded once per worker
-process, and writes `prediction.results-*`, `errors-*`, `prediction.errors_stats`, then
-`run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
+process, and writes `prediction.results-*`, `errors-*`, `prediction.errors_stats` (staged
+in a hidden folder, moved into place at the end), then `run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
 TFRecord (`--output_format`), with `--passthrough_fields` copied from each input record. Every record read ends as exactly one prediction or one error.
 
 Run it as `python -m pipeline.predict --model_dir M --input 'in/*.jsonl' --output_dir OUT`
@@ -15,11 +15,11 @@ with any Beam options (e.g. `--runner DataflowRunner --project ...`).
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import logging
-import os
 import sys
 import time
+import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -27,25 +27,33 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
-from pipeline.dataflow import is_dry_run, launch
+from pipeline.dataflow import is_dry_run, launch, waits
 from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY, InputError
 from pipeline.io import bigquery as bq
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.manifest import (
+    BEAM_TEMP_PREFIX,
     ERRORS,
     FAILED_ERROR_RATE,
     FAILED_LOST,
+    LOCAL_RUNNERS,
     PREDICTIONS,
     RUN_MANIFEST,
+    STAGING_DIR,
     SUCCESS_MARKER,
     FinalizeRun,
+    acquire_run_lock,
+    lock_path,
     model_fingerprint,
     read_manifest,
+    release_run_lock,
+    remove_trees,
+    staging_dir,
     versions,
 )
-from pipeline.read import BLOCKS, COUNTS, Inputs, ReadAdRecords, check_inputs, input_fingerprint
+from pipeline.read import COUNTS, RECORDS, Inputs, ReadAdRecords, check_inputs, input_fingerprint
 from pipeline.read import ERRORS as ERROR_RECORDS
 from pipeline.write import (
     ERRORS_PREFIX,
@@ -58,7 +66,8 @@ from pipeline.write import (
 from transforms.model_contract import InputField, ModelDescription
 
 SCORED = "scored"
-BEAM_TEMP_FOLDERS = ".temp-beam*"  # where Beam's file sinks write shards before the final rename
+# Where Beam's file sinks write shards before renaming them (older Beam: .temp-beam*).
+BEAM_TEMP_FOLDERS = (f"{BEAM_TEMP_PREFIX}*", ".temp-beam*")
 PASSTHROUGH_TYPES = ("int", "float", "string")
 
 __all__ = ["ErrorRateExceeded", "build_predict", "run"]
@@ -125,28 +134,37 @@ def build_predict(
     run_info: dict | None = None,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
 ) -> dict:
-    """Builds the graph; returns the `scored` blocks, `errors` and `manifest` PCollections.
+    """Builds the graph; returns the `scored` blocks, `errors` (lists of error records) and
+    `manifest` PCollections.
 
     `inputs` are file patterns (or an `Inputs` with BigQuery tables and queries); with
-    `bigquery`, predictions and errors go to its tables instead of files. The last step
-    writes `run.json` (`run_info` plus the counts) and `_SUCCESS` once every write is done.
+    `bigquery`, predictions and errors go to its tables instead of files. Files are written
+    into `output_dir/.adpredict-staging/`; once every write is done, the last step moves them
+    into `output_dir`, writes `run.json` (`run_info` plus the counts) and `_SUCCESS`, and
+    removes the lock file of `run_info["run_id"]`.
     """
     layout = layout or prediction_layout(description)
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
-    inference = records[BLOCKS] | "RunInference" >> beam.ParDo(
+    inference = records[RECORDS] | "RunInference" >> beam.ParDo(
         RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads)
     ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
-    errors = (records[ERROR_RECORDS], inference[RunInferenceFn.ERRORS]) | "MergeErrors" >> beam.Flatten()
+    # Read errors reach RunInference on the blocks' stream and leave with its own: no Flatten
+    # (the local runner would hold every error record of the run in memory).
+    errors = inference[RunInferenceFn.ERRORS]
     columns = prediction_columns(description, layout)
+    staged = staging_dir(output_dir)  # published by FinalizeRun, so a killed run shows no results
     predictions_written = inference[SCORED] | "WritePredictions" >> WritePredictions(
-        output_dir, columns, output_format, bigquery
+        staged, columns, output_format, bigquery
     )
-    errors_written = errors | "WriteErrors" >> WriteErrors(output_dir, bigquery)
+    errors_written = errors | "WriteErrors" >> WriteErrors(staged, bigquery)
     counts = [
         records[COUNTS],
         inference[RunInferenceFn.COUNTS],
         inference[SCORED] | "CountPredictions" >> beam.Map(lambda scored: (PREDICTIONS, len(scored))),
-        errors | "CountErrors" >> beam.Map(lambda _: (ERRORS, 1)),
+        errors
+        | "ErrorListSizes" >> beam.Map(len)
+        | "CountErrors" >> beam.CombineGlobally(sum)
+        | "ErrorsCount" >> beam.Map(lambda n: (ERRORS, n)),
     ]
     loaded_names = None
     if bigquery:  # the loads emit (counter, rows loaded)
@@ -173,21 +191,14 @@ def prediction_columns(description: ModelDescription, layout: RecordLayout) -> P
 
 def clear_previous_outputs(output_dir: str) -> None:
     """Removes a previous run's files first (the marker first), so no stale shard survives,
-    and the temporary folders of a run that was killed while writing."""
+    then what a killed run left unpublished: its staging folder, and Beam's temporary
+    folders (inside it now; beside the outputs before staging). Runs under the lock only."""
     for name in (SUCCESS_MARKER, RUN_MANIFEST, ERRORS_STATS, f"{PREDICTIONS_PREFIX}-*", f"{ERRORS_PREFIX}-*"):
         matched = FileSystems.match([FileSystems.join(output_dir, name)])[0].metadata_list
         if matched:
             FileSystems.delete([m.path for m in matched])
-    if FileSystems.get_scheme(output_dir) is None:  # a local folder is removed whole
-        temp_dirs = glob.glob(os.path.join(output_dir, BEAM_TEMP_FOLDERS))
-    else:  # an object store has prefixes, not folders: "prefix/" deletes what is under it
-        pattern = FileSystems.join(output_dir, f"{BEAM_TEMP_FOLDERS}/**")
-        start = len(output_dir.rstrip("/")) + 1
-        temp_dirs = {
-            m.path[: m.path.index("/", start) + 1] for m in FileSystems.match([pattern])[0].metadata_list
-        }
-    if temp_dirs:
-        FileSystems.delete(sorted(temp_dirs))
+    for folder in (STAGING_DIR, *BEAM_TEMP_FOLDERS):
+        remove_trees(FileSystems.join(output_dir, folder))
 
 
 def bigquery_target(options, check: bool = True) -> BigQueryTarget:
@@ -236,15 +247,9 @@ def run(argv=None, test_pipeline=None) -> dict:
         logging.warning("--model_dir %s is local: a real Dataflow job needs it on gs://", predict.model_dir)
     files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, layout)
     bigquery = bigquery_target(options, check=not offline) if predict.output_format == BIGQUERY else None
-    if not offline:
-        try:
-            if not FileSystems.exists(io.output_dir):
-                FileSystems.mkdirs(io.output_dir)
-            clear_previous_outputs(io.output_dir)
-        except OSError as e:
-            raise InputError(f"cannot create or clear --output_dir {io.output_dir!r}: {e}") from None
-
+    runner = options.view_as(StandardOptions).runner
     run_info = {
+        "run_id": uuid.uuid4().hex,
         "started": time.time(),
         "date": predict.run_date,
         "input_fingerprint": None if offline else input_fingerprint(inputs),
@@ -265,7 +270,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         },
         "batch_size": predict.batch_size or description.batch_size,
         "tf_threads": opts.tf_threads(options) or "TensorFlow default (all cores)",
-        "runner": options.view_as(StandardOptions).runner or "DirectRunner",
+        "runner": runner or "DirectRunner",
         "versions": versions(),
     }
     pipeline = test_pipeline or opts.make_pipeline(options)
@@ -284,7 +289,16 @@ def run(argv=None, test_pipeline=None) -> dict:
         run_info=run_info,
         max_error_rate=io.max_error_rate,
     )
-    summary = launch(pipeline, options)
+    # Only a pipeline that runs in this process is over when this process is.
+    in_process = runner in LOCAL_RUNNERS and waits(options)
+    force = bool(options.get_all_options().get("force_unlock"))  # if pipeline/options.py defines it
+    holding = (
+        contextlib.nullcontext()
+        if offline
+        else output_dir_lock(io.output_dir, run_info["run_id"], in_process, force, options)
+    )
+    with holding:
+        summary = launch(pipeline, options)
     if summary:  # a dry run, or submitted without waiting
         return summary
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
@@ -298,6 +312,40 @@ def run(argv=None, test_pipeline=None) -> dict:
             f"--max_error_rate {io.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
         )
     return manifest
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: str, run_id: str, in_process: bool, force: bool, options):
+    """Creates the output directory and takes its lock (a second run stops here, exit 2,
+    before touching anything), then clears what a previous run left.
+
+    The pipeline's last step removes the lock; this removes it too when the pipeline ran in
+    this process and stopped before that step. A job elsewhere (Dataflow) may outlive a
+    failed launcher, so its lock stays, with a warning naming it.
+    """
+    unusable = f"cannot create or clear --output_dir {output_dir!r}"
+    try:
+        if not FileSystems.exists(output_dir):
+            FileSystems.mkdirs(output_dir)
+        acquire_run_lock(output_dir, run_id, in_process, force, options)
+    except OSError as e:
+        raise InputError(f"{unusable}: {e}") from None
+    try:
+        clear_previous_outputs(output_dir)
+    except OSError as e:
+        release_run_lock(output_dir, run_id)
+        raise InputError(f"{unusable}: {e}") from None
+    try:
+        yield
+    except BaseException:
+        if not in_process and FileSystems.exists(lock_path(output_dir)):
+            logging.warning(
+                "%s stays: the job may still run; delete it once it has ended", lock_path(output_dir)
+            )
+        raise
+    finally:
+        if in_process:
+            release_run_lock(output_dir, run_id)
 
 
 def main(argv=None) -> int:

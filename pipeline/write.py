@@ -6,6 +6,10 @@ BigQuery table. Error records go to `errors-SSSSS-of-NNNNN` as JSON lines whatev
 prediction format (their `instance` is the raw record, of any shape: a reader of errors is
 a person or a script, not a warehouse schema), or to a BigQuery errors table; a per-kind
 count goes to `prediction.errors_stats`.
+
+`predict` points these writers at `<output_dir>/.adpredict-staging/`, and the run's last step
+moves the files into the output directory (`pipeline.manifest.publish_staged`): a run
+killed before its end leaves no shard where readers look.
 """
 
 from __future__ import annotations
@@ -82,10 +86,11 @@ class CountErrorsFn(beam.CombineFn):
     def create_accumulator(self):
         return {}
 
-    def add_input(self, accumulator, error):
-        kind = (error["error"]["code"], error["error"]["field"])
-        count, example = accumulator.get(kind, (0, error["error"]["message"]))
-        accumulator[kind] = (count + 1, example)
+    def add_input(self, accumulator, errors: list):
+        for error in errors:
+            kind = (error["error"]["code"], error["error"]["field"])
+            count, example = accumulator.get(kind, (0, error["error"]["message"]))
+            accumulator[kind] = (count + 1, example)
         return accumulator
 
     def merge_accumulators(self, accumulators):
@@ -104,15 +109,20 @@ class CountErrorsFn(beam.CombineFn):
         return json.dumps({"errors": sum(r["count"] for r in rows), "by_kind": rows}, indent=2)
 
 
+def json_lines(errors: list) -> str:
+    """A list of error records as JSON lines (strict JSON: no bare NaN), one write per list."""
+    return "\n".join(json.dumps(error, allow_nan=False) for error in errors)
+
+
 class CountErrors(beam.DoFn):
-    """Passes error records through, counting them as written."""
+    """Passes lists of error records through, counting the records as written."""
 
     def __init__(self):
         self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "errors_written")
 
-    def process(self, error):
-        self._written.inc()
-        yield error
+    def process(self, errors: list):
+        self._written.inc(len(errors))
+        yield errors
 
 
 class WriteErrorStats(beam.PTransform):
@@ -153,7 +163,7 @@ class WriteErrors(beam.PTransform):
             return table, stats
         files = (
             counted
-            | "FormatErrors" >> beam.Map(json.dumps, allow_nan=False)
+            | "FormatErrors" >> beam.Map(json_lines)
             | "WriteErrorFiles"
             >> beam.io.WriteToText(
                 FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=base.SHARD_TEMPLATE

@@ -143,7 +143,7 @@ def test_staged_on_cloud_storage_the_load_goes_by_uri(bigquery, trained_ads, ref
 def test_analyze_reads_a_bigquery_table(bigquery, tmp_path):
     out = tmp_path / "transform"
     analyze.run(["--schema", "ads", "--input", bq(bigquery["project"], "impressions"), "--output_dir", str(out),
-                 *bigquery["flags"]])  # fmt: skip
+                 "--max_error_rate", "0.05", *bigquery["flags"]])  # fmt: skip
     assert (out / "transform_fn" / "saved_model.pb").exists()
     errors = [json.loads(line) for path in out.glob("errors-*") for line in open(path)]
     assert sorted(e["key"] for e in errors) == ["null-gender", "old-age"]

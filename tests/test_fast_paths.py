@@ -148,7 +148,7 @@ def test_a_record_the_model_rejects_is_found_by_bisection_in_logarithmic_calls()
     errors = []
     try:
         while True:
-            errors.append(next(search).value)
+            errors += next(search).value
     except StopIteration as done:
         rows, outputs = done.value
     assert [(e["key"], e["source"], e["error"]["code"]) for e in errors] == [

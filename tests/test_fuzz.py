@@ -103,7 +103,8 @@ def encode(text: str) -> bytes:
 def test_jsonl_every_non_blank_line_is_one_row_or_one_error(lines, newline, block_bytes):
     data = b"".join(encode(line) + newline.encode() for line in lines)
     rows, errors = read(data, "in.jsonl", block_bytes)
-    expected = [number for number, line in enumerate(data.split(b"\n")[:-1], 1) if line.strip(b" \t\r")]
+    text = data.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark opens the file, not a record
+    expected = [number for number, line in enumerate(text.split(b"\n")[:-1], 1) if line.strip(b" \t\r")]
     assert sorted(rows + errors) == expected
 
 

@@ -84,7 +84,7 @@ def test_a_run_killed_while_writing_is_cleared_before_the_rerun(nightly):
     after = outputs(nightly, DATES[1])
     keys = [json.loads(line)["key"] for line in after["predictions"]]
     assert len(keys) == len(set(keys)) == RECORDS and "stale" not in keys
-    assert not any(name.startswith(".temp-beam") for name in after["names"])
+    assert not any(name.startswith((".temp-beam", "beam-temp", ".adpredict")) for name in after["names"])
     assert after["success"] and after["manifest"]["status"] == "succeeded"
 
 
@@ -153,8 +153,8 @@ def test_an_error_rate_over_the_threshold_exits_3(nightly, capsys):
 
 
 def test_a_night_killed_by_sigkill_while_writing_reruns_to_one_set_of_outputs(nightly, tmp_path):
-    """A real kill: the nightly process dies as soon as the first output appears (Beam's
-    temporary shards, or the first renamed shard), before the run could finish."""
+    """A real kill: the nightly process dies as soon as the first shard is being written
+    (under the run's staging folder), before the run could finish."""
     import signal
     import subprocess
     import time
@@ -170,16 +170,18 @@ def test_a_night_killed_by_sigkill_while_writing_reruns_to_one_set_of_outputs(ni
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
-        if out.exists() and any(out.iterdir()):
+        staging = out / ".adpredict-staging"
+        if staging.exists() and any(staging.rglob("*")):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
     process.wait(30)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-write"
     assert not (out / "_SUCCESS").exists()
+    assert not list(out.glob("prediction.results-*")) and not list(out.glob("errors-*"))  # nothing looks done
 
     assert night(nightly, "--date", DATES[0]) == EXIT_DONE
     after = outputs(nightly, DATES[0])
     keys = [json.loads(line)["key"] for line in after["predictions"]]
     assert len(keys) == len(set(keys)) == RECORDS + 3000
-    assert not any(name.startswith(".temp-beam") for name in after["names"])
+    assert not any(name.startswith((".temp-beam", "beam-temp", ".adpredict")) for name in after["names"])

@@ -71,8 +71,10 @@ def test_pipeline_outputs_with_test_pipeline(trained_ads, bad_inputs):
         )
         keys = outputs[predict.SCORED] | beam.FlatMap(lambda scored: scored.keys.to_pylist())
         assert_that(keys, equal_to(EXPECTED_SCORED), label="CheckScoredKeys")
-        error_kinds = outputs["errors"] | beam.Map(
-            lambda e: (e["key"], e["error"]["code"], e["error"]["field"])
+        error_kinds = (
+            outputs["errors"]
+            | beam.FlatMap(lambda errors: errors)
+            | beam.Map(lambda e: (e["key"], e["error"]["code"], e["error"]["field"]))
         )
         expected = [(k, code, field) for k, (code, field) in EXPECTED_ERRORS.items()] + [
             (None, "malformed_record", None)  # the short CSV row has no key it can be sure of

@@ -180,11 +180,16 @@ def check_read(connection: Connection, spec: ReadSpec) -> dict:
             if spec.table
             else "a table or --query_dataset of --input_query"
         )
-        raise InputError(f"{what} does not exist: {_first_line(e)}") from None
-    except exceptions.BadRequest as e:
-        raise InputError(f"--input_query is not valid standard SQL: {_first_line(e)}") from None
+        raise InputError(
+            f"{what} does not exist: {_first_line(e)}; check its project, dataset and table names"
+        ) from None
     except exceptions.GoogleAPICallError as e:
-        raise InputError(f"BigQuery refused {spec.source}: {_first_line(e)}") from None
+        if isinstance(e, exceptions.BadRequest) and not spec.table:
+            raise InputError(f"--input_query is not valid standard SQL: {_first_line(e)}") from None
+        raise InputError(
+            f"BigQuery refused {spec.table.uri if spec.table else '--input_query'}: {_first_line(e)}; "
+            "check the name, --project and that your credentials may read it"
+        ) from None
 
 
 def check_write(connection: Connection, table: TableRef) -> None:
@@ -241,19 +246,20 @@ class _OpenReadSessionFn(beam.DoFn):
 
 
 class _ReadStreamFn(beam.DoFn):
-    """Reads one stream's Arrow record batches into record blocks (and wrong-type errors)."""
+    """Reads one stream's Arrow record batches into checked record blocks and error records."""
 
-    BLOCKS, ERRORS = "blocks", "errors"
-
-    def __init__(self, connection: Connection, layout):
+    def __init__(self, connection: Connection, layout, checked):
         self._connection = connection
         self._layout = layout
-        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
+        self._checked = checked  # pipeline.read.CheckedRecords: validation and the read count
 
     def setup(self):
         self._client = self._connection.read_client()
 
     def process(self, stream):
+        yield from self._checked(self._conformed(stream))
+
+    def _conformed(self, stream):
         name, serialized_schema, source = stream
         schema = pa.ipc.read_schema(pa.py_buffer(serialized_schema))
         row = 1
@@ -264,22 +270,21 @@ class _ReadStreamFn(beam.DoFn):
             batch = pa.ipc.read_record_batch(pa.py_buffer(data), schema)
             lines = np.arange(row, row + batch.num_rows, dtype=np.int64)
             row += batch.num_rows
-            self._read.inc(batch.num_rows)
             block, failures = conform(batch, self._layout, source, lines)
-            for failure in failures:
-                yield beam.pvalue.TaggedOutput(self.ERRORS, failure)
+            yield from failures
             if block is not None and len(block):
                 yield block
 
 
 class ReadBigQueryRecords(beam.PTransform):
-    """A BigQuery table or query -> record blocks (`blocks`) and error records (`errors`)."""
+    """A BigQuery table or query -> `records` (checked blocks and error records) and `counts`."""
 
-    def __init__(self, connection: Connection, layout, spec: ReadSpec):
+    def __init__(self, connection: Connection, layout, spec: ReadSpec, checked):
         super().__init__()
         self._connection = connection
         self._layout = layout
         self._spec = spec
+        self._checked = checked
 
     def expand(self, pbegin):
         return (
@@ -288,8 +293,8 @@ class ReadBigQueryRecords(beam.PTransform):
             | "OpenReadSession" >> beam.ParDo(_OpenReadSessionFn(self._connection, self._layout))
             | "SpreadStreams" >> beam.Reshuffle()
             | "ReadStreams"
-            >> beam.ParDo(_ReadStreamFn(self._connection, self._layout)).with_outputs(
-                _ReadStreamFn.ERRORS, main=_ReadStreamFn.BLOCKS
+            >> beam.ParDo(_ReadStreamFn(self._connection, self._layout, self._checked)).with_outputs(
+                self._checked.COUNTS, main=self._checked.RECORDS
             )
         )
 
@@ -450,10 +455,12 @@ def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, sta
 
 
 def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposition):  # noqa: N802 - a PTransform factory
-    """Error records -> NDJSON files in `staging_dir` -> one load into the errors table."""
+    """Lists of error records -> NDJSON files in `staging_dir` -> one load into the errors table."""
 
     def stage(prefix):
-        return beam.Map(error_row) | beam.io.WriteToText(prefix, shard_name_template=SHARD_TEMPLATE)
+        return beam.Map(lambda errors: "\n".join(map(error_row, errors))) | beam.io.WriteToText(
+            prefix, shard_name_template=SHARD_TEMPLATE
+        )
 
     return _StageAndLoad(
         connection,
