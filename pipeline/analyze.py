@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.dataflow import is_dry_run, launch, local_stand_in
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded, RecordsLost
 from pipeline.manifest import (
     FAILED_ERROR_RATE,
     FAILED_LOST,
@@ -238,7 +238,7 @@ def run(argv=None, test_pipeline=None) -> str:
         return summary
     manifest = read_manifest(io.output_dir)
     if manifest["status"] == FAILED_LOST:
-        raise AssertionError("; ".join(manifest["problems"]))
+        raise RecordsLost("; ".join(manifest["problems"]))
     if manifest["status"] == FAILED_ERROR_RATE:
         counts = manifest["counts"]
         raise ErrorRateExceeded(

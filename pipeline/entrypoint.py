@@ -19,8 +19,15 @@ EXIT_ERROR_RATE = 3
 DEFAULT_MAX_ERROR_RATE = 0.01
 
 
+EXIT_FAILED = 1
+
+
 class ErrorRateExceeded(RuntimeError):
     """More records failed than --max_error_rate allows (everything was still written)."""
+
+
+class RecordsLost(RuntimeError):
+    """The run's counts do not add up: read != scored + errors (a bug; run.json says where)."""
 
 
 def run_reporting_errors(run, argv) -> int:
@@ -35,7 +42,17 @@ def run_reporting_errors(run, argv) -> int:
     except ErrorRateExceeded as e:
         print(f"adpredict: run failed: {e}", file=sys.stderr)
         return EXIT_ERROR_RATE
-    except (OptionsError, InputError, ModelDirectoryError, SchemaError, FileNotFoundError) as e:
+    except RecordsLost as e:
+        print(
+            f"adpredict: run failed, records lost: {e}; no _SUCCESS written, please report it",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except FileNotFoundError as e:
+        found = f"no such file or directory: {e.filename!r}; check the path you passed" if e.filename else e
+        print(f"adpredict: error: {found}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OptionsError, InputError, ModelDirectoryError, SchemaError) as e:
         print(f"adpredict: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     return 0

@@ -33,10 +33,16 @@ import zoneinfo
 
 import yaml
 
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, EXIT_ERROR_RATE, EXIT_USAGE, ErrorRateExceeded
+from pipeline.entrypoint import (
+    DEFAULT_MAX_ERROR_RATE,
+    EXIT_ERROR_RATE,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    ErrorRateExceeded,
+    RecordsLost,
+)
 
 EXIT_DONE = 0
-EXIT_FAILED = 1
 EXIT_SKIPPED = 4
 
 
@@ -215,7 +221,7 @@ def run_date(
     except ErrorRateExceeded as e:
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
         return EXIT_ERROR_RATE
-    except AssertionError as e:  # records lost: the run said so in run.json
+    except RecordsLost as e:  # the run said so in run.json
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     counts = manifest.get("counts", {})

@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
 from pipeline.dataflow import is_dry_run, launch, waits
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded, RecordsLost
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY, InputError
 from pipeline.io import bigquery as bq
@@ -103,10 +103,13 @@ def passthrough_fields(text: str | None, description: ModelDescription) -> tuple
     for item in (part.strip() for part in text.split(",")):
         name, _, declared = item.partition(":")
         if not name:
-            raise opts.OptionsError(f"--passthrough_fields has an empty name in {text!r}")
+            raise opts.OptionsError(
+                f"--passthrough_fields has an empty name in {text!r}; remove the empty item"
+            )
         if name in reserved:
             raise opts.OptionsError(
-                f"--passthrough_fields: {name!r} is a column of every prediction (key, outputs) already"
+                f"--passthrough_fields: {name!r} is a column of every prediction (key, outputs) already; "
+                "leave it out of --passthrough_fields"
             )
         if declared and declared not in PASSTHROUGH_TYPES:
             raise opts.OptionsError(
@@ -242,7 +245,8 @@ def run(argv=None, test_pipeline=None) -> dict:
     ):
         if not offline:
             raise opts.OptionsError(
-                f"--model_dir {predict.model_dir!r} is not on gs://: Dataflow workers cannot read a local model"
+                f"--model_dir {predict.model_dir!r} is not on gs://: Dataflow workers cannot read a local model; "
+                "copy it to gs:// (gsutil -m cp -r) and pass that path"
             )
         logging.warning("--model_dir %s is local: a real Dataflow job needs it on gs://", predict.model_dir)
     files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, layout)
@@ -304,7 +308,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
     manifest = read_manifest(io.output_dir)
     if manifest["status"] == FAILED_LOST:
-        raise AssertionError("; ".join(manifest["problems"]))
+        raise RecordsLost("; ".join(manifest["problems"]))
     if manifest["status"] == FAILED_ERROR_RATE:
         counts = manifest["counts"]
         raise ErrorRateExceeded(

@@ -438,9 +438,15 @@ def _input_case(case: str, tmp_path, data: str) -> tuple[list[str], list[str]]:
             "--passthrough_fields",
             "empty name",
             "'a,,b'",
+            "remove the empty item",
         ]
     if case == "passthrough_reserved":
-        return ["--input", data, "--passthrough_fields", "key"], ["--passthrough_fields", "'key'", "already"]
+        return ["--input", data, "--passthrough_fields", "key"], [
+            "--passthrough_fields",
+            "'key'",
+            "already",
+            "leave it out",
+        ]
     if case == "passthrough_type":
         flags = ["--input", data, "--passthrough_fields", "campaign:bool"]
         return flags, ["--passthrough_fields", "'campaign'", "int, float, string", "got 'bool'"]
@@ -449,6 +455,7 @@ def _input_case(case: str, tmp_path, data: str) -> tuple[list[str], list[str]]:
             "--model_dir",
             "is not on gs://",
             "cannot read a local",
+            "copy it to gs://",
         ]
     if case == "output_dir_uncreatable":
         return ["--input", data], ["--output_dir", "cannot create or clear"]
@@ -1067,3 +1074,28 @@ def test_training_mistakes(case, parts, trained_ads, tmp_path, capsys):
                          "--epochs", "1", "--skip_blank_image_baseline"], capsys)  # fmt: skip
     assert_names(message, transform, *parts)
     assert not os.path.exists(tmp_path / "model")
+
+
+def test_a_missing_file_from_the_system_names_the_path(capsys):
+    import errno
+
+    from pipeline.entrypoint import EXIT_USAGE, run_reporting_errors
+
+    def run(_):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/ads/missing.yaml")
+
+    assert run_reporting_errors(run, []) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "adpredict: error: no such file or directory: '/data/ads/missing.yaml'; check the path you passed\n"
+    )
+
+
+def test_records_lost_is_one_line_and_exit_1(capsys):
+    from pipeline.entrypoint import RecordsLost, run_reporting_errors
+
+    def run(_):
+        raise RecordsLost("records read (10) != predictions (8) + errors (1)")
+
+    assert run_reporting_errors(run, []) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "records read (10) != predictions (8) + errors (1)" in err
