@@ -311,10 +311,11 @@ class SeparateErrors(beam.DoFn):
 class ReadAdRecords(beam.PTransform):
     """Reads and validates ad records from files and BigQuery.
 
-    Outputs `records`: valid record blocks and one error record per record that cannot be
-    scored (in lists), in one PCollection (consumers tell them apart: a block or a list), and `counts`:
-    ("read", n) pairs, every record read, before validation. One stream, not two joined by a
-    Flatten, keeps the errors flowing through the fused steps instead of piling up in memory.
+    Outputs `records`: valid record blocks and, in lists, one error record per record that
+    cannot be scored, in one PCollection (a consumer tells them apart: a block or a list),
+    and `counts`: ("read", n) pairs, every record read, before validation. One stream, not
+    two joined by a Flatten, keeps the errors flowing through the fused steps instead of
+    piling up in memory.
     """
 
     def __init__(
