@@ -127,8 +127,10 @@ def test_csv_every_row_is_one_row_or_one_error(rows, block_bytes):
     for row in rows:
         before = text.tell()
         writer.writerow(row)
-        starts.append(line)
-        line += text.getvalue()[before:].count("\n")
+        written = text.getvalue()[before:]
+        if written not in ("\n", "\r\n"):  # [["\r"]] is written unquoted: an empty CRLF line
+            starts.append(line)
+        line += written.count("\n")
     data = encode(text.getvalue())
     got_rows, errors = read(data, "in.csv", block_bytes)
     assert sorted(got_rows + errors) == starts

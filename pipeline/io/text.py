@@ -36,6 +36,7 @@ MAX_RECORD_BYTES = 64 << 20
 
 _NEWLINE, _QUOTE, _OPEN_BRACE = 10, 34, 123
 _BLANKS = (32, 9, 13)  # space, tab, carriage return
+_EMPTY_LINES = (b"\n", b"\r\n")
 
 
 @dataclasses.dataclass
@@ -66,6 +67,7 @@ class Records:
         return [
             (int(line), self.data[start:end])
             for line, start, end in zip(self.lines, starts, self.ends, strict=True)
+            if self.data[start:end] not in _EMPTY_LINES  # unquoted CSV blocks keep them until here
         ]
 
     def without(self, indices, rejected: bool = True) -> Records:
