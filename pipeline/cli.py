@@ -6,24 +6,35 @@
     adpredict predict  --model_dir DIR --input PATTERN --output_dir DIR [Beam options...]
     adpredict nightly  --config nightly.yaml [--date D | --backfill START END] [--force]
     adpredict demo     --work_dir DIR [--records N]
+    adpredict inspect  MODEL_DIR [--json]
 
 `analyze` and `predict` hand their arguments to the pipelines as Beam options, so
 `adpredict predict ... --runner DataflowRunner` works as `python -m pipeline.predict` does.
+A flag no command declares (neither adpredict nor Beam) is refused, naming the closest one.
 Errors a user can fix are printed as one line naming what to change, with exit code 2
-(3 when a run wrote everything but passed --max_error_rate).
+(3 when a run wrote everything but passed --max_error_rate). A run ends with a short
+summary on stdout. `--verbose`, on any command, shows TensorFlow's start-up lines and INFO logs.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
-from pipeline.entrypoint import EXIT_ERROR_RATE, EXIT_USAGE, run_reporting_errors
+from pipeline.entrypoint import (
+    EXIT_ERROR_RATE,
+    EXIT_USAGE,
+    VERBOSE_FLAG,
+    command,
+    run_reporting_errors,
+    seconds_since_start,
+)
 from trainer import IMAGE_TOWERS
 
 __all__ = ["EXIT_ERROR_RATE", "EXIT_USAGE", "build_parser", "main"]
+
+# Commands whose module's main() parses the flags (Beam's included) and runs the job.
+PIPELINE_COMMANDS = ("analyze", "predict", "nightly")
 
 
 def _generate(args) -> int:
@@ -43,13 +54,14 @@ def _generate(args) -> int:
         count = generate_file(
             args.output, args.records, seed=args.seed, fmt=fmt, schema=args.schema, first_id=args.first_id
         )
-        print(f"wrote {count} records to {args.output}")
+        print(f"wrote {count:,} records to {args.output}")
 
     return run_reporting_errors(run, None)
 
 
 def _train(args) -> int:
     from pipeline.batch_tuning import tune_batch_size
+    from pipeline.summary import train_summary
     from trainer.train import train_and_export
     from transforms.schema import load_schema
 
@@ -66,7 +78,7 @@ def _train(args) -> int:
             image_tower=args.image_tower,
         )
         metrics["predict_batch_size"] = args.batch_size or tune_batch_size(args.model_dir, schema)
-        print(f"exported model to {args.model_dir}; metrics: {metrics}")
+        print(train_summary(metrics, args.model_dir, seconds_since_start()), flush=True)
 
     return run_reporting_errors(run, None)
 
@@ -96,17 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(handler=_generate)
 
-    for name, module in (
-        ("analyze", "pipeline.analyze"),
-        ("predict", "pipeline.predict"),
-        ("nightly", "pipeline.nightly"),
-    ):
+    for name in PIPELINE_COMMANDS:
         sub = commands.add_parser(
             name,
             help=f"Run the {name} pipeline (all Beam options accepted; see --help).",
             add_help=False,
         )
-        sub.set_defaults(pipeline_module=module)
+        sub.set_defaults(pipeline_module=f"pipeline.{name}")
 
     train = commands.add_parser("train", help="Train on analyze's output and export the model directory.")
     train.add_argument("--transform_dir", required=True, help="The --output_dir of `adpredict analyze`.")
@@ -140,20 +148,46 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=5000, help="Training records to generate.")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
+    commands.add_parser(
+        "inspect",
+        help="Describe a model directory and check it is portable "
+        "(TensorFlow alone, BigQuery ML, TF Serving / Vertex AI); see `adpredict inspect --help`.",
+        add_help=False,
+    )
+    # The commands parsed here (the pipelines parse their own flags): main() checks their flags.
+    parser.subcommands = {
+        name: sub for name, sub in commands.choices.items() if name not in (*PIPELINE_COMMANDS, "inspect")
+    }
+    verbose_help = "Show TensorFlow's start-up lines and INFO logs (hidden by default)."
+    for sub in (parser, *parser.subcommands.values()):
+        sub.add_argument(VERBOSE_FLAG, action="store_true", help=verbose_help)
     return parser
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("analyze", "predict", "nightly"):
-        import importlib
+    with command(argv) as argv:  # before anything imports TensorFlow: --verbose, quiet start-up
+        if argv and argv[0] == "inspect":  # its own parser; imports neither Beam nor TensorFlow
+            from pipeline.inspect_model import main as inspect_main
 
-        module = importlib.import_module(f"pipeline.{argv[0]}")
-        return module.main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
+            return inspect_main(argv[1:])
+        if argv and argv[0] in PIPELINE_COMMANDS:
+            import importlib
+
+            module = importlib.import_module(f"pipeline.{argv[0]}")
+            return module.main(argv[1:])
+        parser = build_parser()
+        if argv and argv[0] in parser.subcommands:
+            from pipeline.options import OptionsError, check_argv
+
+            flags = parser.subcommands[argv[0]]._option_string_actions
+            try:
+                check_argv(argv[1:], flags)
+            except OptionsError as e:
+                print(f"adpredict: error: {e}", file=sys.stderr)
+                return EXIT_USAGE
+        args = parser.parse_args(argv)
+        return args.handler(args)
 
 
 if __name__ == "__main__":

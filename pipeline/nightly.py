@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 import sys
+import time
 import zoneinfo
 
 import yaml
@@ -40,6 +40,7 @@ from pipeline.entrypoint import (
     EXIT_USAGE,
     ErrorRateExceeded,
     RecordsLost,
+    print_pipeline_summary,
 )
 
 EXIT_DONE = 0
@@ -216,17 +217,21 @@ def run_date(
             return EXIT_SKIPPED
     if config.transform_dir and gate(config, date, argv) != EXIT_DONE:
         return EXIT_FAILED
+    started = time.monotonic()
+
+    def summarize(result=None):
+        print_pipeline_summary(f"adpredict nightly {date}", argv, result, time.monotonic() - started)
+
     try:
-        manifest = predict.run(argv)
+        summarize(predict.run(argv))
     except ErrorRateExceeded as e:
+        summarize()
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
         return EXIT_ERROR_RATE
     except RecordsLost as e:  # the run said so in run.json
+        summarize()
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    counts = manifest.get("counts", {})
-    print(f"adpredict nightly {date}: done: read {counts.get('read')} = predictions {counts.get('predictions')} "
-          f"+ errors {counts.get('errors')}", flush=True)  # fmt: skip
     return EXIT_DONE
 
 
@@ -237,12 +242,21 @@ def dates(start: datetime.date, end: datetime.date) -> list[datetime.date]:
 
 
 def main(argv=None) -> int:
-    """`adpredict nightly ...`; unknown flags go to every predict run (Beam options)."""
+    """`adpredict nightly ...`; flags that are not nightly's go to every predict run (Beam options)."""
+    from pipeline.entrypoint import command
+
+    with command(sys.argv[1:] if argv is None else list(argv)) as argv:
+        return _main(argv)
+
+
+def _parser():
     import argparse
 
-    from pipeline.entrypoint import run_reporting_errors
+    from pipeline.entrypoint import VERBOSE_FLAG
 
-    parser = argparse.ArgumentParser(prog="adpredict nightly", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="adpredict nightly", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--config", required=True, help="Nightly config file (YAML).")
     when = parser.add_mutually_exclusive_group()
     when.add_argument("--date", type=datetime.date.fromisoformat, help="YYYY-MM-DD; default: yesterday.")
@@ -252,12 +266,32 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--parity_only", action="store_true", help="Only run the parity gate (exit 0 when it passes)."
     )
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    logging.getLogger().setLevel(logging.WARNING)
+    parser.add_argument(
+        VERBOSE_FLAG, action="store_true", help="Show TensorFlow's start-up lines and INFO logs."
+    )
+    return parser
+
+
+def _main(argv: list[str]) -> int:
+    from pipeline.entrypoint import run_reporting_errors
+    from pipeline.options import OptionsError, PredictOptions, check_argv, declared_flags
+
+    parser = _parser()
+    predict_flags = declared_flags([PredictOptions])
+    try:  # each flag is nightly's or predict's (Beam's included): a typo is refused, not passed on
+        check_argv(argv, {**predict_flags, **parser._option_string_actions})
+    except OptionsError as e:
+        print(f"adpredict: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    args, extra = parser.parse_known_args(argv)
     codes = []
 
     def run(_):
         config = load_config(args.config)
+        try:
+            check_argv(config.pipeline_args, predict_flags)
+        except OptionsError as e:
+            raise ConfigError(f"{args.config}: pipeline_args: {e}") from None
         if args.backfill:
             todo = dates(*args.backfill)
         else:

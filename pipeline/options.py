@@ -3,14 +3,19 @@
 Beam parses every PipelineOptions subclass with one parser, so a flag is declared once
 (shared ones in `RecordIOOptions`) and none is `required=True` there (that would make every
 other pipeline demand it); `validate_*` checks them before a graph is built and names the
-flag that is wrong.
+flag that is wrong. Beam only warns about a flag no subclass declares and runs without it;
+`check_flags` refuses it first, naming the closest declared flag.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import re
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, VERBOSE_FLAG
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
 
 
@@ -201,6 +206,100 @@ def validate_analyze(options: PipelineOptions) -> None:
         raise OptionsError(f"--eval_percent must be in [0, 100), got {analyze.eval_percent}")
 
 
+# What argparse reads as a value even though it starts with "-" (a negative number).
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser like the one Beam builds (value-provider arguments too), tolerating a flag
+    declared twice (a PipelineOptions subclass imported under two names)."""
+    try:
+        from apache_beam.options.pipeline_options import _BeamArgumentParser as Parser
+    except ImportError:  # a Beam without it: only value-provider flags would be missed
+        Parser = argparse.ArgumentParser
+    return Parser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+
+
+def _subclasses(cls) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def declared_flags(option_classes) -> dict[str, argparse.Action]:
+    """Every flag a pipeline command takes: Beam's (every PipelineOptions subclass that is not
+    adpredict's), adpredict's shared ones and `option_classes`', -h/--help and --verbose.
+
+    Beam parses flags with every subclass it knows and only warns about the rest; this is
+    the set a flag must belong to, so a typo is refused instead of ignored. Another
+    command's flags (analyze's --schema on predict) are not in it.
+    """
+    ours = {RecordIOOptions, BigQueryOptions, PredictOptions, AnalyzeOptions}
+    classes = {}
+    for cls in _subclasses(PipelineOptions):
+        if cls not in ours:
+            classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+    parser = _beam_parser()
+    for cls in (*classes.values(), RecordIOOptions, BigQueryOptions, *option_classes):
+        try:
+            cls._add_argparse_args(parser)
+        except (argparse.ArgumentError, TypeError, ValueError):
+            continue  # a broken third-party options class must not stop ours
+    parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument(VERBOSE_FLAG, action="store_true")
+    return {flag: action for action in parser._actions for flag in action.option_strings}
+
+
+def _is_value(token: str) -> bool:
+    """Whether argparse would read `token` as a value rather than as a flag."""
+    return not token.startswith("-") or token == "-" or " " in token or bool(_NEGATIVE_NUMBER.match(token))
+
+
+def check_argv(argv, flags: dict[str, argparse.Action]) -> None:
+    """Refuses a flag not in `flags` (naming the closest one) and a value no flag takes.
+
+    Walks the arguments as argparse would: `--flag=value`, a flag and its values (how many,
+    from its declaration), negative numbers as values. Values themselves are not checked
+    here; their flag's parser does that.
+    """
+    argv = list(argv)
+    i, previous = 0, None
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if _is_value(token):
+            after = f" after {' '.join(previous)}" if previous else ""
+            raise OptionsError(
+                f"unexpected argument {token!r}{after}: a flag takes at most one value; quote a glob pattern "
+                "(--input 'data/*.jsonl') and repeat a flag for more values (--input a --input b)"
+            )
+        name, has_value, _ = token.partition("=")
+        action = flags.get(name)
+        if action is None:
+            close = difflib.get_close_matches(name, [f for f in flags if f.startswith("--")], n=1)
+            hint = f"did you mean {close[0]}?" if close else "--help lists the flags"
+            raise OptionsError(f"unknown flag {name}; {hint}")
+        previous = [token]
+        if has_value or action.nargs == 0:
+            continue
+        if action.nargs in (None, "?"):
+            most = 1
+        elif isinstance(action.nargs, int):
+            most = action.nargs
+        else:  # "*", "+", REMAINDER
+            most = len(argv)
+        taken = 0
+        while taken < most and i < len(argv) and _is_value(argv[i]):
+            previous.append(argv[i])
+            i, taken = i + 1, taken + 1
+
+
+def check_flags(argv, option_classes) -> None:
+    """Refuses a flag that neither adpredict's `option_classes` nor Beam declares."""
+    check_argv(argv, declared_flags(option_classes))
+
+
 def print_help_if_asked(argv, prog: str, description: str, option_classes) -> bool:
     """Prints our flags and Beam's main ones for `-h/--help` (Beam's own parser hides them)."""
     import argparse
@@ -218,7 +317,10 @@ def print_help_if_asked(argv, prog: str, description: str, option_classes) -> bo
     parser = argparse.ArgumentParser(prog=prog, description=description)
     for cls in (RecordIOOptions, BigQueryOptions, *option_classes):
         cls._add_argparse_args(parser.add_argument_group(cls.__name__))
-    beam_group = parser.add_argument_group("Beam options (all others are accepted too)")
+    parser.add_argument(
+        VERBOSE_FLAG, action="store_true", help="Show TensorFlow's start-up lines and INFO logs."
+    )
+    beam_group = parser.add_argument_group("Beam options (every other Beam option is accepted too)")
     for cls in (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions):
         try:
             cls._add_argparse_args(beam_group)
