@@ -8,7 +8,7 @@ EMULATORS := .venv-emulators
 WORK_DIR ?= demo_output
 RECORDS ?= 5000
 
-.PHONY: help venv emulators demo test fuzz bench lint format lock clean
+.PHONY: help venv emulators browser demo test fuzz bench lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,10 +30,14 @@ $(EMULATORS)/.installed: requirements-emulators.txt
 
 emulators: $(EMULATORS)/.installed ## Create .venv-emulators: local Cloud Storage and BigQuery servers for the tests
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: ## Install headless Chromium (Debian package) for the report test
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
 demo: venv ## Generate data, analyze, train, export, predict (DirectRunner, local files)
 	$(BIN)/adpredict demo --work_dir $(WORK_DIR) --records $(RECORDS)
 
-test: venv emulators ## Run the test suite (includes lint; starts the emulators it needs)
+test: venv emulators browser ## Run the test suite (includes lint; starts the emulators it needs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q tests

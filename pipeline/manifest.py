@@ -16,6 +16,10 @@ the last step moves them into place before `run.json` and `_SUCCESS`. A run kill
 end leaves nothing in the output directory that looks like results. It also removes the
 run's lock file (`.adpredict-run.lock`, taken at launch), so two runs cannot write into
 one directory at once.
+
+For `predict` it writes `report.html` too (`pipeline.report`), from summaries computed as data
+like the counts, before `run.json` and `_SUCCESS`: a reader that waits for `_SUCCESS` finds
+it, and a failed run has one, since it is what a person debugging the run reads.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
 from pipeline.io import InputError
+from pipeline.report import render_report
 
 RUN_MANIFEST = "run.json"
+REPORT = "report.html"
 SUCCESS_MARKER = "_SUCCESS"
 STAGING_DIR = ".adpredict-staging"  # the sinks write here; the last step publishes
 RUN_LOCK = ".adpredict-run.lock"  # one run at a time per output directory
@@ -48,6 +54,12 @@ READ, PREDICTIONS, ERRORS = "read", "predictions", "errors"
 SUCCEEDED = "succeeded"
 FAILED_ERROR_RATE = "failed: error rate above --max_error_rate"
 FAILED_LOST = "failed: records lost"
+
+# FinalizeRun inputs that feed the report (one element each), not writes to wait for.
+ERROR_KINDS = "error_kinds"  # pipeline.write.CountErrorsFn's JSON: prediction.errors_stats
+OUTPUT_SUMMARIES = "output_summaries"  # pipeline.report.OutputSummariesFn
+THROUGHPUT = "throughput"  # pipeline.report.ThroughputFn
+REPORT_INPUTS = (ERROR_KINDS, OUTPUT_SUMMARIES, THROUGHPUT)
 
 
 def model_fingerprint(model_dir: str) -> str:
@@ -174,7 +186,8 @@ class _WriteManifestFn(beam.DoFn):
         self._loaded_names = loaded_names
         self._scored = scored
 
-    def process(self, _, counts: dict, written: int):
+    def process(self, summaries: dict | None, counts: dict, written: int):
+        """`summaries`: the report's inputs by name (None: no report, as for analyze)."""
         counts = {name: int(value) for name, value in sorted(counts.items())}
         for name in (READ, self._scored, ERRORS):
             counts.setdefault(name, 0)
@@ -201,14 +214,42 @@ class _WriteManifestFn(beam.DoFn):
                 "seconds": round(finished - started, 3),
             },
         }
+        if summaries is not None:
+            manifest["report"] = write_report(self._output_dir, manifest, summaries)
         write_manifest(self._output_dir, manifest, success=status == SUCCEEDED)
         release_run_lock(self._output_dir, self._run_info.get("run_id"))
         yield manifest
 
 
+def write_report(output_dir: str, manifest: dict, summaries: dict) -> str | None:
+    """Writes `report.html` straight into `output_dir` (not staged: it is made here, after
+    the publishing, and like `run.json` it describes the run rather than being one of its
+    results); returns its name for `run.json`, or None when it could not be made: a report
+    is for people, and its failure must not fail a run whose results are all written."""
+    manifest = {**manifest, "report": REPORT}
+    try:
+        page = render_report(
+            manifest,
+            json.loads(summaries[ERROR_KINDS]),
+            summaries[OUTPUT_SUMMARIES],
+            summaries[THROUGHPUT],
+        )
+        with FileSystems.create(FileSystems.join(output_dir, REPORT), mime_type="text/html") as f:
+            f.write(page.encode("utf-8"))
+    except Exception:  # noqa: BLE001 - see the docstring
+        logging.exception("could not write %s", FileSystems.join(output_dir, REPORT))
+        return None
+    return REPORT
+
+
+def _report_summaries(_, error_kinds, output_summaries, throughput) -> dict:
+    return {ERROR_KINDS: error_kinds, OUTPUT_SUMMARIES: output_summaries, THROUGHPUT: throughput}
+
+
 class FinalizeRun(beam.PTransform):
-    """{"counts": (name, number) pairs, any other name: a write's output} -> the staged files
-    published, `run.json`, then `_SUCCESS`, then the run's lock file removed.
+    """{"counts": (name, number) pairs, the `REPORT_INPUTS` (optional, all or none), any
+    other name: a write's output} -> the staged files published, `report.html` (when the
+    report's inputs are given), `run.json`, then `_SUCCESS`, then the run's lock file removed.
 
     A failed run (error rate over the threshold, records lost) publishes its files too: its
     errors and `prediction.errors_stats` are what a person debugging it reads, the contract is
@@ -216,7 +257,8 @@ class FinalizeRun(beam.PTransform):
     can be used. Staging guards against the run that never reaches this step.
 
     The writes' outputs (file names, loaded tables) reach the last step as a side input, so
-    it runs only once all of them are complete.
+    it runs only once all of them are complete. The report's summaries reach it as its one
+    main input element (a dict; None without a report).
     `loaded_names` maps "predictions"/"errors" to the counts of rows BigQuery loaded;
     `scored` names the count of records that made it ("predictions"; analyze: "analyzed").
     """
@@ -234,7 +276,14 @@ class FinalizeRun(beam.PTransform):
 
     def expand(self, inputs: dict):
         counts = inputs["counts"]
-        written = [pcoll for name, pcoll in sorted(inputs.items()) if name != "counts"]
+        summaries = {name: inputs[name] for name in REPORT_INPUTS if name in inputs}
+        if summaries and len(summaries) != len(REPORT_INPUTS):
+            raise ValueError(
+                f"FinalizeRun needs all of {REPORT_INPUTS} for a report, got {sorted(summaries)}"
+            )
+        written = [
+            pcoll for name, pcoll in sorted(inputs.items()) if name != "counts" and name not in REPORT_INPUTS
+        ]
         totals = counts | "SumCounts" >> beam.CombinePerKey(sum)
         done = (
             tuple(written)
@@ -242,11 +291,14 @@ class FinalizeRun(beam.PTransform):
             | "Finished" >> beam.Map(lambda _: 1)
             | "CountOutputs" >> beam.CombineGlobally(sum)
         )
-        return (
-            counts.pipeline
-            | "Once" >> beam.Create([None])
-            | "WriteManifest"
-            >> beam.ParDo(self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsSingleton(done))
+        once = counts.pipeline | "Once" >> beam.Create([None])
+        if summaries:
+            once = once | "ReportSummaries" >> beam.Map(
+                _report_summaries,
+                **{name: beam.pvalue.AsSingleton(pcoll) for name, pcoll in summaries.items()},
+            )
+        return once | "WriteManifest" >> beam.ParDo(
+            self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsSingleton(done)
         )
 
 

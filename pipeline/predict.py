@@ -6,7 +6,7 @@
 Reads JSONL, CSV, TFRecord or Parquet files into Arrow blocks, validates them against the description inside
 the model directory, scores them in batches with the model loaded once per worker
 process, and writes `prediction.results-*`, `errors-*`, `prediction.errors_stats` (staged
-in a hidden folder, moved into place at the end), then `run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
+in a hidden folder, moved into place at the end), then `report.html`, `run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
 TFRecord (`--output_format`), with `--passthrough_fields` copied from each input record. Every record read ends as exactly one prediction or one error.
 
 Run it as `python -m pipeline.predict --model_dir M --input 'in/*.jsonl' --output_dir OUT`
@@ -35,14 +35,18 @@ from pipeline.io import bigquery as bq
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.manifest import (
     BEAM_TEMP_PREFIX,
+    ERROR_KINDS,
     ERRORS,
     FAILED_ERROR_RATE,
     FAILED_LOST,
     LOCAL_RUNNERS,
+    OUTPUT_SUMMARIES,
     PREDICTIONS,
+    REPORT,
     RUN_MANIFEST,
     STAGING_DIR,
     SUCCESS_MARKER,
+    THROUGHPUT,
     FinalizeRun,
     acquire_run_lock,
     lock_path,
@@ -55,6 +59,7 @@ from pipeline.manifest import (
 )
 from pipeline.read import COUNTS, RECORDS, Inputs, ReadAdRecords, check_inputs, input_fingerprint
 from pipeline.read import ERRORS as ERROR_RECORDS
+from pipeline.report import OutputSummariesFn, ThroughputFn, scored_at
 from pipeline.write import (
     ERRORS_PREFIX,
     ERRORS_STATS,
@@ -143,8 +148,9 @@ def build_predict(
     `inputs` are file patterns (or an `Inputs` with BigQuery tables and queries); with
     `bigquery`, predictions and errors go to its tables instead of files. Files are written
     into `output_dir/.adpredict-staging/`; once every write is done, the last step moves them
-    into `output_dir`, writes `run.json` (`run_info` plus the counts) and `_SUCCESS`, and
-    removes the lock file of `run_info["run_id"]`.
+    into `output_dir`, writes `report.html` (from summaries of the scored blocks and errors,
+    computed as data like the counts), `run.json` (`run_info` plus the counts) and `_SUCCESS`,
+    and removes the lock file of `run_info["run_id"]`.
     """
     layout = layout or prediction_layout(description)
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
@@ -159,7 +165,7 @@ def build_predict(
     predictions_written = inference[SCORED] | "WritePredictions" >> WritePredictions(
         staged, columns, output_format, bigquery
     )
-    errors_written = errors | "WriteErrors" >> WriteErrors(staged, bigquery)
+    *errors_written, error_kinds = errors | "WriteErrors" >> WriteErrors(staged, bigquery, with_kinds=True)
     counts = [
         records[COUNTS],
         inference[RunInferenceFn.COUNTS],
@@ -176,9 +182,19 @@ def build_predict(
     written = {
         f"written_{index}": pcoll for index, pcoll in enumerate([predictions_written, *errors_written])
     }
+    scored = inference[SCORED]
+    report = {  # summaries for report.html, bounded in memory, computed as data like the counts
+        ERROR_KINDS: error_kinds,  # prediction.errors_stats's counts
+        OUTPUT_SUMMARIES: scored
+        | "SummarizeOutputs" >> beam.CombineGlobally(OutputSummariesFn(o.name for o in description.outputs)),
+        THROUGHPUT: scored
+        | "ScoredAt" >> beam.Map(scored_at)
+        | "Throughput" >> beam.CombineGlobally(ThroughputFn()),
+    }
     manifest = {
         "counts": tuple(counts) | "AllCounts" >> beam.Flatten(),
         **written,
+        **report,
     } | "FinalizeRun" >> FinalizeRun(output_dir, run_info or {}, max_error_rate, loaded_names)
     return {SCORED: inference[SCORED], ERROR_RECORDS: errors, "manifest": manifest}
 
@@ -196,7 +212,14 @@ def clear_previous_outputs(output_dir: str) -> None:
     """Removes a previous run's files first (the marker first), so no stale shard survives,
     then what a killed run left unpublished: its staging folder, and Beam's temporary
     folders (inside it now; beside the outputs before staging). Runs under the lock only."""
-    for name in (SUCCESS_MARKER, RUN_MANIFEST, ERRORS_STATS, f"{PREDICTIONS_PREFIX}-*", f"{ERRORS_PREFIX}-*"):
+    for name in (
+        SUCCESS_MARKER,
+        RUN_MANIFEST,
+        REPORT,
+        ERRORS_STATS,
+        f"{PREDICTIONS_PREFIX}-*",
+        f"{ERRORS_PREFIX}-*",
+    ):
         matched = FileSystems.match([FileSystems.join(output_dir, name)])[0].metadata_list
         if matched:
             FileSystems.delete([m.path for m in matched])

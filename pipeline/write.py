@@ -130,41 +130,48 @@ class CountErrors(beam.DoFn):
 
 
 class WriteErrorStats(beam.PTransform):
-    """Error records -> `prediction.errors_stats`: counts per (code, field)."""
+    """Error records -> `prediction.errors_stats`: counts per (code, field). Returns the
+    written file's name and the counts themselves (its JSON text, one element)."""
 
     def __init__(self, output_dir: str):
         super().__init__()
         self._output_dir = output_dir
 
     def expand(self, errors):
-        return (
-            errors
-            | "CountErrorKinds" >> beam.CombineGlobally(CountErrorsFn())
-            | "WriteErrorStats"
-            >> beam.io.WriteToText(
-                FileSystems.join(self._output_dir, ERRORS_STATS), shard_name_template="", num_shards=1
-            )
+        kinds = errors | "CountErrorKinds" >> beam.CombineGlobally(CountErrorsFn())
+        written = kinds | "WriteErrorStats" >> beam.io.WriteToText(
+            FileSystems.join(self._output_dir, ERRORS_STATS), shard_name_template="", num_shards=1
         )
+        return written, kinds
 
 
 class WriteErrors(beam.PTransform):
     """Error records -> sharded JSONL error files (or a BigQuery errors table) plus
-    `prediction.errors_stats`."""
+    `prediction.errors_stats`; returns what each write wrote.
 
-    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None):
+    With `with_kinds`, a third output is the counts per (code, field) as written to
+    `prediction.errors_stats`, for the run report: one count, whoever reads it.
+    """
+
+    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None, with_kinds: bool = False):
         super().__init__()
         self._output_dir = output_dir
         self._bigquery = bigquery
+        self._with_kinds = with_kinds
 
     def expand(self, errors):
+        files, stats, kinds = self._write(errors)
+        return (files, stats, kinds) if self._with_kinds else (files, stats)
+
+    def _write(self, errors):
         counted = errors | "CountErrors" >> beam.ParDo(CountErrors())
-        stats = errors | "Summarize" >> WriteErrorStats(self._output_dir)
+        stats, kinds = errors | "Summarize" >> WriteErrorStats(self._output_dir)
         if self._bigquery:
             target = self._bigquery
             table = counted | "WriteBigQuery" >> bq.WriteErrorsToBigQuery(
                 target.connection, target.errors_table, target.staging_dir, target.disposition
             )
-            return table, stats
+            return table, stats, kinds
         files = (
             counted
             | "FormatErrors" >> beam.Map(json_lines)
@@ -173,4 +180,4 @@ class WriteErrors(beam.PTransform):
                 FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=base.SHARD_TEMPLATE
             )
         )
-        return files, stats
+        return files, stats, kinds
