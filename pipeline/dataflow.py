@@ -134,7 +134,20 @@ def print_summary(summary: dict) -> dict:
 def launch(pipeline, options) -> dict | None:
     """Runs `pipeline` and waits for it; returns None then. A dry run is finished offline and
     a run that must not wait (Flex Template, --no_wait_until_finish) returns at once: both
-    print and return their summary instead."""
+    print and return their summary instead.
+
+    A local run whose steps run in this process shows its progress on stderr meanwhile
+    (`pipeline.progress`; not under multi_processing, not on Dataflow: see there)."""
+    from pipeline import progress
+
+    reporter = None if is_dry_run(options) else progress.reporter_for(options)
+    if reporter is None:
+        return _run_and_wait(pipeline, options)
+    with reporter:  # the FnApiRunner runs the whole pipeline inside pipeline.run()
+        return _run_and_wait(pipeline, options)
+
+
+def _run_and_wait(pipeline, options) -> dict | None:
     result = pipeline.run()
     if is_dry_run(options):
         return print_summary(finish_dry_run(result, options))

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import tensorflow as tf
 from apache_beam.utils import shared
 
-from pipeline import METRICS_NAMESPACE, errors
+from pipeline import METRICS_NAMESPACE, errors, progress
 from pipeline.blocks import RecordBlock, RecordLayout, ScoredBlock, string_buffer, with_missing_marked
 from pipeline.validation import record_keys
 from transforms.model_contract import RAW_SIGNATURE, InputField, ModelDescription
@@ -30,7 +30,7 @@ CONCURRENT_CALLS = 2
 
 # Errors that mean "this batch needs less memory", not "the model rejects a record".
 OUT_OF_MEMORY = (tf.errors.ResourceExhaustedError, MemoryError)
-BATCH_SIZE_HALVINGS = "batch_size_halvings"
+BATCH_SIZE_HALVINGS = progress.BATCH_SIZE_HALVINGS
 # Most padded list cells (rows x longest list) in one model call: 4M strings, ~130 MB.
 MAX_PADDED_LIST_CELLS = 1 << 22
 
@@ -142,9 +142,9 @@ class RunInferenceFn(beam.DoFn):
         self._tf_threads = tf_threads
         self._shared_handle = shared_handle or shared.Shared()
         self._model: LoadedModel | None = None
-        self._model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "model_loads")
-        self._batches = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "model_batches")
-        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_inference_failed")
+        self._model_loads = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.MODEL_LOADS)
+        self._batches = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.MODEL_BATCHES)
+        self._failed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.RECORDS_INFERENCE_FAILED)
         self._halvings = beam.metrics.Metrics.counter(METRICS_NAMESPACE, BATCH_SIZE_HALVINGS)
 
     def setup(self):
@@ -189,7 +189,9 @@ class RunInferenceFn(beam.DoFn):
                 all_rows = ScoredBlock(batch_keys, {}, batch_passthrough).take(rows)
                 scored.append(ScoredBlock(all_rows.keys, outputs, all_rows.passthrough))
         if scored:
-            yield ScoredBlock.concatenated(scored)
+            done = ScoredBlock.concatenated(scored)
+            progress.add(scored=len(done))
+            yield done
 
     def _isolate_failures(self, block, batch, batch_keys, start, failed: BaseException | None = None):
         """Scores a batch that failed (with `failed`, or not yet sent) piece by piece.
@@ -227,6 +229,7 @@ class RunInferenceFn(beam.DoFn):
                     pending += [(offset + half, size - half, None), (offset, half, None)]  # first half next
                 continue
             self._failed.inc()
+            progress.add(errors=1)
             key = batch_keys[offset].as_py()
             error_record = _inference_error(block, start + offset, key, error, self._layout)
             yield beam.pvalue.TaggedOutput(self.ERRORS, [error_record])

@@ -149,6 +149,12 @@ class PredictOptions(PipelineOptions):
             help="TensorFlow threads per worker process; default: the host's cores divided "
             "by the worker processes sharing it (so N processes do not each take every core).",
         )
+        parser.add_argument(
+            "--no_progress",
+            action="store_true",
+            default=False,
+            help="Do not show progress (records read / scored / errors) on stderr during a local run.",
+        )
 
 
 class AnalyzeOptions(PipelineOptions):

@@ -18,7 +18,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, progress
 from pipeline.blocks import RecordLayout
 from pipeline.io import COMPRESSED_SUFFIX, InputError, describe_formats, format_for, is_bigquery
 from pipeline.io import bigquery as bq
@@ -273,9 +273,9 @@ class CheckedRecords:
 
     def __init__(self, layout: RecordLayout):
         self._layout = layout
-        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_read")
-        self._malformed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_malformed")
-        self._invalid = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "records_invalid")
+        self._read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.RECORDS_READ)
+        self._malformed = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.RECORDS_MALFORMED)
+        self._invalid = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.RECORDS_INVALID)
 
     def __call__(self, items):
         read, failed = 0, []
@@ -284,11 +284,13 @@ class CheckedRecords:
                 unread = [item] if isinstance(item, dict) else item
                 read += len(unread)
                 self._malformed.inc(len(unread))
+                progress.add(read=len(unread), errors=len(unread))
                 failed += unread
             else:
                 read += len(item)
                 valid, failures = validate_block(item, self._layout)
                 self._invalid.inc(len(failures))
+                progress.add(read=len(item), errors=len(failures))
                 failed += failures
                 if valid is not None:
                     yield valid
