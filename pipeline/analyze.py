@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import errors
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.dataflow import is_dry_run, launch, local_stand_in
@@ -49,6 +50,7 @@ from pipeline.read import (
     check_inputs,
     separate_errors,
 )
+from pipeline.validation import _error_for_row
 from pipeline.write import ERRORS_STATS, WriteErrors
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
@@ -59,15 +61,86 @@ TRANSFORMED_DIR = "transformed"
 
 
 def training_layout(schema: Schema, csv_columns: str | None = None) -> RecordLayout:
-    """Model inputs plus the label, which training records must carry (0 or 1).
+    """Model inputs plus the label, which training records must carry (0 or 1, or a raw
+    value the schema's `label.values` maps to 0 or 1; see `map_labels`).
 
     Headerless CSV files take their column order from `csv_columns` (the flag), else from
     the schema file.
     """
     inputs = description_from_schema(schema).inputs
-    label = InputField(schema.label, "int", required=True, range=(0, 1))
+    if schema.label_values:
+        label = InputField(schema.label, schema.raw_label_type, required=True)
+    else:
+        label = InputField(schema.label, "int", required=True, range=(0, 1))
     columns = tuple(c.strip() for c in csv_columns.split(",")) if csv_columns else schema.csv_columns
     return RecordLayout(inputs + (label,), schema.key_field, schema.key_type, csv_columns=columns)
+
+
+def schema_record(schema: Schema) -> dict:
+    """What run.json keeps of the schema file: its path and its text."""
+    with open(schema.path, encoding="utf-8") as f:
+        return {"path": os.path.abspath(schema.path), "text": f.read()}
+
+
+def map_labels(block: RecordBlock, schema: Schema, layout: RecordLayout) -> tuple[RecordBlock | None, list]:
+    """The block with its raw labels mapped to 0/1 by the schema's `label.values`, and one
+    `out_of_range` error record per row whose label the mapping lacks.
+
+    Arrow kernels over the whole column (index_in against the keys, take of the classes): no
+    Python per record but for the failing rows. A block of an unmapped schema is returned as is.
+    """
+    if not schema.label_values:
+        return block, []
+    raw = block.batch.column(schema.label)
+    keys = list(schema.label_values)
+    key_type = pa.int64() if schema.raw_label_type == "int" else pa.string()
+    index = pc.index_in(raw, value_set=pa.array(keys, key_type))
+    mapped = pc.take(pa.array(list(schema.label_values.values()), pa.int64()), index)
+    unmapped = pc.fill_null(pc.is_null(mapped), True).to_numpy(zero_copy_only=False)
+    error_records = []
+    if unmapped.any():
+        accepted = ", ".join(repr(k) for k in keys)
+        for row in np.flatnonzero(unmapped):
+            value = raw[int(row)].as_py()
+            message = (
+                f"label {schema.label!r} is {value!r}, not one of the values the schema maps to a class "
+                f"({accepted}); add it to label.values in {schema.path or 'the schema file'}"
+            )
+            error_records.append(
+                _error_for_row(block, layout, int(row), errors.OUT_OF_RANGE, schema.label, message)
+            )
+    batch = block.batch.set_column(block.batch.schema.get_field_index(schema.label), schema.label, mapped)
+    keep = np.flatnonzero(~unmapped)
+    if len(keep) < len(unmapped):
+        batch = batch.take(pa.array(keep)) if len(keep) else None
+    return (RecordBlock(block.source, batch) if batch is not None else None), error_records
+
+
+class _MapLabelsFn(beam.DoFn):
+    """Maps the labels of the record blocks on a read stream; error lists pass as they are.
+
+    It runs on the stream itself (before errors are separated), so its errors join the
+    read's without a Flatten.
+    """
+
+    def __init__(self, schema: Schema, layout: RecordLayout):
+        self._schema = schema
+        self._layout = layout
+
+    def process(self, item):
+        if isinstance(item, list):
+            yield item
+            return
+        block, failed = map_labels(item, self._schema, self._layout)
+        if block is not None:
+            yield block
+        if failed:
+            yield failed
+
+
+def label_field(schema: Schema) -> InputField:
+    """The label as tf.Transform receives it: an int, 0 or 1 (after `map_labels`)."""
+    return InputField(schema.label, "int", required=True, range=(0, 1))
 
 
 def to_tfxio_batch(block: RecordBlock, schema: Schema) -> pa.RecordBatch:
@@ -80,6 +153,8 @@ def to_tfxio_batch(block: RecordBlock, schema: Schema) -> pa.RecordBatch:
     num_rows = block.batch.num_rows
     single_offsets = pa.array(np.arange(num_rows + 1, dtype=np.int32))
     layout_fields = {f.name: f for f in training_layout(schema).fields}
+    if schema.label:
+        layout_fields[schema.label] = label_field(schema)
     for name, field in layout_fields.items():
         column = block.batch.column(name)
         if field.type == "string_list":
@@ -102,7 +177,8 @@ def tensor_adapter_config(schema: Schema):
 
     schema_proto = schema_utils.schema_from_feature_spec(schema.raw_feature_spec())
     representations = tensor_representation_util.InferTensorRepresentationsFromSchema(schema_proto)
-    empty = to_tfxio_batch(training_layout(schema).empty_block(), schema)
+    layout = training_layout(schema)
+    empty = to_tfxio_batch(map_labels(layout.empty_block(), schema, layout)[0], schema)
     return tfxio.TensorAdapterConfig(empty.schema, representations)
 
 
@@ -146,7 +222,10 @@ def build_analyze(
 
     layout = layout or training_layout(schema)
     read = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
-    records = separate_errors(read[RECORDS])
+    stream = read[RECORDS]
+    if schema.label_values:
+        stream = stream | "MapLabels" >> beam.ParDo(_MapLabelsFn(schema, layout))
+    records = separate_errors(stream)
     split = records[BLOCKS] | "SplitTrainEval" >> beam.ParDo(_SplitFn(schema, eval_percent)).with_outputs(
         TRAIN, EVAL
     )
@@ -209,6 +288,8 @@ def run(argv=None, test_pipeline=None) -> str:
         "started": time.time(),
         "job": "analyze",
         "schema": schema.name,
+        # The schema file itself, so that `train` reads the data with the schema it was made with.
+        "schema_file": schema_record(schema),
         "inputs": {
             "patterns": io.input,
             "query": io.input_query,

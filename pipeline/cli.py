@@ -62,11 +62,10 @@ def _generate(args) -> int:
 def _train(args) -> int:
     from pipeline.batch_tuning import tune_batch_size
     from pipeline.summary import train_summary
-    from trainer.train import train_and_export
-    from transforms.schema import load_schema
+    from trainer.train import schema_for_training, train_and_export
 
     def run(_):
-        schema = load_schema(args.schema)
+        schema = schema_for_training(args.transform_dir, args.schema)
         metrics = train_and_export(
             args.transform_dir,
             schema,
@@ -119,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Train on analyze's output and export the model directory.")
     train.add_argument("--transform_dir", required=True, help="The --output_dir of `adpredict analyze`.")
     train.add_argument("--model_dir", required=True, help="Where to export the model directory.")
-    train.add_argument("--schema", default="ads", help="Schema file or built-in name used by analyze.")
+    train.add_argument(
+        "--schema",
+        default=None,
+        help="Schema file or built-in name; default: the one analyze used (kept in its run.json).",
+    )
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(

@@ -55,7 +55,7 @@ def generate_records_with_logits(
                 record[feature.name] = value
         if schema.label:
             p = 1.0 / (1.0 + math.exp(-(parts["tabular"] + parts["image"])))
-            record[schema.label] = int(rng.random() < p)
+            record[schema.label] = schema.raw_label(int(rng.random() < p))
         yield record, parts
 
 
@@ -102,7 +102,7 @@ def _column_types(schema: Schema) -> dict:
     if schema.key_field:
         types[schema.key_field] = schema.key_type
     if schema.label:
-        types[schema.label] = INT
+        types[schema.label] = schema.raw_label_type
     return types
 
 

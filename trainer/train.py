@@ -22,7 +22,7 @@ import tf_keras as keras
 
 from trainer.model import build_model
 from transforms.export import export_model
-from transforms.schema import IMAGE, Schema
+from transforms.schema import IMAGE, Schema, load_schema, parse_schema
 
 TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")
 # Predict batch size recorded when none is given; `adpredict train` then times the exported
@@ -95,6 +95,65 @@ def _check_analyze_succeeded(transform_dir: str) -> None:
         )
 
 
+def _analyze_manifest(transform_dir: str) -> dict:
+    from pipeline.manifest import RUN_MANIFEST
+
+    path = os.path.join(transform_dir, RUN_MANIFEST)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def _comparable(schema: Schema) -> Schema:
+    return dataclasses.replace(schema, path="")
+
+
+def schema_for_training(transform_dir: str, schema_arg: str | None = None) -> Schema:
+    """The schema analyze used for `transform_dir` (its run.json keeps the file), or
+    `schema_arg` when given, which must then be that schema.
+
+    Without a record (analyze output from before it kept one) `schema_arg` or `ads` is used,
+    and `train_model` checks that the transformed data has what the schema declares.
+    """
+    import yaml
+
+    from pipeline.io import InputError
+
+    recorded = _analyze_manifest(transform_dir).get("schema_file")
+    used = None
+    if recorded:
+        used = parse_schema(yaml.safe_load(recorded["text"]), recorded["path"])
+    if schema_arg is None:
+        return used or load_schema("ads")
+    schema = load_schema(schema_arg)
+    if used is not None and _comparable(used) != _comparable(schema):
+        raise InputError(
+            f"--schema {schema_arg!r} is not the schema `adpredict analyze` used for {transform_dir!r} "
+            f"({recorded['path']}, kept in its run.json): leave --schema out to train with that one, or "
+            f"re-run analyze with --schema {schema_arg}"
+        )
+    return schema
+
+
+def _check_transformed_matches(transform_dir: str, schema: Schema, spec: dict) -> None:
+    """The transformed data must hold the label and every feature the schema declares."""
+    from pipeline.io import InputError
+    from transforms.preprocessing import transformed_feature_names
+
+    wanted = transformed_feature_names(schema) + ([schema.label] if schema.label else [])
+    absent = [name for name in wanted if name not in spec]
+    if not schema.label or absent:
+        problem = f"lacks {absent}" if absent else "has no label"
+        raise InputError(
+            f"the analyze output in {transform_dir!r} {problem}, which schema {schema.path or schema.name!r} "
+            "declares: pass the --schema that `adpredict analyze` was run with"
+            if schema.label
+            else f"schema {schema.path or schema.name!r} declares no label (label: {{field: <name>}}); "
+            "training needs one"
+        )
+
+
 def train_model(
     transform_dir: str,
     schema: Schema,
@@ -112,6 +171,7 @@ def train_model(
         )
     _check_analyze_succeeded(transform_dir)
     spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()
+    _check_transformed_matches(transform_dir, schema, spec)
     model = build_model(spec, schema.label, image_tower=image_tower)
     train = make_dataset(transform_dir, "train", schema, batch_size, blank_images)
     evaluation = make_dataset(transform_dir, "eval", schema, 1024, blank_images)

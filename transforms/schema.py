@@ -93,6 +93,21 @@ class Schema:
     label_sample: dict = dataclasses.field(default_factory=dict)
     path: str = ""
     csv_columns: tuple[str, ...] | None = None  # column order of CSV files without a header
+    # `label: {values: {raw: 0|1}}`: raw label value -> class; None: the label is an int 0/1.
+    label_values: dict | None = None
+
+    @property
+    def raw_label_type(self) -> str:
+        """Type of the label as records carry it: int (0/1, or int keys of `values`) or string."""
+        if self.label_values and not all(isinstance(k, int) for k in self.label_values):
+            return STRING
+        return INT
+
+    def raw_label(self, cls: int):
+        """A raw label value of class `cls` (the first one `values` maps to it), for generators."""
+        if not self.label_values:
+            return cls
+        return next((raw for raw, mapped in self.label_values.items() if mapped == cls), cls)
 
     def feature(self, name: str) -> Feature:
         for f in self.features:
@@ -155,7 +170,7 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 _SCHEMA_KEYS = {"name", "key", "label", "features", "csv_columns"}
 _KEY_KEYS = {"field", "type", "from"}
-_LABEL_KEYS = {"field", "sample"}
+_LABEL_KEYS = {"field", "sample", "values"}
 
 
 def _check_keys(mapping: dict, known: set[str], where: str) -> None:
@@ -198,6 +213,7 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
     if not isinstance(label, dict):
         raise SchemaError(f"{path}: 'label' must be {{field: <name>}}, got {label!r}")
     label_name = label.get("field")
+    label_values = _label_values(label, path) if "values" in label else None
     reserved = {key_field, label_name} & set(names)
     if reserved:
         raise SchemaError(
@@ -220,7 +236,35 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
         label_sample=label.get("sample", {}),
         path=path,
         csv_columns=csv_columns,
+        label_values=label_values,
     )
+
+
+def _label_values(label: dict, path: str) -> dict:
+    """`label.values`: a non-empty mapping of raw values (all strings or all ints) to 0 or 1."""
+    where = f"{path}: label.values"
+    values = label["values"]
+    example = '{" >50K": 1, " <=50K": 0}'
+    if not isinstance(values, dict) or not values:
+        raise SchemaError(
+            f"{where} must be a non-empty mapping of raw label values to 0 or 1, e.g. {example}; got {values!r}"
+        )
+    if not label.get("field"):
+        raise SchemaError(f"{where} needs label.field, the field that carries the raw values")
+    for raw, mapped in values.items():
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            raise SchemaError(
+                f"{where}: key {raw!r} is a {type(raw).__name__}; keys must be strings or ints "
+                '(quote it: "yes", "1.0")'
+            )
+        if isinstance(mapped, bool) or mapped not in (0, 1):
+            raise SchemaError(f"{where}: {raw!r} maps to {mapped!r}; each raw value must map to 0 or 1")
+    kinds = {isinstance(raw, int) for raw in values}
+    if len(kinds) > 1:
+        raise SchemaError(
+            f"{where}: keys mix ints and strings ({sorted(map(repr, values))}); quote them all as strings"
+        )
+    return {raw: int(mapped) for raw, mapped in values.items()}
 
 
 def _parse_feature(item: Any, path: str) -> Feature:
