@@ -30,14 +30,12 @@ from pipeline import errors
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.dataflow import is_dry_run, launch, local_stand_in
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded, RecordsLost
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
 from pipeline.manifest import (
-    FAILED_ERROR_RATE,
-    FAILED_LOST,
     RUN_MANIFEST,
     SUCCESS_MARKER,
     FinalizeRun,
-    read_manifest,
+    finished_run,
     versions,
 )
 from pipeline.read import (
@@ -51,7 +49,7 @@ from pipeline.read import (
     separate_errors,
 )
 from pipeline.validation import _error_for_row
-from pipeline.write import ERRORS_STATS, WriteErrors
+from pipeline.write import WriteErrors
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
@@ -317,16 +315,12 @@ def run(argv=None, test_pipeline=None) -> str:
         summary = launch(pipeline, options)
     if summary:  # a dry run, or submitted without waiting
         return summary
-    manifest = read_manifest(io.output_dir)
-    if manifest["status"] == FAILED_LOST:
-        raise RecordsLost("; ".join(manifest["problems"]))
-    if manifest["status"] == FAILED_ERROR_RATE:
-        counts = manifest["counts"]
-        raise ErrorRateExceeded(
-            f"{counts['errors']} of {counts['read']} training records failed ({counts['error_rate']:.2%}), "
-            f"above --max_error_rate {io.max_error_rate:.2%}: the transform was not marked usable "
-            f"(no {SUCCESS_MARKER}); see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
-        )
+    finished_run(
+        io.output_dir,
+        io.max_error_rate,
+        "training records",
+        f": the transform was not marked usable (no {SUCCESS_MARKER})",
+    )
     return io.output_dir
 
 

@@ -153,6 +153,26 @@ def _publishable(path: str) -> bool:
     return bool(name) and not name.startswith((".", BEAM_TEMP_PREFIX))
 
 
+def finished_run(output_dir: str, max_error_rate: float, records: str = "records", after: str = "") -> dict:
+    """The run.json the pipeline wrote, read by the launcher; raises when the run failed.
+
+    `records` names what was counted in the message ("training records"), `after` says what
+    the failure means for the outputs."""
+    from pipeline.entrypoint import ErrorRateExceeded, RecordsLost
+    from pipeline.write import ERRORS_STATS
+
+    manifest = read_manifest(output_dir)
+    if manifest["status"] == FAILED_LOST:
+        raise RecordsLost("; ".join(manifest["problems"]))
+    if manifest["status"] == FAILED_ERROR_RATE:
+        counts = manifest["counts"]
+        raise ErrorRateExceeded(
+            f"{counts['errors']} of {counts['read']} {records} failed ({counts['error_rate']:.2%}), above "
+            f"--max_error_rate {max_error_rate:.2%}{after}; see {FileSystems.join(output_dir, ERRORS_STATS)}"
+        )
+    return manifest
+
+
 def utc(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 

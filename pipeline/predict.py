@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
 from pipeline.dataflow import is_dry_run, launch, waits
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded, RecordsLost
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY, InputError
 from pipeline.io import bigquery as bq
@@ -37,8 +37,6 @@ from pipeline.manifest import (
     BEAM_TEMP_PREFIX,
     ERROR_KINDS,
     ERRORS,
-    FAILED_ERROR_RATE,
-    FAILED_LOST,
     LOCAL_RUNNERS,
     OUTPUT_SUMMARIES,
     PREDICTIONS,
@@ -49,9 +47,9 @@ from pipeline.manifest import (
     THROUGHPUT,
     FinalizeRun,
     acquire_run_lock,
+    finished_run,
     lock_path,
     model_fingerprint,
-    read_manifest,
     release_run_lock,
     remove_trees,
     staging_dir,
@@ -329,16 +327,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     if summary:  # a dry run, or submitted without waiting
         return summary
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
-    manifest = read_manifest(io.output_dir)
-    if manifest["status"] == FAILED_LOST:
-        raise RecordsLost("; ".join(manifest["problems"]))
-    if manifest["status"] == FAILED_ERROR_RATE:
-        counts = manifest["counts"]
-        raise ErrorRateExceeded(
-            f"{counts['errors']} of {counts['read']} records failed ({counts['error_rate']:.2%}), above "
-            f"--max_error_rate {io.max_error_rate:.2%}; see {FileSystems.join(io.output_dir, ERRORS_STATS)}"
-        )
-    return manifest
+    return finished_run(io.output_dir, io.max_error_rate)
 
 
 @contextlib.contextmanager
