@@ -150,6 +150,36 @@ def with_missing_marked(column: pa.Array, field: InputField) -> pa.Array:
     return pc.fill_null(column, field.fill_value)
 
 
+def as_list_columns(columns) -> list[pa.Array]:
+    """Columns as the list arrays tf.Example encoding takes: a value v becomes [v], a null a
+    null list (the feature is left out of its Example), a list column keeps its lists;
+    values become bytes / float32 / int64, what bytes_list, float_list and int64_list hold."""
+    lists = []
+    for column in columns:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            value_type = _example_value_type(column.type.value_type)
+            lists.append(
+                column if value_type == column.type.value_type else pc.cast(column, pa.list_(value_type))
+            )
+            continue
+        column = pc.cast(column, _example_value_type(column.type))
+        offsets = pa.array(np.arange(len(column) + 1, dtype=np.int32))
+        lists.append(pa.ListArray.from_arrays(offsets, column, mask=pc.invert(column.is_valid())))
+    return lists
+
+
+def _example_value_type(value_type: pa.DataType) -> pa.DataType:
+    if pa.types.is_string(value_type) or pa.types.is_large_string(value_type):
+        return pa.binary()
+    if pa.types.is_floating(value_type):
+        return pa.float32()
+    if pa.types.is_integer(value_type) or pa.types.is_boolean(value_type):
+        return pa.int64()
+    return value_type
+
+
 def string_buffer(column: pa.Array) -> tuple[bytes, np.ndarray]:
     """The concatenated UTF-8 bytes of a null-free string column and its row offsets (from 0).
 

@@ -10,7 +10,7 @@ import pytest
 from pipeline import batch_tuning
 from pipeline.blocks import ScoredBlock
 from pipeline.inference import batch_slices, padded_string_lists, string_tensor
-from pipeline.io.base import read_ahead
+from pipeline.io.base import PredictionColumns, read_ahead
 from pipeline.io.jsonl import format_predictions
 from pipeline.options import tf_threads
 
@@ -57,14 +57,18 @@ def test_format_predictions_is_valid_json_with_escaping_and_nulls():
             "vector": np.array([[1, 2], [3, 4], [5, 6]]),
         },
     )
-    lines = format_predictions(scored, ["probability", "vector"]).decode().split("\n")
+    columns = PredictionColumns(
+        ("probability", "vector"), output_dtypes=("float32", "int64"), output_shapes=((), (2,))
+    )
+    lines = format_predictions(scored, columns).decode().split("\n")
     parsed = [json.loads(line) for line in lines]
     assert [p["key"] for p in parsed] == ["plain", 'has "quote"', "back\\slash"]
     assert [p["prediction"]["probability"] for p in parsed] == [0.25, None, pytest.approx(1 / 3, rel=1e-6)]
     assert [p["prediction"]["vector"] for p in parsed] == [[1, 2], [3, 4], [5, 6]]
     int_keys = ScoredBlock(pa.array([7, 8]), {"probability": np.array([0.5, 1e-9], np.float32)})
     assert [
-        json.loads(line) for line in format_predictions(int_keys, ["probability"]).decode().split("\n")
+        json.loads(line)
+        for line in format_predictions(int_keys, PredictionColumns(("probability",))).decode().split("\n")
     ] == [
         {"key": 7, "prediction": {"probability": 0.5}},
         {"key": 8, "prediction": {"probability": 1e-9}},

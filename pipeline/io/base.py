@@ -35,21 +35,53 @@ class PredictionColumns:
     outputs: tuple[str, ...]
     passthrough: tuple[InputField, ...] = ()
     key_type: str = "string"
-    output_dtypes: tuple[str, ...] = ()  # numpy dtype names; float32 when not given
+    output_dtypes: tuple[str, ...] = ()  # numpy dtype names or "string"; float32 when not given
+    output_shapes: tuple[tuple[int, ...], ...] = ()  # per record; () when not given
 
     @property
     def passthrough_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.passthrough)
 
-    def arrow_schema(self) -> pa.Schema:
+    def output_types(self) -> list[pa.DataType]:
         dtypes = self.output_dtypes or ("float32",) * len(self.outputs)
+        shapes = self.output_shapes or ((),) * len(self.outputs)
+        return [output_arrow_type(d, s) for d, s in zip(dtypes, shapes, strict=True)]
+
+    def arrow_schema(self) -> pa.Schema:
         fields = [pa.field(KEY_COLUMN, ARROW_TYPES[self.key_type])]
-        fields += [
-            pa.field(name, pa.from_numpy_dtype(np.dtype(d)))
-            for name, d in zip(self.outputs, dtypes, strict=True)
-        ]
+        fields += [pa.field(name, t) for name, t in zip(self.outputs, self.output_types(), strict=True)]
         fields += [pa.field(f.name, ARROW_TYPES[f.type]) for f in self.passthrough]
         return pa.schema(fields)
+
+
+def output_arrow_type(dtype: str, shape: tuple[int, ...] = ()) -> pa.DataType:
+    """An output's column type: its scalar type, or a list of it when a record has several
+    values (an output of per-record shape [2, 3] is a list of 6, row-major)."""
+    scalar = pa.string() if dtype == "string" else pa.from_numpy_dtype(np.dtype(dtype))
+    return pa.list_(scalar) if shape else scalar
+
+
+def output_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """A model output (numpy, a row per record) as an Arrow column of `arrow_type`, without a
+    Python loop per record: a [N, k] array becomes a list column over its flat values, and
+    TensorFlow's strings (bytes objects) are checked as UTF-8 once, column-wise."""
+    if pa.types.is_list(arrow_type):
+        rows = len(values)
+        width = values.shape[1] if values.ndim > 1 else 1
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
+        return pa.ListArray.from_arrays(offsets, output_array(values.reshape(-1), arrow_type.value_type))
+    if pa.types.is_string(arrow_type):
+        return _utf8(pa.array(values, pa.binary()))
+    return pa.array(values, arrow_type)
+
+
+def _utf8(column: pa.Array) -> pa.Array:
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowInvalid:  # not text: written base64-encoded rather than lost
+        import base64
+
+        return pa.array([None if v is None else base64.b64encode(v).decode() for v in column.to_pylist()])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,25 +108,16 @@ class PredictionWriter(beam.PTransform):
 
 
 def scored_table(scored: ScoredBlock, columns: PredictionColumns) -> pa.Table:
-    """A ScoredBlock as flat columns: key, one per model output, then pass-through fields.
-
-    Scalar outputs take the declared types; an output with several values per record
-    becomes a list column.
-    """
+    """A ScoredBlock as flat columns: key, one per model output, then pass-through fields."""
     schema = columns.arrow_schema()
-    arrays, fields = [scored.keys], [schema.field(KEY_COLUMN)]
-    for name in columns.outputs:
-        values = scored.outputs[name]
-        if isinstance(values, np.ndarray) and values.ndim > 1:
-            arrays.append(pa.array(list(values.reshape(len(values), -1))))
-            fields.append(pa.field(name, arrays[-1].type))
-        else:
-            arrays.append(pa.array(values, schema.field(name).type))
-            fields.append(schema.field(name))
+    arrays = [scored.keys]
+    arrays += [
+        output_array(scored.outputs[name], t)
+        for name, t in zip(columns.outputs, columns.output_types(), strict=True)
+    ]
     if scored.passthrough is not None:
         arrays += scored.passthrough.columns
-        fields += [schema.field(name) for name in scored.passthrough.schema.names]
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def read_ahead(items: Iterator, depth: int = 1) -> Iterator:

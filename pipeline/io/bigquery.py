@@ -300,18 +300,43 @@ class ReadBigQueryRecords(beam.PTransform):
 
 
 def prediction_schema(columns: PredictionColumns):
-    """The BigQuery schema of the predictions table: key, outputs (FLOAT64), pass-through."""
+    """The BigQuery schema of the predictions table: key, outputs, pass-through fields.
+
+    An output with several values a record (TFX `scores` [N, 2], string `classes`) is a
+    REPEATED column of its type; floats are FLOAT64 (BigQuery has one float type).
+    """
     from google.cloud import bigquery
 
-    return [
-        bigquery.SchemaField(field.name, _BQ_TYPES.get(field.type, "FLOAT64"))
-        for field in _load_schema(columns.arrow_schema())
-    ]
+    fields = []
+    for field in _load_schema(columns.arrow_schema()):
+        if pa.types.is_list(field.type):
+            fields.append(bigquery.SchemaField(field.name, _bq_type(field.type.value_type), mode="REPEATED"))
+        else:
+            fields.append(bigquery.SchemaField(field.name, _bq_type(field.type)))
+    return fields
+
+
+def _bq_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_integer(arrow_type):
+        return "INT64"
+    if pa.types.is_boolean(arrow_type):
+        return "BOOL"
+    return _BQ_TYPES.get(arrow_type, "FLOAT64")
 
 
 def _load_schema(schema: pa.Schema) -> pa.Schema:
-    """float32 outputs are loaded as FLOAT64 (BigQuery has one float type)."""
-    return pa.schema([pa.field(f.name, pa.float64() if f.type == pa.float32() else f.type) for f in schema])
+    """float32 outputs (and lists of them) are loaded as FLOAT64; other ints as int64."""
+
+    def widened(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_list(t):
+            return pa.list_(widened(t.value_type))
+        if pa.types.is_floating(t):
+            return pa.float64()
+        if pa.types.is_integer(t):
+            return pa.int64()
+        return t
+
+    return pa.schema([pa.field(f.name, widened(f.type)) for f in schema])
 
 
 def error_schema():
@@ -348,6 +373,15 @@ def error_row(error: dict) -> str:
     )
 
 
+def _parquet_lists():
+    """Parquet LIST columns load as REPEATED fields, not as RECORDs of `list.element`."""
+    from google.cloud.bigquery.format_options import ParquetOptions
+
+    options = ParquetOptions()
+    options.enable_list_inference = True
+    return options
+
+
 class _LoadFilesFn(beam.DoFn):
     """Loads all staged files of one table in the last step, deletes them, and emits
     (counter, rows loaded).
@@ -374,17 +408,23 @@ class _LoadFilesFn(beam.DoFn):
 
         client = self._connection.client(self._table.project)
         client.create_table(bigquery.Table(self._table.spec, schema=self._schema), exists_ok=True)
-        paths = sorted(paths)
-        staged_rows = sum(self._rows(path) for path in paths)
+        all_paths = sorted(paths)
+        rows = {path: self._rows(path) for path in all_paths}
+        staged_rows = sum(rows.values())
+        paths = [path for path in all_paths if rows[path]]  # an empty file is no load job (and
+        # an empty upload is refused by some servers)
 
         def config(disposition):
-            return bigquery.LoadJobConfig(
+            job = bigquery.LoadJobConfig(
                 schema=self._schema,
                 source_format=self._format,
                 write_disposition=disposition,
                 create_disposition="CREATE_IF_NEEDED",
                 max_bad_records=0,
             )
+            if self._format == "PARQUET":
+                job.parquet_options = _parquet_lists()
+            return job
 
         if paths and all(p.startswith("gs://") for p in paths):
             # One job for every file: the table changes once, whatever the number of shards.
@@ -399,8 +439,8 @@ class _LoadFilesFn(beam.DoFn):
             if not paths and self._disposition == "WRITE_TRUNCATE":
                 client.query(f"DELETE FROM `{self._table.spec}` WHERE TRUE").result()
         self._loaded.inc(staged_rows)
-        if paths:
-            FileSystems.delete(paths)
+        if all_paths:
+            FileSystems.delete(all_paths)
         yield self._counter_name, staged_rows
 
     def _rows(self, path: str) -> int:

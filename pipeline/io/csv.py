@@ -4,14 +4,14 @@ In: the first record is the header, unless the layout declares the column order 
 file `csv_columns:`, or `predict --csv_columns`) for files without one. A newline inside
 quotes does not end a record (see `pipeline.io.text`), an empty cell, quoted or not, is a
 missing value, and a `string_list` cell is split on its separator (`sports|travel`).
-Out: a header row `key,<outputs>,<pass-through fields>`, then one row per prediction.
+Out: a header row `key,<outputs>,<pass-through fields>`, then one row per prediction; an
+output with several values a record (TFX `scores` [N, 2]) is one cell, `0.25|0.75`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 
 import apache_beam as beam
@@ -182,10 +182,12 @@ def head_problem(head: bytes, layout) -> str | None:
 
 
 def _csv_cell_column(column: pa.Array) -> pa.Array:
+    """A list cell is its values joined by `|`, as string lists are read (`0.25|0.75`)."""
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-        if pa.types.is_string(column.type.value_type):
-            return pc.binary_join(column, "|")
-        return pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+        values = column.values
+        if not pa.types.is_string(values.type):
+            values = pc.cast(values, pa.string())
+        return pc.binary_join(type(column).from_arrays(column.offsets, values, mask=column.is_null()), "|")
     return column
 
 

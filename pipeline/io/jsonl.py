@@ -12,7 +12,6 @@ import io
 import json
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
@@ -142,14 +141,17 @@ def head_problem(head: bytes, layout) -> str | None:
 _NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
 
 
-def format_predictions(scored: ScoredBlock, output_names: list[str]) -> bytes:
-    """The block's JSON lines, `{"key": ..., "prediction": {name: value, ...}, ...}`.
+def format_predictions(scored: ScoredBlock, columns: base.PredictionColumns) -> bytes:
+    """The block's JSON lines, `{"key": ..., "prediction": {name: value, ...}, ...}`; an
+    output with several values a record ([N, 2] scores, string classes) is a JSON array.
 
     Built column-wise with Arrow compute kernels, so no Python code runs per record.
     """
     parts = ['{"key": ', json_column(scored.keys), ', "prediction": {']
-    for index, name in enumerate(output_names):
-        parts += [("" if index == 0 else ", ") + json.dumps(name) + ": ", json_column(scored.outputs[name])]
+    outputs = zip(columns.outputs, columns.output_types(), strict=True)
+    for index, (name, arrow_type) in enumerate(outputs):
+        column = base.output_array(scored.outputs[name], arrow_type)
+        parts += [("" if index == 0 else ", ") + json.dumps(name) + ": ", json_column(column)]
     parts.append("}")
     if scored.passthrough is not None:
         for name, column in zip(scored.passthrough.schema.names, scored.passthrough.columns, strict=True):
@@ -161,9 +163,10 @@ def format_predictions(scored: ScoredBlock, output_names: list[str]) -> bytes:
 
 def json_column(values) -> pa.Array:
     """Each value as JSON text: numbers (null when not finite), quoted strings, or lists."""
-    if isinstance(values, np.ndarray) and values.ndim > 1:
-        return pa.array([json.dumps(row) for row in values.tolist()], pa.string())
     array = values if isinstance(values, pa.Array) else pa.array(values)
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        items = type(array).from_arrays(array.offsets, json_column(array.values), mask=array.is_null())
+        return pc.fill_null(pc.binary_join_element_wise("[", pc.binary_join(items, ", "), "]", ""), "null")
     if pa.types.is_floating(array.type):
         text = pc.cast(array, pa.string())
         return pc.if_else(pc.fill_null(pc.is_finite(array), False), text, "null")
@@ -187,7 +190,7 @@ class _FormatFn(beam.DoFn):
         self.columns = columns
 
     def process(self, scored: ScoredBlock):
-        yield format_predictions(scored, list(self.columns.outputs))
+        yield format_predictions(scored, self.columns)
 
 
 class WritePredictions(base.PredictionWriter):

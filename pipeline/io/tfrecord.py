@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import errors
-from pipeline.blocks import ScoredBlock, conform
+from pipeline.blocks import ScoredBlock, as_list_columns, conform
 from pipeline.io import base
 
 RECORDS_PER_BLOCK = 8192
@@ -261,18 +261,7 @@ def head_problem(head: bytes, layout) -> str | None:
 
 
 def _as_lists(table: pa.Table) -> pa.RecordBatch:
-    columns = []
-    for column in table.columns:
-        column = column.combine_chunks()
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            columns.append(column)
-            continue
-        if pa.types.is_string(column.type):
-            column = pc.cast(column, pa.binary())
-        offsets = np.arange(len(column) + 1, dtype=np.int32)
-        valid = column.is_valid()
-        columns.append(pa.ListArray.from_arrays(pa.array(offsets), column, mask=pc.invert(valid)))
-    return pa.RecordBatch.from_arrays(columns, table.schema.names)
+    return pa.RecordBatch.from_arrays(as_list_columns(table.columns), table.schema.names)
 
 
 def encode_examples(scored: ScoredBlock, columns: base.PredictionColumns) -> list[bytes]:
