@@ -22,9 +22,17 @@ import tensorflow as tf
 from apache_beam.utils import shared
 
 from pipeline import METRICS_NAMESPACE, errors, progress
-from pipeline.blocks import RecordBlock, RecordLayout, ScoredBlock, string_buffer, with_missing_marked
+from pipeline.blocks import (
+    RecordBlock,
+    RecordLayout,
+    ScoredBlock,
+    as_list_columns,
+    string_buffer,
+    with_missing_marked,
+)
 from pipeline.validation import record_keys
-from transforms.model_contract import RAW_SIGNATURE, InputField, ModelDescription
+from transforms.model_contract import InputField, ModelDescription
+from transforms.signature_reader import describe_model
 
 CONCURRENT_CALLS = 2
 
@@ -36,15 +44,20 @@ MAX_PADDED_LIST_CELLS = 1 << 22
 
 
 class LoadedModel:
-    """A SavedModel's raw-input `signature` plus its description; one per process."""
+    """A SavedModel's scoring signature plus its description; one per process."""
 
-    def __init__(self, model_dir: str, tf_threads: int | None = None):
+    def __init__(
+        self, model_dir: str, tf_threads: int | None = None, description: ModelDescription | None = None
+    ):
         if tf_threads:
             set_tf_threads(tf_threads)
         self.model_dir = model_dir
-        self.description = ModelDescription.read(model_dir)
+        self.description = description or describe_model(model_dir)
         self._saved_model = tf.saved_model.load(model_dir)
-        self.signature = self._saved_model.signatures[RAW_SIGNATURE]
+        self.signature = self._saved_model.signatures[self.description.signature]
+        # What the signature takes, by name: a tensor is cast / reshaped to it if the record
+        # type's natural tensor differs (int32 inputs, [N, 1] Keras inputs).
+        self._specs = self.signature.structured_input_signature[1]
         self.load_reported = False
         # Model calls release the GIL; two in flight keep both cores busy while one batch
         # is converted or its graph runs a serial part (image decoding in tf.map_fn).
@@ -53,15 +66,54 @@ class LoadedModel:
         )
 
     def predict(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-        inputs = model_inputs(batch, self.description.inputs)
+        description = self.description
+        if description.example_input:
+            inputs = {description.example_input: tf.constant(serialized_examples(batch, description.inputs))}
+        else:
+            inputs = fitted_to(model_inputs(batch, description.inputs), self._specs)
         outputs = self.signature(**inputs)
-        result = {}
-        for name, tensor in outputs.items():
-            value = tensor.numpy()
-            result[name] = (
-                value.reshape(len(value), -1)[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value
-            )
-        return result
+        return {output.name: output_values(outputs[output.name]) for output in description.outputs}
+
+
+def fitted_to(inputs: dict, specs: dict) -> dict:
+    """Each tensor cast to its spec's dtype and given a trailing 1 if the spec wants [N, 1]."""
+    fitted = {}
+    for name, tensor in inputs.items():
+        spec = specs.get(name)
+        if spec is not None:
+            if tensor.dtype != spec.dtype:
+                tensor = tf.cast(tensor, spec.dtype)
+            if spec.shape.rank == 2 and tensor.shape.rank == 1:
+                tensor = tf.expand_dims(tensor, 1)
+        fitted[name] = tensor
+    return fitted
+
+
+def output_values(tensor: tf.Tensor) -> np.ndarray:
+    """One output as numpy, a row per record: [N] and [N, 1] are 1-D, [N, k, ...] is [N, k*...]
+    (row-major), strings are bytes objects."""
+    value = tensor.numpy()
+    if value.ndim == 0:
+        value = value.reshape(1)
+    if value.ndim == 2 and value.shape[1] == 1:
+        return value[:, 0]
+    if value.ndim > 2:
+        return value.reshape(len(value), -1)
+    return value
+
+
+def serialized_examples(batch: pa.RecordBatch, fields: tuple[InputField, ...]) -> list[bytes]:
+    """The batch's input fields as serialized tf.Examples, encoded in C++ by tfx_bsl.
+
+    A missing optional value is left out of its Example, so the model's parsing op applies
+    its own default; an empty string list is an empty bytes_list.
+    """
+    from tfx_bsl.coders import example_coder
+
+    columns = as_list_columns([batch.column(f.name) for f in fields])
+    return example_coder.RecordBatchToExamplesEncoder().encode(
+        pa.RecordBatch.from_arrays(columns, [f.name for f in fields])
+    )
 
 
 def set_tf_threads(threads: int) -> None:
@@ -134,8 +186,10 @@ class RunInferenceFn(beam.DoFn):
         batch_size: int,
         shared_handle=None,
         tf_threads: int | None = None,
+        description: ModelDescription | None = None,
     ):
         self._model_dir = model_dir
+        self._description = description
         self._layout = layout
         self._list_fields = [f.name for f in layout.fields if f.type == "string_list"]
         self._batch_size = batch_size
@@ -148,8 +202,10 @@ class RunInferenceFn(beam.DoFn):
         self._halvings = beam.metrics.Metrics.counter(METRICS_NAMESPACE, BATCH_SIZE_HALVINGS)
 
     def setup(self):
-        model_dir, threads = self._model_dir, self._tf_threads
-        self._model = self._shared_handle.acquire(lambda: LoadedModel(model_dir, threads), tag=model_dir)
+        model_dir, threads, description = self._model_dir, self._tf_threads, self._description
+        self._model = self._shared_handle.acquire(
+            lambda: LoadedModel(model_dir, threads, description), tag=model_dir
+        )
 
     def process(self, block: RecordBlock | list):
         if isinstance(block, list):  # error records from reading: passed on, see ReadAdRecords

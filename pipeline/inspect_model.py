@@ -49,6 +49,7 @@ from transforms.model_contract import (
     ModelDescription,
     ModelDirectoryError,
 )
+from transforms.signature_reader import composite_inputs, signature_function
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")  # trainer.train
@@ -80,7 +81,13 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
     model_dir = _checked_directory(model_dir)
     description, description_error = _read_description(model_dir)
     example = example_instance(description) if description else None
-    probe = run_tf_only_probe(model_dir, example, timeout, show_log=show_probe_log)
+    probe_input = example
+    if description and description.example_input:  # the probe serializes it as a tf.Example
+        probe_input = {"__tf_example__": description.example_input, "features": {
+            f.name: [_EXAMPLE_LISTS[f.type], example[f.name] if f.type == "string_list" else [example[f.name]]]
+            for f in description.inputs
+        }}  # fmt: skip
+    probe = run_tf_only_probe(model_dir, probe_input, timeout, show_log=show_probe_log)
     if probe.get("read_error"):
         raise ModelDirectoryError(
             f"{model_dir!r} holds a saved_model.pb TensorFlow cannot read ({probe['read_error']}); "
@@ -90,13 +97,18 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
     signatures = _signatures(probe)
     report = {
         "model_dir": model_dir,
-        "adpredict_description": DESCRIPTION_PATH if description else None,
+        "adpredict_description": description.origin if description else None,
+        "example_input": description.example_input if description else None,
         "description_error": description_error,
         "schema": description.schema_name if description else None,
         "key": {"field": description.key_field, "type": description.key_type} if description else None,
         "label": description.label if description else None,
-        "inputs": _inputs(description, signatures.get(RAW_SIGNATURE)),
-        "outputs": _outputs(description, signatures.get(RAW_SIGNATURE)),
+        "inputs": _inputs(
+            description, signatures.get(description.signature if description else RAW_SIGNATURE)
+        ),
+        "outputs": _outputs(
+            description, signatures.get(description.signature if description else RAW_SIGNATURE)
+        ),
         "signatures": signatures,
         "transform": _transform(model_dir, probe),
         "batch_size": {
@@ -150,10 +162,19 @@ def _checked_directory(model_dir: str) -> str:
 
 
 def _read_description(model_dir: str):
-    """(ModelDescription or None, why it could not be read or None)."""
+    """(ModelDescription or None, why it could not be read or None).
+
+    A model without the file (a TFX export) gets the description predict would derive from
+    its signature; only then are TensorFlow's protocol buffers imported here.
+    """
     path = os.path.join(model_dir, DESCRIPTION_PATH)
     if not os.path.isfile(path):
-        return None, None
+        from transforms.signature_reader import describe_model
+
+        try:
+            return describe_model(model_dir), None
+        except ModelDirectoryError as e:
+            return None, str(e)
     try:
         with open(path, encoding="utf-8") as f:
             return ModelDescription.from_json(f.read(), where=path), None
@@ -222,10 +243,13 @@ def _signatures(probe: dict) -> dict:
     return found
 
 
-def missing_rule(field) -> str:
+def missing_rule(field, in_tf_example: bool = False) -> str:
     """How an absent value reaches the model (transforms.model_contract.InputField)."""
     if field.required:
         return "required"
+    if in_tf_example:
+        default = "" if field.default is None else f" (the model's default {json.dumps(field.default)})"
+        return f"optional: left out of the tf.Example{default}"
     marker = {
         "float": "NaN",
         "string": '""',
@@ -248,17 +272,32 @@ def _inputs(description, signature) -> list[dict]:
             }
             for name, spec in sorted(specs.items())
         ]
+    if description.example_input:  # features of one tf.Example, not tensors of the signature
+        specs = {
+            f.name: {"dtype": _EXAMPLE_LISTS[f.type], "shape": None, "feature": True}
+            for f in description.inputs
+        }
     return [
         {
             "name": field.name,
             "type": field.type,
             "dtype": specs.get(field.name, {}).get("dtype"),
             "shape": specs.get(field.name, {}).get("shape"),
-            "missing": missing_rule(field),
+            **({"feature": True} if description.example_input else {}),
+            "missing": missing_rule(field, bool(description.example_input)),
             "range": list(field.range) if field.range else None,
         }
         for field in description.inputs
     ]
+
+
+_EXAMPLE_LISTS = {
+    "int": "int64_list",
+    "float": "float_list",
+    "string": "bytes_list",
+    "image": "bytes_list",
+    "string_list": "bytes_list",
+}
 
 
 def _outputs(description, signature) -> list[dict]:
@@ -439,11 +478,11 @@ def _probe_read(tf, model_dir):
             "outputs": {key: _probe_tensor_info(tf, info) for key, info in signature.outputs.items()},
         }
         try:
-            result["composite_inputs"][name] = _probe_composite_inputs(tf, meta_graph, name, signature.inputs)
+            result["composite_inputs"][name] = composite_inputs(tf, meta_graph, name, signature.inputs)
         except Exception as e:  # noqa: BLE001 - private TensorFlow API; say so rather than fail
             result["composite_inputs"][name] = []
             result.setdefault("composite_errors", {})[name] = f"{type(e).__name__}: {str(e)[:300]}"
-    root = _probe_signature_function(meta_graph, "transform_features")
+    root = signature_function(meta_graph, "transform_features")
     if root is not None:
         result["transform_graph"] = _probe_graph_digest(library, root)
     try:
@@ -472,93 +511,6 @@ def _probe_tensor_info(tf, info):
     if encoding == "composite_tensor":
         spec["composite"] = info.composite_tensor.type_spec.type_spec_class_name
     return spec
-
-
-def _probe_signature_function(meta_graph, signature_name):
-    """Name of the function a TF2 signature runs (None: a TF1 SavedModel, or no such signature)."""
-    graph = meta_graph.object_graph_def
-    if not graph.nodes:
-        return None
-    for child in graph.nodes[0].children:
-        if child.local_name == "signatures":
-            for signature in graph.nodes[child.node_id].children:
-                node = graph.nodes[signature.node_id]
-                if (
-                    signature.local_name == signature_name
-                    and node.WhichOneof("kind") == "bare_concrete_function"
-                ):
-                    return node.bare_concrete_function.concrete_function_name
-    return None
-
-
-def _probe_composite_inputs(tf, meta_graph, signature_name, signature_inputs):
-    """Ragged or sparse arguments of the function a signature wraps.
-
-    TensorFlow 2 writes such an argument into the SignatureDef as its dense components
-    (`x`, `x_1`, ...), so only the wrapped function's own input signature tells.
-    """
-    import re
-
-    from tensorflow.python.saved_model import nested_structure_coder
-
-    wrapper = _probe_signature_function(meta_graph, signature_name)
-    functions = {f.signature.name: f for f in meta_graph.graph_def.library.function}
-    if wrapper not in functions:
-        return []
-
-    def stem(name):
-        return re.sub(r"^__inference_(.*)_\d+$", r"\1", name)
-
-    called = {
-        stem(value.func.name)
-        for node in functions[wrapper].node_def
-        for value in node.attr.values()
-        if value.HasField("func")
-    }
-    graph = meta_graph.object_graph_def
-    argument_names = {}
-    for node in graph.nodes:
-        if node.WhichOneof("kind") == "function":
-            spec = nested_structure_coder.decode_proto(node.function.function_spec.fullargspec)
-            names = list(getattr(spec, "args", None) or [])
-            if node.function.function_spec.is_method and names[:1] == ["self"]:
-                names = names[1:]
-            for concrete in node.function.concrete_functions:
-                argument_names[concrete] = names
-    found = {}
-    for name, saved in graph.concrete_functions.items():
-        if stem(name) not in called:
-            continue
-        leaves = [((), nested_structure_coder.decode_proto(saved.canonicalized_input_signature))]
-        while leaves:
-            path, value = leaves.pop()
-            if isinstance(value, dict):
-                leaves += [(path + (key,), item) for key, item in value.items()]
-            elif isinstance(value, (list, tuple)):
-                leaves += [(path + (index,), item) for index, item in enumerate(value)]
-            elif isinstance(value, tf.TypeSpec) and not isinstance(value, tf.TensorSpec):
-                keys = [p for p in path if isinstance(p, str)]
-                positional = argument_names.get(name, [])
-                if keys:
-                    label = keys[-1]
-                elif len(path) >= 2 and path[0] == 0 and path[1] < len(positional):
-                    label = positional[path[1]]
-                else:
-                    label = "/".join(str(p) for p in path)
-                found[label] = {
-                    "name": label,
-                    "kind": type(value).__name__.removesuffix("Spec"),
-                    "dtype": value.dtype.name if hasattr(value, "dtype") else None,
-                    "shape": value.shape.as_list()
-                    if getattr(value, "shape", None) is not None and value.shape.rank is not None
-                    else None,
-                    "fed_as": sorted(
-                        k
-                        for k in signature_inputs
-                        if k == label or re.fullmatch(re.escape(label) + r"_\d+", k)
-                    ),
-                }
-    return sorted(found.values(), key=lambda item: item["name"])
 
 
 def _probe_graph_digest(library, root):
@@ -654,7 +606,21 @@ def _probe_graph_digest(library, root):
 
 
 def _probe_example_tensors(tf, specs, example):
-    """Batch-of-one tensors for a signature: the example's values, else zeros and ""."""
+    """Batch-of-one tensors for a signature: the example's values, else zeros and "";
+    or one serialized tf.Example when the example says which input takes it."""
+    if example is not None and "__tf_example__" in example:
+        feature = {}
+        for name, (kind, values) in example["features"].items():
+            if kind == "bytes_list":
+                values = [v.encode() for v in values]
+            lists = {
+                "int64_list": tf.train.Int64List,
+                "float_list": tf.train.FloatList,
+                "bytes_list": tf.train.BytesList,
+            }
+            feature[name] = tf.train.Feature(**{kind: lists[kind](value=values)})
+        data = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        return {example["__tf_example__"]: tf.constant([data])}
     tensors = {}
     for name, spec in specs.items():
         dtype = tf.dtypes.as_dtype(spec["dtype"])
@@ -680,8 +646,8 @@ _PROBE_FUNCTIONS = (
     _probe_main,
     _probe_read,
     _probe_tensor_info,
-    _probe_signature_function,
-    _probe_composite_inputs,
+    signature_function,
+    composite_inputs,
     _probe_graph_digest,
     _probe_example_tensors,
     _probe_plain,
@@ -732,6 +698,8 @@ def _check(
 
 
 def _tensor_text(spec: dict) -> str:
+    if spec.get("feature"):
+        return f"tf.Example {spec['dtype']}"
     shape = "unknown rank" if spec.get("shape") is None else json.dumps(spec["shape"]).replace("null", "None")
     kind = "" if spec.get("encoding", "dense") == "dense" else f" {spec['encoding']}"
     return f"{spec.get('dtype') or spec.get('composite') or '?'}{kind} {shape}"
@@ -755,9 +723,20 @@ def contract_check(description, description_error, signatures: dict, probe: dict
         return _check("contract", title, [], [
             f"no {DESCRIPTION_PATH}: predict cannot score it until that file describes its raw inputs"
         ], "")  # fmt: skip
-    signature = signatures.get(RAW_SIGNATURE)
+    signature = signatures.get(description.signature)
     if signature is None:
         return _check("contract", title, [_no_signature(signatures, probe)], [], "")
+    if description.example_input:
+        spec = signature["inputs"].get(description.example_input)
+        if list(signature["inputs"]) != [description.example_input] or spec["dtype"] != "string":
+            return _check("contract", title, [
+                f"example_input {description.example_input!r} is not the only input of {description.signature} "
+                "as a string vector"
+            ], [], "")  # fmt: skip
+        return _check("contract", title, [], [], (
+            f"{description.signature} takes serialized tf.Examples; predict encodes each record's "
+            f"{len(description.inputs)} fields as one ({description.origin})"
+        ))  # fmt: skip
     problems = []
     for field in description.inputs:
         spec = signature["inputs"].get(field.name)
@@ -912,7 +891,13 @@ def serving_check(signatures: dict, probe: dict, description, example: dict | No
                 concerns.append(
                     f"{what} has a fixed first dimension {shape[0]}: requests must hold exactly that many instances"
                 )
-    if example is not None:
+    if example is not None and description.example_input:
+        notes.append(
+            "request: "
+            + json.dumps({"instances": [{"b64": "<one serialized tf.Example, base64>"}]})
+            + f" ({description.example_input} takes serialized tf.Examples)"
+        )
+    elif example is not None:
         lists = [f.name for f in description.inputs if f.type == "string_list"]
         images = [f.name for f in description.inputs if f.type == "image"]
         notes.append("request: " + json.dumps({"instances": [_shortened(example)]}))
@@ -994,13 +979,22 @@ def format_report(report: dict) -> str:
         key_text = (
             f"key field {key['field']} ({key['type']})" if key["field"] else "key: the record's <file>:<line>"
         )
+        origin = report["adpredict_description"]
+        source = (
+            "" if origin.endswith(DESCRIPTION_PATH) else f" read from the signature (no {DESCRIPTION_PATH})"
+        )
         lines.append(
-            f"  adpredict description: schema {report['schema'] or '?'}, {key_text}, label {report['label']}"
+            f"  adpredict description{source}: schema {report['schema'] or '-'}, {key_text}, label {report['label']}"
         )
     else:
         lines.append(f"  no adpredict description ({DESCRIPTION_PATH})" + (
             f": {report['description_error']}" if report["description_error"] else ""))  # fmt: skip
-    lines += ["", f"raw inputs ({RAW_SIGNATURE})"]
+    lines += [
+        "",
+        f"raw inputs (features of each tf.Example in {report['example_input']})"
+        if report.get("example_input")
+        else f"raw inputs ({RAW_SIGNATURE})",
+    ]
     rows = [(i["name"], i["type"] or "-", _tensor_text(i) if i.get("dtype") else "(not in signature)",
              i["missing"] + (f", range {i['range']}" if i["range"] else "")) for i in report["inputs"]]  # fmt: skip
     lines += _table(rows)

@@ -63,6 +63,7 @@ class NightlyConfig:
     output_format: str = "jsonl"
     output_table: str | None = None
     passthrough_fields: str | None = None
+    input_schema: str | None = None  # for a model without adpredict_model.json
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     timezone: str = "UTC"
     transform_dir: str | None = None  # with it, the parity gate runs first
@@ -131,6 +132,7 @@ def predict_argv(config: NightlyConfig, date: datetime.date, extra: list[str]) -
         "input_format": config.input_format,
         "output_table": render(config.output_table, date),
         "passthrough_fields": config.passthrough_fields,
+        "input_schema": config.input_schema,
     }
     argv += [arg for name, value in optional.items() if value for arg in (f"--{name}", value)]
     argv += ["--output_format", config.output_format, "--max_error_rate", str(config.max_error_rate)]

@@ -97,6 +97,13 @@ class PredictOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument("--model_dir", default=None, help="Exported model directory (required).")
         parser.add_argument(
+            "--input_schema",
+            default=None,
+            help="Schema file (YAML) of the input records, for a model without adpredict_model.json "
+            "(e.g. a TFX export): field types, missing rules, key. Default: read from the model's "
+            "signature. See docs/model_description.md.",
+        )
+        parser.add_argument(
             "--output_format",
             choices=OUTPUT_FORMATS,
             default="jsonl",

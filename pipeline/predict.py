@@ -67,6 +67,7 @@ from pipeline.write import (
     WritePredictions,
 )
 from transforms.model_contract import InputField, ModelDescription
+from transforms.signature_reader import describe_model
 
 SCORED = "scored"
 # Where Beam's file sinks write shards before renaming them (older Beam: .temp-beam*).
@@ -153,7 +154,9 @@ def build_predict(
     layout = layout or prediction_layout(description)
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
     inference = records[RECORDS] | "RunInference" >> beam.ParDo(
-        RunInferenceFn(model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads)
+        RunInferenceFn(
+            model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads, description
+        )
     ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
     # Read errors reach RunInference on the blocks' stream and leave with its own: no Flatten
     # (the local runner would hold every error record of the run in memory).
@@ -203,6 +206,7 @@ def prediction_columns(description: ModelDescription, layout: RecordLayout) -> P
         passthrough=layout.passthrough,
         key_type=description.key_type if description.key_field else "string",
         output_dtypes=tuple(o.dtype for o in description.outputs),
+        output_shapes=tuple(o.shape for o in description.outputs),
     )
 
 
@@ -257,7 +261,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)
     predict = options.view_as(opts.PredictOptions)
-    description = ModelDescription.read(predict.model_dir)
+    description = describe_model(predict.model_dir, predict.input_schema)
     layout = prediction_layout(description, predict.passthrough_fields, io.csv_columns)
     inputs = Inputs.from_options(options)
     offline = is_dry_run(options)
@@ -291,6 +295,8 @@ def run(argv=None, test_pipeline=None) -> dict:
         and {"predictions": bigquery.table.uri, "errors": bigquery.errors_table.uri},
         "model": {
             "dir": predict.model_dir,
+            "description": description.origin,
+            "signature": description.signature,
             "fingerprint": None if offline else model_fingerprint(predict.model_dir),
         },
         "batch_size": predict.batch_size or description.batch_size,

@@ -32,7 +32,16 @@ Flags (pipeline/options.py, pipeline/predict.py; exit 2)
 Model directory (transforms/model_contract.py; exit 2)
   model directory 'x' does not exist; check --model_dir  -> test_model_directory_mistakes[missing]
   'x' is not a SavedModel (no saved_model.pb) ...        -> test_model_directory_mistakes[not_a_saved_model]
-  ... a SavedModel without assets.extra/... ...          -> test_model_directory_mistakes[no_description]
+  'x': saved_model.pb holds no MetaGraph; export ...    -> test_model_directory_mistakes[empty_saved_model]
+  'x': saved_model.pb cannot be read (...); export ...   -> test_model_directory_mistakes[corrupt_saved_model]
+  <json>: unknown keys [...]; known keys are ...         -> tests/test_foreign_models.py (hand_written)
+  <origin>: the signature takes input 'x' ..., add it    -> tests/test_foreign_models.py (hand_written)
+  <origin>: output 'x' is not an output of the signa...  -> tests/test_foreign_models.py (hand_written)
+  <origin>: input 'x' is declared T, but the model p...  -> tests/test_foreign_models.py (input_schema)
+  <origin>: the model requires tf.Example feature 'x'... -> tests/test_foreign_models.py (input_schema)
+  <origin>: input 'x' is not an input of the signatu...  -> test_model_directory_mistakes[stray_input]
+  <origin>: input 'x': declared T (fed as ...), but ...  -> test_model_directory_mistakes[wrong_dtype]
+  ... has no signature 'x' (it has: ...); set ...        -> test_model_directory_mistakes[no_signature]
   <json>: format_version N is not 1; re-export ...       -> test_model_directory_mistakes[old_format_version]
   <json>: not a valid model description ...; re-export   -> test_model_directory_mistakes[broken_description]
 Inputs (pipeline/read.py, pipeline/io/; exit 2)
@@ -313,7 +322,7 @@ def test_a_value_outside_a_flags_choices(flag, choices, capsys):
 # Model directories a user might point --model_dir at.
 
 
-def _model_dir(tmp_path, kind: str) -> str:
+def _model_dir(tmp_path, kind: str, trained_model: str) -> str:
     model = tmp_path / "model"
     if kind == "missing":
         return str(model)
@@ -321,12 +330,21 @@ def _model_dir(tmp_path, kind: str) -> str:
     if kind == "not_a_saved_model":
         (model / "weights.h5").write_text("not a model")
         return str(model)
-    (model / "saved_model.pb").write_bytes(b"")
-    if kind == "no_description":
+    if kind in ("empty_saved_model", "corrupt_saved_model"):
+        (model / "saved_model.pb").write_bytes(b"" if kind == "empty_saved_model" else b"\x0a\xff garbage")
         return str(model)
+    shutil.copy(os.path.join(trained_model, "saved_model.pb"), model / "saved_model.pb")
     (model / "assets.extra").mkdir()
     description = json.loads(description_from_schema(load_schema("ads")).to_json())
-    if kind == "old_format_version":
+    if kind == "stray_input":
+        description["inputs"].append({"name": "gener", "type": "string"})
+    elif kind == "wrong_dtype":
+        description["inputs"] = [
+            {**i, "type": "float"} if i["name"] == "gender" else i for i in description["inputs"]
+        ]
+    elif kind == "no_signature":
+        description["signature"] = "serving_raw"
+    elif kind == "old_format_version":
         description["format_version"] = 0
     elif kind == "broken_description":
         del description["inputs"]
@@ -337,7 +355,22 @@ def _model_dir(tmp_path, kind: str) -> str:
 MODEL_CASES = {
     "missing": ["does not exist", "check --model_dir", "`adpredict train` exported"],
     "not_a_saved_model": ["is not a SavedModel (no saved_model.pb)", "`adpredict train` exported"],
-    "no_description": [f"without {DESCRIPTION_PATH}", "export it with `adpredict train`"],
+    "empty_saved_model": ["saved_model.pb holds no MetaGraph", "export the model again"],
+    "corrupt_saved_model": ["saved_model.pb cannot be read (DecodeError", "export the model again"],
+    "stray_input": [
+        DESCRIPTION_PATH,
+        "input 'gener' is not an input of the signature, which takes age (int64 [N])",
+        "rename it or remove it",
+    ],
+    "wrong_dtype": [
+        DESCRIPTION_PATH,
+        "input 'gender': declared float (fed as float [N]), but the signature takes "
+        "string of shape [N]; change its type",
+    ],
+    "no_signature": [
+        "has no signature 'serving_raw' (it has: serving_default, serving_tf_example, transform_features)",
+        f'set "signature" in {DESCRIPTION_PATH}',
+    ],
     "old_format_version": [DESCRIPTION_PATH, "format_version 0 is not 1", "re-export the model"],
     "broken_description": [
         DESCRIPTION_PATH,
@@ -349,8 +382,8 @@ MODEL_CASES = {
 
 
 @pytest.mark.parametrize(("kind", "parts"), list(MODEL_CASES.items()), ids=list(MODEL_CASES))
-def test_model_directory_mistakes(kind, parts, tmp_path, capsys):
-    model = _model_dir(tmp_path, kind)
+def test_model_directory_mistakes(kind, parts, tmp_path, capsys, trained_ads):
+    model = _model_dir(tmp_path, kind, trained_ads["model"])
     message = cli_error(["predict", "--model_dir", model, "--input", "a.jsonl", "--output_dir", "o"], capsys)
     assert_names(message, str(tmp_path / "model"), *parts)
 

@@ -255,7 +255,12 @@ def test_no_batch_dimension_fails_tf_serving(broken_models):
     assert _check(report, "tensorflow_only")["status"] == "PASS"  # scored x = 0.0
     assert _check(report, "tensorflow_only")["prediction"] == {"y": 0.0}
     contract = _check(report, "contract")
-    assert contract["status"] == "WARN" and "adpredict_model.json" in contract["reason"]
+    # No adpredict_model.json, and nothing a record could feed: predict cannot score it.
+    assert (
+        contract["status"] == "FAIL"
+        and "input 'x' is float32 of shape [], which no record" in contract["reason"]
+    )
+    assert "write assets.extra/adpredict_model.json by hand" in contract["reason"]
     assert report["inputs"] == [
         {"name": "x", "type": None, "dtype": "float32", "shape": [], "encoding": "dense",
          "missing": "unknown (no adpredict description)", "range": None}

@@ -23,6 +23,13 @@ EXAMPLE_SIGNATURE = "serving_tf_example"
 TRANSFORM_SIGNATURE = "transform_features"  # raw inputs -> tf.Transform's outputs (parity checks)
 
 
+# "signatures" was written by adpredict 0.x exports and is ignored.
+_DESCRIPTION_KEYS = {
+    "format_version", "inputs", "outputs", "key_field", "key_type", "label", "schema_name",
+    "batch_size", "signature", "example_input", "signatures",
+}  # fmt: skip
+
+
 class ModelDirectoryError(ValueError):
     """The model directory is missing or does not follow the contract."""
 
@@ -52,8 +59,16 @@ class InputField:
 
 @dataclasses.dataclass(frozen=True)
 class OutputField:
+    """One output of the signature, per record: `dtype` (a numpy name, or "string") and
+    `shape` (() for one value a record, (2,) for [N, 2] scores; written as a list)."""
+
     name: str
     dtype: str = "float32"
+    shape: tuple[int, ...] = ()
+
+    @property
+    def values_per_record(self) -> int:
+        return math.prod(self.shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,17 +80,29 @@ class ModelDescription:
     label: str | None = None
     schema_name: str = ""
     batch_size: int = 256  # default rows per model call, chosen at export
+    signature: str = RAW_SIGNATURE  # the signature predict calls
+    # None: the signature takes one tensor per input field. A name: its only input, a batch
+    # of serialized tf.Examples holding the input fields (how TFX exports models).
+    example_input: str | None = None
+    # Where this description came from (not written): the file, or how it was derived.
+    origin: str = dataclasses.field(default=DESCRIPTION_PATH, compare=False)
 
     def to_json(self) -> str:
         doc = dataclasses.asdict(self)
+        doc.pop("origin")
         doc["format_version"] = FORMAT_VERSION
-        doc["signatures"] = {"raw": RAW_SIGNATURE, "tf_example": EXAMPLE_SIGNATURE}
         return json.dumps(doc, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, where: str = "<description>") -> ModelDescription:
         try:
             doc = json.loads(text)
+            unknown = sorted(set(doc) - _DESCRIPTION_KEYS)
+            if unknown:
+                raise ModelDirectoryError(
+                    f"{where}: unknown keys {unknown}; known keys are {sorted(_DESCRIPTION_KEYS)} "
+                    "(docs/model_description.md)"
+                )
             if doc.get("format_version") != FORMAT_VERSION:
                 raise ModelDirectoryError(
                     f"{where}: format_version {doc.get('format_version')!r} is not "
@@ -85,7 +112,9 @@ class ModelDescription:
                 InputField(**{**i, "range": tuple(i["range"]) if i.get("range") else None})
                 for i in doc["inputs"]
             )
-            outputs = tuple(OutputField(**o) for o in doc["outputs"])
+            outputs = tuple(
+                OutputField(**{**o, "shape": tuple(o.get("shape") or ())}) for o in doc["outputs"]
+            )
             return cls(
                 inputs=inputs,
                 outputs=outputs,
@@ -94,6 +123,9 @@ class ModelDescription:
                 label=doc.get("label"),
                 schema_name=doc.get("schema_name", ""),
                 batch_size=int(doc.get("batch_size", 256)),
+                signature=doc.get("signature", RAW_SIGNATURE),
+                example_input=doc.get("example_input"),
+                origin=where,
             )
         except ModelDirectoryError:
             raise
@@ -110,9 +142,9 @@ class ModelDescription:
             f.write(self.to_json().encode("utf-8"))
         return path
 
-    @classmethod
-    def read(cls, model_dir: str) -> ModelDescription:
-        """Reads the description, with errors that say what is wrong with the directory."""
+    @staticmethod
+    def check_saved_model(model_dir: str) -> None:
+        """Raises ModelDirectoryError unless `model_dir` exists and holds a SavedModel."""
         from apache_beam.io.filesystems import FileSystems
 
         if not FileSystems.exists(model_dir):
@@ -128,6 +160,17 @@ class ModelDescription:
                 f"{model_dir!r} is not a SavedModel (no saved_model.pb); give the directory "
                 "that `adpredict train` exported (e.g. WORK_DIR/model)"
             )
+
+    @classmethod
+    def read(cls, model_dir: str) -> ModelDescription:
+        """Reads the description file, with errors that say what is wrong with the directory.
+
+        A model without one is described from its signature: see
+        transforms.signature_reader.describe_model, which is what predict calls.
+        """
+        from apache_beam.io.filesystems import FileSystems
+
+        cls.check_saved_model(model_dir)
         path = FileSystems.join(model_dir, DESCRIPTION_PATH)
         if not FileSystems.exists(path):
             raise ModelDirectoryError(

@@ -146,8 +146,12 @@ def resolve_schema_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_schema(name_or_path: str = "ads") -> Schema:
-    """Loads and checks a schema file; `name_or_path` is a built-in name or a file path."""
+def load_schema(name_or_path: str = "ads", for_scoring: bool = False) -> Schema:
+    """Loads and checks a schema file; `name_or_path` is a built-in name or a file path.
+
+    `for_scoring`: the file only tells `predict` the raw inputs of a model adpredict did not
+    train, so features need no `encoding` and `key` defaults to the record's position.
+    """
     path = resolve_schema_path(name_or_path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -158,7 +162,7 @@ def load_schema(name_or_path: str = "ads") -> Schema:
         ) from None
     except yaml.YAMLError as e:
         raise SchemaError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
-    return parse_schema(doc, path)
+    return parse_schema(doc, path, for_scoring)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -180,7 +184,7 @@ def _check_keys(mapping: dict, known: set[str], where: str) -> None:
         raise SchemaError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
 
 
-def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
+def parse_schema(doc: Any, path: str = "<schema>", for_scoring: bool = False) -> Schema:
     if not isinstance(doc, dict) or "features" not in doc:
         raise SchemaError(f"{path}: expected a mapping with a 'features' list")
     _check_keys(doc, _SCHEMA_KEYS, path)
@@ -190,13 +194,13 @@ def parse_schema(doc: Any, path: str = "<schema>") -> Schema:
     raw_features = doc["features"]
     if not isinstance(raw_features, list) or not raw_features:
         raise SchemaError(f"{path}: 'features' must be a non-empty list")
-    features = tuple(_parse_feature(item, path) for item in raw_features)
+    features = tuple(_parse_feature(item, path, for_scoring) for item in raw_features)
     names = [f.name for f in features]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SchemaError(f"{path}: features declared twice: {', '.join(duplicates)}")
 
-    key = doc.get("key") or {}
+    key = doc.get("key") or ({"from": "line"} if for_scoring else {})
     if not isinstance(key, dict):
         key = {}  # `key: id` instead of `key: {field: id}`: the message below says how
     if "field" in key:
@@ -267,7 +271,7 @@ def _label_values(label: dict, path: str) -> dict:
     return {raw: int(mapped) for raw, mapped in values.items()}
 
 
-def _parse_feature(item: Any, path: str) -> Feature:
+def _parse_feature(item: Any, path: str, for_scoring: bool = False) -> Feature:
     if not isinstance(item, dict) or "name" not in item:
         raise SchemaError(f"{path}: each feature needs a 'name': {item!r}")
     name = item["name"]
@@ -278,9 +282,11 @@ def _parse_feature(item: Any, path: str) -> Feature:
     if ftype not in TYPES:
         raise SchemaError(f"{where}: type must be one of {TYPES}, got {ftype!r}")
     encoding = item.get("encoding")
-    if encoding not in ENCODINGS:
+    if encoding is None and for_scoring:
+        encoding = ""  # the model does its own encoding; only the type and missing rule matter
+    elif encoding not in ENCODINGS:
         raise SchemaError(f"{where}: encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
-    if ftype not in ENCODINGS[encoding]:
+    if encoding and ftype not in ENCODINGS[encoding]:
         fitting = sorted(e for e, types in ENCODINGS.items() if ftype in types)
         raise SchemaError(
             f"{where}: encoding {encoding!r} does not apply to type {ftype!r}; use one of {fitting}"
