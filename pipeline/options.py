@@ -17,6 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, VERBOSE_FLAG
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
+from pipeline.io.splitting import DEFAULT_SPLIT_BYTES
 
 
 class OptionsError(ValueError):
@@ -66,6 +67,13 @@ class RecordIOOptions(PipelineOptions):
             "--output_dir",
             default=None,
             help="Directory the run writes into (local or gs://): run.json, _SUCCESS, error files.",
+        )
+        parser.add_argument(
+            "--split_bytes",
+            type=int,
+            default=DEFAULT_SPLIT_BYTES,
+            help="Read a JSONL, CSV or Parquet file larger than this (bytes) as several parts in parallel "
+            f"(byte ranges, row groups); default {DEFAULT_SPLIT_BYTES >> 20} MiB; 0: one reader per file.",
         )
         parser.add_argument(
             "--max_error_rate",
@@ -193,6 +201,8 @@ def _validate_io(io: RecordIOOptions) -> None:
         raise OptionsError("--output_dir is required: the directory (local or gs://) the run writes into")
     if not 0.0 <= io.max_error_rate <= 1.0:
         raise OptionsError(f"--max_error_rate must be between 0 and 1, got {io.max_error_rate}")
+    if io.split_bytes < 0:
+        raise OptionsError(f"--split_bytes must be 0 (never split) or a size in bytes, got {io.split_bytes}")
 
 
 def validate_predict(options: PipelineOptions) -> None:

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import METRICS_NAMESPACE, progress
 from pipeline.blocks import RecordLayout
-from pipeline.io import COMPRESSED_SUFFIX, InputError, describe_formats, format_for, is_bigquery
+from pipeline.io import COMPRESSED_SUFFIX, InputError, describe_formats, format_for, is_bigquery, splitting
 from pipeline.io import bigquery as bq
 from pipeline.io.base import Prepended, read_ahead
 from pipeline.io.text import DEFAULT_BLOCK_BYTES
@@ -48,6 +48,7 @@ class Inputs:
     row_filter: str | None = None
     connection: bq.Connection | None = None
     query_dataset: str | None = None
+    split_bytes: int = splitting.DEFAULT_SPLIT_BYTES  # files larger are read as several parts
 
     @classmethod
     def from_options(cls, options) -> Inputs:
@@ -61,6 +62,7 @@ class Inputs:
             io.input_filter,
             opts.bigquery_connection(options),
             io.query_dataset,
+            io.split_bytes,
         )
 
     @property
@@ -196,22 +198,69 @@ def _cut_short(path: str, error: Exception) -> dict:
     )
 
 
-class _ReadFileFn(beam.DoFn):
-    """A file -> validated record blocks and error records, in one stream (see ReadAdRecords)."""
+class _ReadPartFn(beam.DoFn):
+    """A file, or a part of a large one (pipeline.io.splitting) -> validated record blocks
+    and error records, in one stream (see ReadAdRecords). `starts`: for each byte range,
+    the newlines before it and whether its file must be read whole."""
 
     def __init__(self, layout: RecordLayout, input_format: str | None, block_bytes: int):
         self._layout = layout
         self._input_format = input_format
         self._block_bytes = block_bytes
         self._files = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "files_read")
+        self._parts = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "file_parts_read")
         self._checked = CheckedRecords(layout)
 
-    def process(self, readable_file: fileio.ReadableFile):
-        path = readable_file.metadata.path
-        fmt = format_for(path, self._input_format)
-        self._files.inc()
+    def process(self, part: splitting.FilePart, starts: dict):
+        fmt = format_for(part.path, self._input_format)
+        if part.index == 0:
+            self._files.inc()
+        self._parts.inc()
+        if part.whole:
+            yield from self._whole_file(part.path, fmt)
+            return
+        if part.kind == splitting.LINES:
+            newlines_before, whole = starts[(part.path, part.index)]
+            if whole:  # a CSV newline inside quotes: the first part reads it all
+                if part.index == 0:
+                    yield from self._whole_file(part.path, fmt)
+                return
+            options = {}
+            if part.index == 0:
+                check_file_head(part.path, self._input_format, self._layout)
+            elif fmt.name == "csv":
+                from pipeline.io.csv import file_header
+
+                options["header"] = file_header(part.path, self._layout)
+            stream = splitting.LineRange(part, newlines_before)
+            try:
+                if stream.empty:
+                    yield from self._checked([])
+                    return
+                blocks = fmt.read(
+                    stream,
+                    part.path,
+                    self._layout,
+                    self._block_bytes,
+                    first_line=stream.first_line,
+                    **options,
+                )
+                yield from self._checked(read_ahead(_errors_grouped(blocks)))
+            finally:
+                stream.close()
+            return
+        if part.index == 0:
+            check_file_head(part.path, self._input_format, self._layout)
+        with FileSystems.open(part.path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+            blocks = fmt.read(
+                stream, part.path, self._layout, self._block_bytes,
+                row_groups=(part.start, part.end), first_row=part.first_row,
+            )  # fmt: skip
+            yield from self._checked(read_ahead(_errors_grouped(blocks)))
+
+    def _whole_file(self, path: str, fmt):
         gzipped = path.endswith(COMPRESSED_SUFFIX) and not fmt.needs_seekable_file
-        with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
             # Python's gzip reader, not Beam's: Beam ends a truncated .gz file silently.
             stream = _GzipStream(raw) if gzipped else raw
             try:
@@ -356,7 +405,8 @@ def separate_errors(records, label: str = "SeparateErrors") -> dict:
 
 
 class _ReadFiles(beam.PTransform):
-    """File patterns -> validated record blocks and error records, a whole file per worker task."""
+    """File patterns -> validated record blocks and error records; a small file is one read
+    task, a large one several (byte ranges or row groups, see pipeline.io.splitting)."""
 
     def __init__(self, inputs: Inputs, layout: RecordLayout, block_bytes: int):
         super().__init__()
@@ -364,18 +414,42 @@ class _ReadFiles(beam.PTransform):
         self._input_format = inputs.input_format
         self._layout = layout
         self._block_bytes = block_bytes
+        self._split_bytes = inputs.split_bytes
 
     def expand(self, pbegin):
-        # Files, not blocks, are spread over workers: each file is then read, validated,
-        # scored and written in one fused stage, so no stage ever holds the whole input.
-        return (
+        input_format, split_bytes = self._input_format, self._split_bytes
+
+        def plan(metadata):
+            fmt = format_for(metadata.path, input_format)
+            return splitting.plan_parts(metadata.path, metadata.size_in_bytes, fmt, split_bytes)
+
+        def count(part):
+            quoted = format_for(part.path, input_format).name == "csv"
+            return part.path, (part.index, splitting.count_range(part, quoted))
+
+        parts = (
             pbegin
             | "ListPatterns" >> beam.Create(self._patterns)
             | "MatchFiles" >> fileio.MatchAll()
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "OpenFiles" >> fileio.ReadMatches()
+            | "PlanParts" >> beam.FlatMap(plan)
+        )
+        # Byte ranges need the newlines before them (line numbers): counted in parallel.
+        starts = (
+            parts
+            | "ByteRanges" >> beam.Filter(lambda part: part.kind == splitting.LINES)
+            | "SpreadRanges" >> beam.Reshuffle()
+            | "CountNewlines" >> beam.Map(count)
+            | "ByFile" >> beam.GroupByKey()
+            | "RangeStarts" >> beam.FlatMap(lambda item: splitting.part_starts(item[0], list(item[1])))
+        )
+        # Parts, not blocks, are spread over workers: each part is then read, validated,
+        # scored and written in one fused stage, so no stage ever holds the whole input.
+        return (
+            parts
+            | "SpreadParts" >> beam.Reshuffle()
             | "ParseRecords"
-            >> beam.ParDo(_ReadFileFn(self._layout, self._input_format, self._block_bytes)).with_outputs(
-                COUNTS, main=RECORDS
-            )
+            >> beam.ParDo(
+                _ReadPartFn(self._layout, self._input_format, self._block_bytes),
+                starts=beam.pvalue.AsDict(starts),
+            ).with_outputs(COUNTS, main=RECORDS)
         )

@@ -88,7 +88,7 @@ def _utf8(column: pa.Array) -> pa.Array:
 class FileFormat:
     name: str
     extensions: tuple[str, ...]
-    # read(stream, source, layout, block_bytes) -> Iterator[RecordBlock | error record]
+    # read(stream, source, layout, block_bytes, **part) -> Iterator[RecordBlock | error record]
     read: Callable[..., Iterator]
     # head_problem(first bytes, decompressed; layout) -> why the file is not this format, or None
     head_problem: Callable[..., str | None]
@@ -96,6 +96,10 @@ class FileFormat:
     write_predictions: Callable[..., object]
     # Parquet reads its footer first: it needs a seekable, uncompressed file.
     needs_seekable_file: bool = False
+    # How a large file is cut for several workers (pipeline.io.splitting): "lines" (byte
+    # ranges; read(..., first_line=N) numbers from N), "row_groups" (read(..., row_groups=
+    # (first, end), first_row=N)), or None: read whole.
+    split: str | None = None
 
 
 class PredictionWriter(beam.PTransform):

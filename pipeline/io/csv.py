@@ -135,9 +135,12 @@ def parse_header(text: bytes) -> list[str]:
     return rows[0] if rows else []
 
 
-def read(stream, source: str, layout, block_bytes: int):
-    parser = CsvParser(layout, source, list(layout.csv_columns)) if layout.csv_columns else None
-    for records in split_records(stream, block_bytes, quoted=True):
+def read(stream, source: str, layout, block_bytes: int, first_line: int = 1, header: list[str] | None = None):
+    """`stream` from the start of a file, or (a byte range of a large file) from a record
+    that is line `first_line`, with the file's `header` read beforehand."""
+    columns = list(layout.csv_columns) if layout.csv_columns else header
+    parser = CsvParser(layout, source, columns) if columns is not None else None
+    for records in split_records(stream, block_bytes, quoted=True, first_line=first_line):
         if parser is None:
             if not isinstance(records, Records):
                 parser = CsvParser(layout, source, [])
@@ -155,6 +158,21 @@ def read(stream, source: str, layout, block_bytes: int):
             if not len(records) and not records.rejected:
                 continue
         yield from parser.parse_records(records)
+
+
+def file_header(path: str, layout) -> list[str] | None:
+    """The column names of a CSV file (its first record), for a reader that starts mid-file."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    if layout.csv_columns:
+        return None
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for records in split_records(f, 1 << 20, quoted=True):
+            if isinstance(records, Records) and len(records):
+                return parse_header(records.data[: int(records.ends[0])])
+            return None
+    return None
 
 
 def head_problem(head: bytes, layout) -> str | None:
@@ -238,4 +256,5 @@ FORMAT = base.FileFormat(
     read=read,
     head_problem=head_problem,
     write_predictions=WritePredictions,
+    split="lines",
 )

@@ -121,12 +121,13 @@ def _json_kind(value) -> str:
     return {list: "an array", str: "a string"}.get(type(value), "a number")
 
 
-def read(stream, source: str, layout, block_bytes: int):
+def read(stream, source: str, layout, block_bytes: int, first_line: int = 1):
+    """`stream` from the start of a file, or from a record that is line `first_line`."""
     parser = JsonParser(layout, source)
     head = stream.read(len(BYTE_ORDER_MARK))
     if head != BYTE_ORDER_MARK:  # a UTF-8 BOM (Windows editors) is not part of the first record
         stream = base.Prepended(head, stream)
-    for records in split_records(stream, block_bytes):
+    for records in split_records(stream, block_bytes, first_line=first_line):
         yield from parser.parse_records(records)
 
 
@@ -210,4 +211,5 @@ FORMAT = base.FileFormat(
     read=read,
     head_problem=head_problem,
     write_predictions=WritePredictions,
+    split="lines",
 )

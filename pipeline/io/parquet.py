@@ -21,7 +21,16 @@ from pipeline.io import base
 MAGIC = b"PAR1"
 
 
-def read(stream, source: str, layout, block_bytes: int):
+def read(
+    stream,
+    source: str,
+    layout,
+    block_bytes: int,
+    row_groups: tuple[int, int] | None = None,
+    first_row: int = 1,
+):
+    """Every row group of the file, or those in [first, end) of `row_groups`, rows numbered
+    from `first_row`."""
     try:
         parquet_file = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as e:
@@ -33,8 +42,7 @@ def read(stream, source: str, layout, block_bytes: int):
         return
     present = set(parquet_file.schema_arrow.names)
     columns = [f.name for f in layout.all_fields if f.name in present]
-    first_row = 1
-    for group in range(parquet_file.num_row_groups):
+    for group in range(*(row_groups or (0, parquet_file.num_row_groups))):
         rows = parquet_file.metadata.row_group(group).num_rows
         try:
             table = parquet_file.read_row_group(group, columns=columns)
@@ -85,4 +93,5 @@ FORMAT = base.FileFormat(
     head_problem=head_problem,
     write_predictions=WritePredictions,
     needs_seekable_file=True,
+    split="row_groups",
 )
