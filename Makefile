@@ -13,10 +13,10 @@ RECORDS ?= 5000
 help: ## List the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: setup.py requirements.lock requirements-dev.txt
+$(BIN)/.installed: setup.py requirements.lock requirements-dask.lock requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements.lock -r requirements-dask.lock -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 

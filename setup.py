@@ -26,6 +26,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["pipeline*", "transforms*", "trainer*", "sampledata*"]),
     package_data={"transforms": ["schemas/*.yaml"]},
     install_requires=STACK,
-    extras_require={"dev": ["pytest", "ruff", "pyinstrument"]},
+    extras_require={
+        "dev": ["pytest", "ruff", "pyinstrument"],
+        # The Dask engine (--runner DaskRunner); pins in requirements-dask.lock.
+        "dask": ["dask[distributed]==2026.8.0"],
+    },
     entry_points={"console_scripts": ["adpredict = pipeline.cli:main"]},
 )
