@@ -33,6 +33,7 @@ import time
 # alerts built on them: they are stable. Rename one only with a deprecation note; add new
 # ones here. tests/test_progress.py checks that every counter the pipeline declares is listed.
 FILES_READ = "files_read"
+FILE_PARTS_READ = "file_parts_read"  # byte ranges or row-group runs of large files, and whole files
 RECORDS_READ = "records_read"
 RECORDS_MALFORMED = "records_malformed"
 RECORDS_INVALID = "records_invalid"
@@ -46,6 +47,7 @@ BIGQUERY_PREDICTIONS_LOADED = "bigquery_predictions_loaded"
 BIGQUERY_ERRORS_LOADED = "bigquery_errors_loaded"
 COUNTERS = (
     FILES_READ,
+    FILE_PARTS_READ,
     RECORDS_READ,
     RECORDS_MALFORMED,
     RECORDS_INVALID,

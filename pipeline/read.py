@@ -207,8 +207,8 @@ class _ReadPartFn(beam.DoFn):
         self._layout = layout
         self._input_format = input_format
         self._block_bytes = block_bytes
-        self._files = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "files_read")
-        self._parts = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "file_parts_read")
+        self._files = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.FILES_READ)
+        self._parts = beam.metrics.Metrics.counter(METRICS_NAMESPACE, progress.FILE_PARTS_READ)
         self._checked = CheckedRecords(layout)
 
     def process(self, part: splitting.FilePart, starts: dict):

@@ -819,14 +819,10 @@ def test_error_records(case, record_cases):
 
 def _read_on_a_worker(path: str) -> list[dict]:
     """What the file-reading step of a run yields for `path`: its error records."""
-    from apache_beam.io import fileio
-    from apache_beam.io.filesystem import FileMetadata
+    from pipeline.io.splitting import FilePart
+    from pipeline.read import _ReadPartFn
 
-    from pipeline.read import _ReadFileFn
-
-    items = _ReadFileFn(_layout(), None, 1 << 20).process(
-        fileio.ReadableFile(FileMetadata(path, os.path.getsize(path)))
-    )
+    items = _ReadPartFn(_layout(), None, 1 << 20).process(FilePart(path, end=os.path.getsize(path)), {})
     return [error for item in items if isinstance(item, list) for error in item]
 
 
