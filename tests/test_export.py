@@ -25,7 +25,7 @@ SAMPLE = 24
 # Runs in a fresh interpreter that imports only TensorFlow: the model must need nothing else.
 HERMETIC_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import base64, json, sys
     import tensorflow as tf
     model_dir, records_path = sys.argv[1], sys.argv[2]
     records = [json.loads(line) for line in open(records_path)]
@@ -49,9 +49,10 @@ HERMETIC_SCRIPT = textwrap.dedent(
             return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-    examples = [
+    examples = [  # as TFX stores them: the image's JPEG/PNG bytes, not base64 text
         tf.train.Example(features=tf.train.Features(feature={
-            k: feature(v) for k, v in r.items() if k not in ("id", "clicked")
+            k: feature(v) if k != "image" else tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[base64.b64decode(v)])) for k, v in r.items() if k not in ("id", "clicked")
         })).SerializeToString()
         for r in records
     ]

@@ -7,7 +7,8 @@ directory is hermetic and loads with TensorFlow alone. Two signatures:
 - `serving_default`: one named input per raw feature, batch first (`age` int64 [B],
   `gender` string [B], `interests` string [B, N] padded with "", `bid` float32 [B] with NaN
   for missing, `image` base64 string [B]); output `probability` float32 [B].
-- `serving_tf_example`: one string input `examples` of serialized tf.Example (TFX style).
+- `serving_tf_example`: one string input `examples` of serialized tf.Example (TFX style:
+  an image feature holds the JPEG/PNG bytes themselves, not base64 text).
 - `transform_features`: the raw inputs of `serving_default` -> tf.Transform's outputs, for
   checking training/serving parity and debugging.
 """
@@ -102,7 +103,11 @@ class ServingModule(tf.Module):
         return {name: transformed[name] for name in self._model_inputs}
 
     def _serve_tf_example(self, examples):
-        return self.score(tf.io.parse_example(examples, example_parsing_spec(self._schema)))
+        raw = tf.io.parse_example(examples, example_parsing_spec(self._schema))
+        for feature in self._schema.features:
+            if feature.type == IMAGE:  # TFX stores image bytes; the transform reads base64 text
+                raw[feature.name] = tf.io.encode_base64(raw[feature.name], pad=True)
+        return self.score(raw)
 
 
 class _NotTracked:
