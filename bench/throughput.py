@@ -12,7 +12,10 @@ heavy (MobileNetV2 at 128x128) model, it measures records per second of:
    reported apart.
 3. naive Beam: ReadFromText -> json.loads -> BatchElements -> tensors from dicts ->
    WriteToText (bench/naive_beam.py).
-4. per-record service: parse one record, one model call, on a sample.
+4. peers (bench/peers.py), on the same records as tf.Example TFRecords: TFX BulkInferrer's
+   way (tfx_bsl RunInference, `serving_tf_example`) and Beam's RunInference with a keyed
+   tfx_bsl model handler; their predictions are checked equal to adpredict's.
+5. per-record service: parse one record, one model call, on a sample.
 
 plus the pipeline's peak RSS at 100k and 1M light records, a parse-only floor (pyarrow
 reading the light files, nothing else) and the DirectRunner modes. Pipeline and naive
@@ -32,6 +35,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+
+from bench.peers import PEERS, write_examples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "bench", "results")
@@ -216,6 +221,40 @@ def pipeline_runs(model_dir: str, pattern: str, out: str, records: int, runs: in
     }
 
 
+def peer_runs(
+    peer: str, model_dir: str, examples: str, out: str, records: int, runs: int, expected: dict
+) -> dict:
+    """A peer (bench/peers.py) on the same records as tf.Examples; its predictions must be
+    adpredict's (`expected`: key -> probability) to within float rounding."""
+    from bench.peers import predictions
+
+    results = [
+        timed(peer, ["--model_dir", model_dir, "--input", examples, "--output_dir", out]) for _ in range(runs)
+    ]
+    found = predictions(out)
+    if sorted(found) != sorted(expected):
+        raise RuntimeError(f"{peer} scored {len(found):,} keys, adpredict {len(expected):,}")
+    worst = max(abs(found[k] - expected[k]) for k in expected)
+    if worst > 1e-4:
+        raise RuntimeError(f"{peer} predictions differ from adpredict's by up to {worst:.3g}")
+    return {
+        "runs": [records / r["run_s"] for r in results],
+        "startup_s": [r["startup_s"] for r in results],
+        "max_difference": worst,
+    }
+
+
+def adpredict_predictions(out: str) -> dict:
+    import glob
+
+    rows = (
+        json.loads(line)
+        for path in glob.glob(os.path.join(out, "prediction.results-*"))
+        for line in open(path)
+    )
+    return {row["key"]: row["prediction"]["probability"] for row in rows}
+
+
 def naive_runs(model_dir: str, pattern: str, out: str, records: int, runs: int) -> dict:
     results = [
         timed("naive", ["--model_dir", model_dir, "--input", pattern, "--output_dir", out])
@@ -240,6 +279,7 @@ def report(results: dict) -> str:
             (f"bare model (batch {r['bare']['batch_size']})", r["bare"]["runs"]),
             (f"adpredict predict (batch {r['pipeline']['batch_size']})", r["pipeline"]["runs"]),
             ("naive Beam", r["naive"]["runs"]),
+            *((f"peer: {peer.replace('_', ' ')}", r[peer]["runs"]) for peer in PEERS if peer in r),
             (f"per-record service ({r['service']['records']} records)", r["service"]["runs"]),
         ]
         lines.append(f"\n{name} model, {r['records']:,} records")
@@ -271,7 +311,20 @@ def report(results: dict) -> str:
     def ratio(a, b):
         return median(a["runs"]) / median(b["runs"])
 
+    def best_peer(r):
+        return max((r[p] for p in PEERS if p in r), key=lambda peer: median(peer["runs"]))
+
     checks = [  # (target, figure, met)
+        (
+            "light: pipeline >= 30 x best peer",
+            ratio(light["pipeline"], best_peer(light)),
+            lambda v: v >= 30.0,
+        ),
+        (
+            "heavy: pipeline >= 1.2 x best peer",
+            ratio(heavy["pipeline"], best_peer(heavy)),
+            lambda v: v >= 1.2,
+        ),
         ("light: pipeline >= 0.70 x bare", ratio(light["pipeline"], light["bare"]), lambda v: v >= 0.70),
         ("light: pipeline >= 5 x naive Beam", ratio(light["pipeline"], light["naive"]), lambda v: v >= 5.0),
         ("heavy: pipeline >= 0.90 x bare", ratio(heavy["pipeline"], heavy["bare"]), lambda v: v >= 0.90),
@@ -310,6 +363,12 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
         r["bare"] = bare_model(model_dir, load_table(model_dir, pattern, 200_000), runs, seconds=3.0)
         print(f"-- {name}: adpredict predict x{runs}", flush=True)
         r["pipeline"] = pipeline_runs(model_dir, pattern, out, n[name], runs)
+        expected = adpredict_predictions(out)
+        examples = write_examples(pattern, schema_path, os.path.join(work_dir, name, "examples"))
+        for peer in PEERS:
+            print(f"-- {name}: peer {peer} x{runs}", flush=True)
+            peer_out = os.path.join(work_dir, name, peer)
+            r[peer] = peer_runs(peer, model_dir, examples, peer_out, n[name], runs, expected)
         print(f"-- {name}: naive Beam x{runs}", flush=True)
         r["naive"] = naive_runs(model_dir, pattern, os.path.join(work_dir, name, "naive"), n[name], runs)
         print(f"-- {name}: per-record service", flush=True)

@@ -40,8 +40,13 @@ def main(argv: list[str]) -> None:
 
         def work():
             naive_main(args)
+    elif job in ("bulk_inferrer", "keyed_run_inference"):
+        from bench.peers import main as peer_main
+
+        def work():
+            peer_main([job, *args])
     else:
-        raise SystemExit(f"unknown job {job!r}; use predict or naive")
+        raise SystemExit(f"unknown job {job!r}; use predict, naive, bulk_inferrer or keyed_run_inference")
     ready = time.time()
     work()
     finished = time.time()
