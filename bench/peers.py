@@ -27,8 +27,9 @@ PEERS = ("bulk_inferrer", "keyed_run_inference")
 KEY_FEATURE = "id"
 
 
-def write_examples(records_pattern: str, schema_path: str, out_dir: str) -> str:
-    """The JSONL records of `records_pattern` as tf.Example TFRecord files (one per JSONL file)."""
+def write_examples(records_pattern: str, schema_path: str, out_dir: str, max_files: int | None = None) -> str:
+    """The JSONL records of `records_pattern` (its first `max_files` files) as tf.Example
+    TFRecord files, one per JSONL file."""
     import json
 
     from sampledata.generate import write_records
@@ -36,7 +37,9 @@ def write_examples(records_pattern: str, schema_path: str, out_dir: str) -> str:
 
     schema = load_schema(schema_path)
     os.makedirs(out_dir, exist_ok=True)
-    for path in sorted(glob.glob(records_pattern)):
+    for stale in glob.glob(os.path.join(out_dir, "*.tfrecord")):
+        os.remove(stale)
+    for path in sorted(glob.glob(records_pattern))[:max_files]:
         with open(path, encoding="utf-8") as f:
             records = [json.loads(line) for line in f]
         name = os.path.basename(path).replace(".jsonl", ".tfrecord")
