@@ -30,7 +30,7 @@ from pipeline import errors
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.dataflow import is_dry_run, launch, local_stand_in
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, freeze_imported_objects
 from pipeline.manifest import (
     RUN_MANIFEST,
     SUCCESS_MARKER,
@@ -268,6 +268,7 @@ def run(argv=None, test_pipeline=None) -> str:
     import tensorflow_transform.beam as tft_beam
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
+    freeze_imported_objects()
     options = beam.options.pipeline_options.PipelineOptions(argv)
     opts.validate_analyze(options)
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials

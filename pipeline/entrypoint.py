@@ -57,6 +57,19 @@ _STARTUP_CHATTER = re.compile(
 )
 
 
+def freeze_imported_objects() -> None:
+    """Moves every object alive now (TensorFlow's and Beam's imports: millions) out of the
+    cyclic garbage collector's sight, as a run starts.
+
+    They live as long as the process, yet each full collection walked them all: 0.15 s a
+    time on this project's benchmark, once or twice a run, inside what a nightly run of 100k
+    records pays before its first record. Objects made after this are collected as usual.
+    """
+    import gc
+
+    gc.freeze()
+
+
 class ErrorRateExceeded(RuntimeError):
     """More records failed than --max_error_rate allows (everything was still written)."""
 

@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import options as opts
 from pipeline.blocks import RecordLayout
 from pipeline.dataflow import is_dry_run, launch, waits
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded
+from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded, freeze_imported_objects
 from pipeline.inference import RunInferenceFn
 from pipeline.io import BIGQUERY, InputError
 from pipeline.io import bigquery as bq
@@ -256,6 +256,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     With `--dry_run=True` (DataflowRunner) nothing is read, written or submitted: the job
     request is built and staged offline (`pipeline.dataflow`), and its summary returned.
     """
+    freeze_imported_objects()
     options = PipelineOptions(argv)
     opts.validate_predict(options)
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
