@@ -30,6 +30,7 @@ from pipeline.blocks import (
     string_buffer,
     with_missing_marked,
 )
+from pipeline.options import DEFAULT_MAX_BATCH_BYTES
 from pipeline.validation import record_keys
 from transforms.model_contract import InputField, ModelDescription
 from transforms.signature_reader import describe_model
@@ -41,6 +42,8 @@ OUT_OF_MEMORY = (tf.errors.ResourceExhaustedError, MemoryError)
 BATCH_SIZE_HALVINGS = progress.BATCH_SIZE_HALVINGS
 # Most padded list cells (rows x longest list) in one model call: 4M strings, ~130 MB.
 MAX_PADDED_LIST_CELLS = 1 << 22
+# Input types whose values vary in size, counted against --max_batch_bytes.
+SIZED_TYPES = ("string", "image", "string_list")
 
 
 class LoadedModel:
@@ -187,8 +190,11 @@ class RunInferenceFn(beam.DoFn):
         shared_handle=None,
         tf_threads: int | None = None,
         description: ModelDescription | None = None,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     ):
         self._model_dir = model_dir
+        self._max_batch_bytes = max_batch_bytes
+        self._sized_fields = [f.name for f in layout.fields if f.type in SIZED_TYPES]
         self._description = description
         self._layout = layout
         self._list_fields = [f.name for f in layout.fields if f.type == "string_list"]
@@ -220,6 +226,7 @@ class RunInferenceFn(beam.DoFn):
             block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None
         )
         slices = narrow_batches(block.batch, batch_slices(len(block), self._batch_size), self._list_fields)
+        slices = byte_bounded(block.batch, slices, self._sized_fields, self._max_batch_bytes)
         batches = [(start, block.batch.slice(start, size)) for start, size in slices]
         calls = [self._model.calls.submit(self._model.predict, batch) for _, batch in batches]
         yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_batches", len(batches)))
@@ -342,6 +349,50 @@ def narrow_batches(
         else:
             narrowed.append((start, size))
     return narrowed
+
+
+def row_bytes(batch: pa.RecordBatch, fields) -> np.ndarray:
+    """Bytes of each row's values in `fields` (strings, images, lists of strings); nulls 0."""
+    sizes = np.zeros(batch.num_rows, dtype=np.int64)
+    for name in fields:
+        column = batch.column(name)
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            lengths = pc.fill_null(pc.binary_length(pc.list_flatten(column)), 0)
+            parents = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+            sizes += np.bincount(
+                parents, weights=lengths.to_numpy(zero_copy_only=False), minlength=batch.num_rows
+            ).astype(np.int64)
+        else:
+            sizes += pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return sizes
+
+
+def byte_bounded(
+    batch: pa.RecordBatch, slices: list[tuple[int, int]], fields, max_bytes: int
+) -> list[tuple[int, int]]:
+    """`slices`, each cut into runs of rows holding at most `max_bytes` of `fields`' values.
+
+    Creatives vary (a 3 KB thumbnail, a 2 MB banner), so a batch size fit for the small ones
+    can make one call of thousands of large ones; memory follows bytes, not rows. A row larger
+    than `max_bytes` alone is a call of its own. 0 (or no such fields) leaves `slices` as they
+    are. Cuts are greedy and only where a slice is over the cap, so typical data keeps its
+    equal-sized batches.
+    """
+    if not max_bytes or not fields or not slices:
+        return slices
+    ends = np.concatenate([[0], np.cumsum(row_bytes(batch, fields))])  # ends[i]: bytes of rows < i
+    bounded = []
+    for start, size in slices:
+        stop = start + size
+        if ends[stop] - ends[start] <= max_bytes:
+            bounded.append((start, size))
+            continue
+        while start < stop:
+            fits = int(np.searchsorted(ends, ends[start] + max_bytes, side="right")) - 1
+            end = min(stop, max(fits, start + 1))
+            bounded.append((start, end - start))
+            start = end
+    return bounded
 
 
 def batch_slices(rows: int, batch_size: int) -> list[tuple[int, int]]:

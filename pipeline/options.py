@@ -19,6 +19,11 @@ from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, VERBOSE_FLAG
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
 from pipeline.io.splitting import DEFAULT_SPLIT_BYTES
 
+# Most bytes of text and image values per model call. The model copies a batch's strings a
+# few times (base64 decoding, clean-up) and decodes images while it runs, so its memory
+# grows with them: 2,048 records of 1 MB creatives would be 2 GB per copy.
+DEFAULT_MAX_BATCH_BYTES = 64 << 20
+
 
 class OptionsError(ValueError):
     """A flag is missing or wrong; the message names it."""
@@ -146,6 +151,14 @@ class PredictOptions(PipelineOptions):
             help="Records per model call; default: the batch size recorded in the model.",
         )
         parser.add_argument(
+            "--max_batch_bytes",
+            type=int,
+            default=DEFAULT_MAX_BATCH_BYTES,
+            help="Most bytes of text and image values in one model call (default 64 MiB): a batch "
+            "of large creatives is cut smaller, so the model's copies and decodes of them stay "
+            "bounded; 0 turns the cap off.",
+        )
+        parser.add_argument(
             "--force_unlock",
             action="store_true",
             default=False,
@@ -212,6 +225,10 @@ def validate_predict(options: PipelineOptions) -> None:
         raise OptionsError("--model_dir is required: the model directory `adpredict train` exported")
     if predict.batch_size is not None and predict.batch_size < 1:
         raise OptionsError(f"--batch_size must be at least 1, got {predict.batch_size}")
+    if predict.max_batch_bytes < 0:
+        raise OptionsError(
+            f"--max_batch_bytes must be 0 (no cap) or a size in bytes, got {predict.max_batch_bytes}"
+        )
     if predict.tf_threads is not None and predict.tf_threads < 1:
         raise OptionsError(f"--tf_threads must be at least 1, got {predict.tf_threads}")
     if predict.output_format == "bigquery" and not predict.output_table:

@@ -140,6 +140,7 @@ def build_predict(
     bigquery: BigQueryTarget | None = None,
     run_info: dict | None = None,
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
+    max_batch_bytes: int = opts.DEFAULT_MAX_BATCH_BYTES,
 ) -> dict:
     """Builds the graph; returns the `scored` blocks, `errors` (lists of error records) and
     `manifest` PCollections.
@@ -155,7 +156,13 @@ def build_predict(
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, layout, input_format)
     inference = records[RECORDS] | "RunInference" >> beam.ParDo(
         RunInferenceFn(
-            model_dir, layout, batch_size or description.batch_size, shared_handle, tf_threads, description
+            model_dir,
+            layout,
+            batch_size or description.batch_size,
+            shared_handle,
+            tf_threads,
+            description,
+            max_batch_bytes,
         )
     ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
     # Read errors reach RunInference on the blocks' stream and leave with its own: no Flatten
@@ -301,6 +308,7 @@ def run(argv=None, test_pipeline=None) -> dict:
             "fingerprint": None if offline else model_fingerprint(predict.model_dir),
         },
         "batch_size": predict.batch_size or description.batch_size,
+        "max_batch_bytes": predict.max_batch_bytes,
         "tf_threads": opts.tf_threads(options) or "TensorFlow default (all cores)",
         "runner": runner or "DirectRunner",
         "versions": versions(),
@@ -320,6 +328,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         bigquery=bigquery,
         run_info=run_info,
         max_error_rate=io.max_error_rate,
+        max_batch_bytes=predict.max_batch_bytes,
     )
     # Only a pipeline that runs in this process is over when this process is.
     in_process = runner in LOCAL_RUNNERS and waits(options)

@@ -15,11 +15,12 @@ import sys
 import textwrap
 import zlib
 
+import numpy as np
 import pytest
 
 from pipeline import errors
 from pipeline.blocks import RecordLayout
-from pipeline.inference import MAX_PADDED_LIST_CELLS, narrow_batches
+from pipeline.inference import MAX_PADDED_LIST_CELLS, byte_bounded, narrow_batches, row_bytes
 from pipeline.io import blocks_and_errors, read_stream
 from pipeline.io.jsonl import JsonParser
 from pipeline.validation import MAX_IMAGE_PIXELS, MAX_LIST_ITEMS, image_size, validate_block
@@ -223,6 +224,59 @@ def test_a_long_list_only_narrows_the_batches_that_hold_it():
         assert size * max(lengths[start : start + size]) <= MAX_PADDED_LIST_CELLS or size == 1
 
 
+def test_large_creatives_cut_only_the_batches_that_hold_them():
+    import pyarrow as pa
+
+    sizes = [3_000] * 1_000
+    sizes[10:20] = [2_000_000] * 10  # ten 2 MB banners among thumbnails
+    sizes[500] = 9_000_000  # one over the cap on its own
+    images = pa.array(["x" * n for n in sizes])
+    lists = pa.array([["ab", None, "cde"]] * 1_000, pa.list_(pa.string()))
+    batch = pa.RecordBatch.from_arrays([images, lists], ["image", "interests"])
+    per_row = row_bytes(batch, ["image", "interests"])
+    assert per_row.tolist() == [n + 5 for n in sizes]  # a null list item counts 0 bytes
+    cap = 5_000_000
+    slices = byte_bounded(batch, [(0, 400), (400, 300), (700, 300)], ["image", "interests"], cap)
+    assert slices[-1] == (700, 300)  # a batch under the cap is left as it was
+    assert [start for start, _ in slices] == [0, *np.cumsum([size for _, size in slices[:-1]]).tolist()]
+    for start, size in slices:
+        assert per_row[start : start + size].sum() <= cap or size == 1
+    # Greedy: 10 thumbnails + 2 banners fill the first call; pairs of banners; a pair and as
+    # many thumbnails as fit; the rest. The 9 MB record is a call of its own.
+    assert slices == [(0, 12), (12, 2), (14, 2), (16, 2), (18, 334), (352, 48),
+                      (400, 100), (500, 1), (501, 199), (700, 300)]  # fmt: skip
+    assert byte_bounded(batch, [(0, 1_000)], ["image"], 0) == [(0, 1_000)]  # 0: no cap
+
+
+def test_a_byte_cap_changes_the_calls_not_the_predictions(trained_ads, tmp_path):
+    from pipeline import predict
+
+    records = []
+    for index in range(40):
+        side = 600 if index % 8 == 0 else 40  # mixed creatives: a few large, most small
+        records.append(good(f"r{index}", image=jpeg(side, side, quality=95, noise=True)))
+    (tmp_path / "in.jsonl").write_text("\n".join(records) + "\n")
+    image_bytes = [len(json.loads(r)["image"]) for r in records]
+
+    def scored(cap):
+        out = tmp_path / f"out-{cap}"
+        manifest = predict.run(
+            ["--model_dir", trained_ads["model"], "--input", str(tmp_path / "in.jsonl"),
+             "--output_dir", str(out), "--max_batch_bytes", str(cap), "--no_progress"]
+        )  # fmt: skip
+        lines = (out / "prediction.results-00000-of-00001").read_text().splitlines()
+        return manifest, {p["key"]: p["prediction"]["probability"] for p in map(json.loads, lines)}
+
+    uncapped, expected = scored(0)
+    cap = max(image_bytes) + 1_000
+    capped, found = scored(cap)
+    assert uncapped["counts"]["model_batches"] == 1 and uncapped["max_batch_bytes"] == 0
+    assert capped["counts"]["model_batches"] >= sum(image_bytes) // cap + 1
+    assert capped["counts"]["predictions"] == 40 and capped["counts"]["errors"] == 0
+    assert found.keys() == expected.keys()
+    assert max(abs(found[k] - expected[k]) for k in found) < 1e-6
+
+
 def png(width, height) -> str:
     """A PNG that declares width x height pixels: a few KB that decode to gigabytes."""
 
@@ -235,12 +289,14 @@ def png(width, height) -> str:
     return base64.b64encode(data).decode()
 
 
-def jpeg(width, height, exif_bytes=0) -> str:
+def jpeg(width, height, exif_bytes=0, quality=5, noise=False) -> str:
     from PIL import Image
 
     buffer = io.BytesIO()
     exif = b"Exif\x00\x00" + b"x" * exif_bytes if exif_bytes else b""
-    Image.new("RGB", (width, height)).save(buffer, "JPEG", quality=5, exif=exif)
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels) if noise else Image.new("RGB", (width, height))
+    image.save(buffer, "JPEG", quality=quality, exif=exif)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
