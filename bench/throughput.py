@@ -18,7 +18,10 @@ heavy (MobileNetV2 at 128x128) model, it measures records per second of:
 5. per-record service: parse one record, one model call, on a sample.
 
 plus the pipeline's peak RSS at 100k and 1M light records, a parse-only floor (pyarrow
-reading the light files, nothing else) and the DirectRunner modes. Pipeline and naive
+reading the light files, nothing else) and the DirectRunner modes; the light model's marginal
+rate on the same records as Parquet and TFRecord against their own parse floors; and the model
+`make demo` trains (small CNN on 32x32 creatives): bare, predict and the two peers as marginal
+rates. Pipeline and naive
 runs each get a fresh interpreter (bench/timed.py). Prints a table and writes
 bench/results/throughput-<time>.json.
 """
@@ -50,32 +53,35 @@ MODES = {
 def sizes(quick: bool) -> dict:
     """Records per data set; --quick is a smoke test of the script, not a measurement."""
     if quick:
-        return {"light": 100_000, "light_small": 20_000, "heavy": 300, "files": 4, "service": 100}
-    return {"light": 1_000_000, "light_small": 100_000, "heavy": 20_000, "files": 8, "service": 300}
+        return {"light": 100_000, "light_small": 20_000, "heavy": 300, "demo": 4_000, "demo_small": 1_000,
+                "files": 4, "service": 100}  # fmt: skip
+    return {"light": 1_000_000, "light_small": 100_000, "heavy": 20_000, "demo": 40_000, "demo_small": 4_000,
+            "files": 8, "service": 300}  # fmt: skip
 
 
 # ---------------------------------------------------------------- data
 
 
 def _generate_part(args) -> str:
-    path, records, seed, schema, first_id = args
+    path, records, seed, schema, first_id, fmt = args
     from sampledata.generate import generate_file
 
-    generate_file(path, records, seed=seed, schema=schema, first_id=first_id)
+    generate_file(path, records, seed=seed, schema=schema, first_id=first_id, fmt=fmt)
     return path
 
 
-def generate_shards(directory: str, schema: str, records: int, files: int, seed: int) -> str:
-    """`records` records in `files` JSONL shards (generated on 2 processes); returns a glob."""
+def generate_shards(directory: str, schema: str, records: int, files: int, seed: int, fmt="jsonl") -> str:
+    """`records` records in `files` shards of `fmt` (generated on 2 processes); returns a glob.
+    The same arguments in another format give the same records."""
     os.makedirs(directory, exist_ok=True)
     per_file = records // files
     jobs = [
-        (os.path.join(directory, f"part-{i:05d}.jsonl"), per_file, seed + i, schema, i * per_file)
+        (os.path.join(directory, f"part-{i:05d}.{fmt}"), per_file, seed + i, schema, i * per_file, fmt)
         for i in range(files)
     ]
     with ProcessPoolExecutor(max_workers=2) as pool:
         list(pool.map(_generate_part, jobs))
-    return os.path.join(directory, "*.jsonl")
+    return os.path.join(directory, f"*.{fmt}")
 
 
 # ---------------------------------------------------------------- in-process measurements
@@ -169,8 +175,9 @@ def per_record_service(model_dir: str, pattern: str, records: int) -> dict:
     return {"records": records, "runs": [records / (time.perf_counter() - started)]}
 
 
-def parse_floor(model_dir: str, pattern: str, records: int) -> float:
-    """Records/s of pyarrow alone turning the light files into typed columns (no model)."""
+def parse_floor(model_dir: str, pattern: str, records: int, fmt: str = "jsonl") -> float:
+    """Records/s of predict's reader alone (pyarrow, or tfx_bsl for TFRecord) turning files
+    already in memory into typed columns: no model, no Beam."""
     import glob
 
     from pipeline.blocks import RecordLayout
@@ -183,7 +190,7 @@ def parse_floor(model_dir: str, pattern: str, records: int) -> float:
     for path in sorted(glob.glob(pattern)):
         with open(path, "rb") as f:
             data = f.read()
-        for _ in read_stream(io.BytesIO(data), path, layout, "jsonl"):
+        for _ in read_stream(io.BytesIO(data), path, layout, fmt):
             pass
     return records / (time.perf_counter() - started)
 
@@ -337,6 +344,14 @@ def report(results: dict) -> str:
         f"{margin['records_per_s']:,.0f} records/s; stage limit 1/(1/parse + 1/bare) = {stage_limit:,.0f}; "
         f"fixed cost per run (beyond interpreter start-up) {margin['fixed_s']:.2f} s"
     )
+    for fmt, f in light.get("formats", {}).items():
+        fmt_limit = 1 / (1 / f["parse_floor"] + 1 / median(light["bare"]["runs"]))
+        f["stage_limit"] = fmt_limit
+        lines.append(
+            f"light {fmt}: parse floor {f['parse_floor']:,.0f} records/s, stage limit {fmt_limit:,.0f}; "
+            f"marginal {f['marginal']['records_per_s']:,.0f} records/s = "
+            f"{f['marginal']['records_per_s'] / fmt_limit:.3f} x stage limit; fixed {f['marginal']['fixed_s']:.2f} s"
+        )
     lines.append(
         "light marginal rates of the peers: "
         + ", ".join(
@@ -344,6 +359,28 @@ def report(results: dict) -> str:
             for peer, m in results["peer_marginal"].items()
         )
     )
+    demo = results.get("demo")
+    if demo:
+        demo_bare = median(demo["bare"]["runs"])
+        demo_limit = 1 / (1 / demo["parse_floor"] + 1 / demo_bare)
+        lines.append(
+            f"\ndemo model (small CNN, 32x32 creatives), marginal rates {demo['small_records']:,} -> "
+            f"{demo['records']:,} records"
+        )
+        lines.append(
+            f"  bare model (batch {demo['bare']['batch_size']}) {demo_bare:,.0f} records/s; "
+            f"parse floor {demo['parse_floor']:,.0f}; stage limit {demo_limit:,.0f}"
+        )
+        lines.append(
+            f"  adpredict predict (batch {demo['pipeline']['batch_size']}): {demo['marginal']['records_per_s']:,.0f} "
+            f"records/s = {demo['marginal']['records_per_s'] / demo_bare:.3f} x bare "
+            f"({demo['marginal']['records_per_s'] / demo_limit:.3f} x stage limit); fixed {demo['marginal']['fixed_s']:.2f} s"
+        )
+        for peer in PEERS:
+            lines.append(
+                f"  peer: {peer.replace('_', ' ')}: {demo[peer]['marginal']['records_per_s']:,.0f} records/s "
+                f"(fixed {demo[peer]['marginal']['fixed_s']:.2f} s)"
+            )
     checks = [  # (target, figure, met)
         ("light: marginal >= 0.70 x stage limit", margin["records_per_s"] / stage_limit, lambda v: v >= 0.70),
         ("light: fixed cost <= 1.0 s", margin["fixed_s"], lambda v: v <= 1.0),
@@ -361,11 +398,23 @@ def report(results: dict) -> str:
         ("light: pipeline >= 5 x naive Beam", ratio(light["pipeline"], light["naive"]), lambda v: v >= 5.0),
         ("RSS(1M) <= 1.3 x RSS(100k)", median(rss["large_mb"]) / median(rss["small_mb"]), lambda v: v <= 1.3),
     ]
+    checks += [
+        (f"light {fmt}: marginal >= 0.70 x its stage limit", f["marginal"]["records_per_s"] / f["stage_limit"],
+         lambda v: v >= 0.70)
+        for fmt, f in light.get("formats", {}).items()
+    ]  # fmt: skip
+    if demo:
+        demo_marginal = demo["marginal"]["records_per_s"]
+        demo_best_peer = max(demo[peer]["marginal"]["records_per_s"] for peer in PEERS)
+        checks += [
+            ("demo: marginal >= 0.85 x bare", demo_marginal / demo_bare, lambda v: v >= 0.85),
+            ("demo: marginal >= 2 x best peer's", demo_marginal / demo_best_peer, lambda v: v >= 2.0),
+        ]
     lines.append("\ntargets")
     results["targets"] = {}
     for label, figure, met in checks:
         results["targets"][label] = {"figure": round(figure, 3), "met": met(figure)}
-        lines.append(f"  {label:<36} {figure:8.3f}   {'met' if met(figure) else 'MISSED'}")
+        lines.append(f"  {label:<50} {figure:8.3f}   {'met' if met(figure) else 'MISSED'}")
     return "\n".join(lines)
 
 
@@ -448,8 +497,77 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
                 "large_records": n[name],
                 "large_mb": r["pipeline"]["peak_rss_mb"],
             }
+        if name == "light":
+            r["formats"] = other_formats(work_dir, model_dir, schema_path, n, runs, reuse)
         results[name] = r
+    results["demo"] = demo_model(work_dir, n, runs, reuse)
     return results
+
+
+def other_formats(work_dir: str, model_dir: str, schema_path: str, n: dict, runs: int, reuse: bool) -> dict:
+    """The light model on the same records as Parquet and TFRecord: each format's parse floor
+    and predict's marginal rate (n["light_small"] -> n["light"] records)."""
+    found = {}
+    for fmt in ("parquet", "tfrecord"):
+        patterns = {}
+        for size, seed in (("light", 100), ("light_small", 200)):
+            directory = os.path.join(work_dir, "light", f"{size}_{fmt}")
+            pattern = os.path.join(directory, f"*.{fmt}")
+            if not (reuse and os.path.isdir(directory)):
+                print(f"-- light {fmt}: {n[size]:,} records", flush=True)
+                generate_shards(directory, schema_path, n[size], n["files"], seed=seed, fmt=fmt)
+            patterns[size] = pattern
+        out = os.path.join(work_dir, "light", f"predictions_{fmt}")
+        print(f"-- light {fmt}: parse floor, adpredict predict x{runs} on each size", flush=True)
+        floor = parse_floor(model_dir, patterns["light"], n["light"], fmt)
+        large = pipeline_runs(model_dir, patterns["light"], out, n["light"], runs)
+        small = pipeline_runs(model_dir, patterns["light_small"], out, n["light_small"], runs)
+        found[fmt] = {
+            "parse_floor": floor,
+            "pipeline": large,
+            "marginal": marginal(n["light_small"], small["runs"], n["light"], large["runs"]),
+        }
+    return found
+
+
+def demo_model(work_dir: str, n: dict, runs: int, reuse: bool) -> dict:
+    """The model `make demo` trains (small CNN, 32x32 creatives): bare, predict and the peers,
+    each as a marginal rate from n["demo_small"] to n["demo"] records."""
+    from bench.models import build_model_dir
+
+    model_dir = os.path.join(work_dir, "demo", "model")
+    schema_path = os.path.join(work_dir, "demo", "ads_demo.yaml")
+    if not (reuse and os.path.isdir(model_dir)):
+        print(f"-- demo: building the model and {n['demo']:,} + {n['demo_small']:,} records", flush=True)
+        schema_path, model_dir = build_model_dir(work_dir, "demo", 2_000)
+    patterns, examples = {}, {}
+    for size, seed in (("demo", 100), ("demo_small", 200)):
+        directory = os.path.join(work_dir, "demo", size)
+        if not (reuse and os.path.isdir(directory)):
+            generate_shards(directory, schema_path, n[size], n["files"], seed=seed)
+        patterns[size] = os.path.join(directory, "*.jsonl")
+        examples[size] = write_examples(
+            patterns[size], schema_path, os.path.join(work_dir, "demo", f"examples_{size}")
+        )
+    r: dict = {"records": n["demo"], "small_records": n["demo_small"]}
+    print("-- demo: bare model", flush=True)
+    r["bare"] = bare_model(model_dir, load_table(model_dir, patterns["demo"], 40_000), runs, seconds=3.0)
+    print(f"-- demo: adpredict predict x{runs} on each size", flush=True)
+    out = os.path.join(work_dir, "demo", "predictions")
+    small = pipeline_runs(model_dir, patterns["demo_small"], out, n["demo_small"], runs)
+    small_expected = adpredict_predictions(out)
+    r["pipeline"] = pipeline_runs(model_dir, patterns["demo"], out, n["demo"], runs)
+    expected = adpredict_predictions(out)
+    r["marginal"] = marginal(n["demo_small"], small["runs"], n["demo"], r["pipeline"]["runs"])
+    r["parse_floor"] = parse_floor(model_dir, patterns["demo"], n["demo"])
+    for peer in PEERS:
+        print(f"-- demo: peer {peer} x{runs} on each size", flush=True)
+        peer_out = os.path.join(work_dir, "demo", peer)
+        peer_small = peer_runs(peer, model_dir, examples["demo_small"], peer_out, n["demo_small"], runs,
+                               small_expected)  # fmt: skip
+        r[peer] = peer_runs(peer, model_dir, examples["demo"], peer_out, n["demo"], runs, expected)
+        r[peer]["marginal"] = marginal(n["demo_small"], peer_small["runs"], n["demo"], r[peer]["runs"])
+    return r
 
 
 def main(argv=None) -> int:
