@@ -11,6 +11,7 @@ a record that runs out of memory alone becomes an error record, so the run never
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import re
 
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import tensorflow as tf
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from pipeline import METRICS_NAMESPACE, errors, progress
@@ -173,6 +175,15 @@ def string_tensor(column: pa.Array) -> tf.Tensor:
     return tf.strings.substr(tf.constant(data), offsets[:-1], np.diff(offsets))
 
 
+@dataclasses.dataclass
+class _InFlight:
+    """A block whose batches are with the model: (start row, batch) and the call of each."""
+
+    block: RecordBlock
+    batches: list
+    calls: list
+
+
 class RunInferenceFn(beam.DoFn):
     """Scores RecordBlocks in batches of `batch_size`; emits ScoredBlocks and error records
     (its own and those of the reading step, which arrive on the same stream),
@@ -213,7 +224,16 @@ class RunInferenceFn(beam.DoFn):
             lambda: LoadedModel(model_dir, threads, description), tag=model_dir
         )
 
+    def start_bundle(self):
+        self._in_flight = None
+
     def process(self, block: RecordBlock | list):
+        """Sends `block`'s batches to the model, then finishes the block sent before it.
+
+        One block stays in flight: while the model scores this one, the previous one's
+        results go downstream (formatting and writing run on this thread), so neither the
+        model nor this thread waits for the other.
+        """
         if isinstance(block, list):  # error records from reading: passed on, see ReadAdRecords
             yield beam.pvalue.TaggedOutput(self.ERRORS, block)
             return
@@ -221,15 +241,35 @@ class RunInferenceFn(beam.DoFn):
             self._model.load_reported = True
             self._model_loads.inc()
             yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_loads", 1))
-        keys = record_keys(block, self._layout)
-        passthrough = (
-            block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None
-        )
+        previous, self._in_flight = self._in_flight, self._send(block)
+        yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_batches", len(self._in_flight.calls)))
+        if previous is not None:
+            yield from self._finish(previous)
+
+    def finish_bundle(self):
+        if self._in_flight is not None:
+            in_flight, self._in_flight = self._in_flight, None
+            for output in self._finish(in_flight):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+                else:
+                    yield GlobalWindows.windowed_value(output)
+
+    def _send(self, block: RecordBlock) -> _InFlight:
         slices = narrow_batches(block.batch, batch_slices(len(block), self._batch_size), self._list_fields)
         slices = byte_bounded(block.batch, slices, self._sized_fields, self._max_batch_bytes)
         batches = [(start, block.batch.slice(start, size)) for start, size in slices]
         calls = [self._model.calls.submit(self._model.predict, batch) for _, batch in batches]
-        yield beam.pvalue.TaggedOutput(self.COUNTS, ("model_batches", len(batches)))
+        return _InFlight(block, batches, calls)
+
+    def _finish(self, sent: _InFlight):
+        """The ScoredBlock of a block sent to the model, once its calls are done; error records
+        for the records the model rejects alone."""
+        block, batches, calls = sent.block, sent.batches, sent.calls
+        keys = record_keys(block, self._layout)
+        passthrough = (
+            block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None
+        )
         scored = []
         for index, ((start, batch), call) in enumerate(zip(batches, calls, strict=True)):
             batch_keys = keys.slice(start, batch.num_rows)
