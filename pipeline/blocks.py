@@ -183,8 +183,23 @@ def _example_value_type(value_type: pa.DataType) -> pa.DataType:
 def string_buffer(column: pa.Array) -> tuple[bytes, np.ndarray]:
     """The concatenated UTF-8 bytes of a null-free string column and its row offsets (from 0).
 
-    Lets a whole column move to TensorFlow or to a file in one copy, not one object per row.
+    Lets a whole column move to TensorFlow or to a file in one copy, not one object per row
+    (and only its own bytes: a batch is a slice of its block's buffer).
     """
+    view, offsets = string_buffer_view(column)
+    return view.tobytes(), offsets
+
+
+def string_bytes(column: pa.Array, drop_last: int = 0) -> bytes:
+    """A null-free string column's values back to back, less `drop_last` bytes at the end,
+    in one copy."""
+    view, _ = string_buffer_view(column)
+    return view[: max(0, len(view) - drop_last)].tobytes()
+
+
+def string_buffer_view(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """`string_buffer` without the copy: a uint8 view of the column's bytes (valid while the
+    column lives) and its row offsets from 0."""
     if column.null_count:
         raise ValueError("string_buffer needs a column without nulls; fill them first")
     offset_type = np.int64 if pa.types.is_large_string(column.type) else np.int32
@@ -193,7 +208,8 @@ def string_buffer(column: pa.Array) -> tuple[bytes, np.ndarray]:
     )
     start, end = int(offsets[0]), int(offsets[-1])
     data = column.buffers()[2]
-    return (data.to_pybytes()[start:end] if data is not None and end > start else b""), offsets - start
+    view = np.frombuffer(data, np.uint8)[start:end] if data is not None else np.zeros(0, np.uint8)
+    return view, offsets - start
 
 
 def preview(value) -> str:

@@ -8,11 +8,12 @@ import pyarrow as pa
 import pytest
 
 from pipeline import batch_tuning
-from pipeline.blocks import ScoredBlock
+from pipeline.blocks import ScoredBlock, string_buffer
 from pipeline.inference import batch_slices, padded_string_lists, string_tensor
 from pipeline.io.base import PredictionColumns, read_ahead
 from pipeline.io.jsonl import format_predictions
 from pipeline.options import tf_threads
+from transforms.model_contract import InputField
 
 
 def test_string_tensor_matches_python_values_for_slices_and_unicode():
@@ -73,6 +74,26 @@ def test_format_predictions_is_valid_json_with_escaping_and_nulls():
         {"key": 7, "prediction": {"probability": 0.5}},
         {"key": 8, "prediction": {"probability": 1e-9}},
     ]
+
+
+def test_plain_strings_are_quoted_in_the_line_join_and_only_the_batch_is_copied():
+    block_keys = pa.array(["k0", "k1", "k2", "k3"])
+    media = pa.array(["Twitter", "TV", "web\u00e9", "radio"])
+    scored = ScoredBlock(
+        block_keys.slice(1, 2),  # a batch is a slice of its block's buffers
+        {"probability": np.array([0.5, 0.25], np.float32)},
+        pa.RecordBatch.from_arrays([media.slice(1, 2)], ["media"]),
+    )
+    columns = PredictionColumns(("probability",), passthrough=(InputField("media", "string"),))
+    assert (
+        format_predictions(scored, columns)
+        == (
+            '{"key": "k1", "prediction": {"probability": 0.5}, "media": "TV"}\n'
+            '{"key": "k2", "prediction": {"probability": 0.25}, "media": "web\u00e9"}'
+        ).encode()
+    )
+    data, offsets = string_buffer(block_keys.slice(1, 2))
+    assert data == b"k1k2" and offsets.tolist() == [0, 2, 4]
 
 
 def test_read_ahead_keeps_order_raises_errors_and_stops_its_thread():

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from pipeline.blocks import ScoredBlock, string_buffer
+from pipeline.blocks import ScoredBlock, string_buffer_view, string_bytes
 from pipeline.io import base
 from pipeline.io.text import BlockParser, split_records
 
@@ -139,27 +139,51 @@ def head_problem(head: bytes, layout) -> str | None:
     return f"it starts with {text[:16]!r}, not a JSON object"
 
 
-_NEEDS_JSON_ESCAPE = r'["\\\x00-\x1f]'
-
-
 def format_predictions(scored: ScoredBlock, columns: base.PredictionColumns) -> bytes:
     """The block's JSON lines, `{"key": ..., "prediction": {name: value, ...}, ...}`; an
     output with several values a record ([N, 2] scores, string classes) is a JSON array.
 
     Built column-wise with Arrow compute kernels, so no Python code runs per record.
     """
-    parts = ['{"key": ', json_column(scored.keys), ', "prediction": {']
+    parts = ['{"key": ', *_json_parts(scored.keys), ', "prediction": {']
     outputs = zip(columns.outputs, columns.output_types(), strict=True)
     for index, (name, arrow_type) in enumerate(outputs):
         column = base.output_array(scored.outputs[name], arrow_type)
-        parts += [("" if index == 0 else ", ") + json.dumps(name) + ": ", json_column(column)]
+        parts += [("" if index == 0 else ", ") + json.dumps(name) + ": ", *_json_parts(column)]
     parts.append("}")
     if scored.passthrough is not None:
         for name, column in zip(scored.passthrough.schema.names, scored.passthrough.columns, strict=True):
-            parts += [", " + json.dumps(name) + ": ", json_column(column)]
+            parts += [", " + json.dumps(name) + ": ", *_json_parts(column)]
     parts.append("}\n")
-    data, _ = string_buffer(pc.binary_join_element_wise(*parts, ""))
-    return data[:-1]  # the writer adds the last newline
+    return string_bytes(pc.binary_join_element_wise(*_merged(parts), ""), drop_last=1)  # the writer adds it
+
+
+def _json_parts(values) -> list:
+    """JSON text of a column as pieces of a line: a plain string column is [quote, column,
+    quote] (the quotes join the neighbouring literals: one join for the whole line)."""
+    array = values if isinstance(values, pa.Array) else pa.array(values)
+    if (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)) and not _needs_escape(array):
+        return ['"', array, '"']
+    return [json_column(array)]
+
+
+def _merged(parts: list) -> list:
+    """Adjacent literal strings in `parts` joined into one."""
+    merged = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    return merged
+
+
+def _needs_escape(array: pa.Array) -> bool:
+    """Whether a string column has a null or a character JSON must escape (", \\, control)."""
+    if array.null_count:
+        return True
+    data, _ = string_buffer_view(array)
+    return bool(((data < 0x20) | (data == 0x22) | (data == 0x5C)).any())
 
 
 def json_column(values) -> pa.Array:
@@ -170,6 +194,8 @@ def json_column(values) -> pa.Array:
         return pc.fill_null(pc.binary_join_element_wise("[", pc.binary_join(items, ", "), "]", ""), "null")
     if pa.types.is_floating(array.type):
         text = pc.cast(array, pa.string())
+        if not array.null_count and pc.all(pc.is_finite(array)).as_py():
+            return text
         return pc.if_else(pc.fill_null(pc.is_finite(array), False), text, "null")
     if pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
         if pa.types.is_boolean(array.type):
@@ -180,7 +206,7 @@ def json_column(values) -> pa.Array:
     if pa.types.is_binary(array.type):
         array = pc.cast(array, pa.string())
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        if array.null_count or pc.any(pc.match_substring_regex(array, _NEEDS_JSON_ESCAPE)).as_py():
+        if _needs_escape(array):
             return pa.array([json.dumps(v) for v in array.to_pylist()], pa.string())
         return pc.binary_join_element_wise('"', array, '"', "")
     return pa.array([json.dumps(v) for v in array.to_pylist()], pa.string())
