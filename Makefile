@@ -46,7 +46,7 @@ FUZZ_EXAMPLES ?= 100000
 fuzz: venv ## Long fuzzing campaign: FUZZ_EXAMPLES (100,000) random inputs per format (~1 h)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
-bench: venv ## Throughput: predict vs bare model, naive Beam, per-record (~20 min; BENCH_ARGS=--quick)
+bench: venv ## Throughput: predict vs bare model, peers, naive Beam, per-record; 3 models (~30 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
 lint: venv ## ruff check + format check + shellcheck
