@@ -190,13 +190,6 @@ def string_buffer(column: pa.Array) -> tuple[bytes, np.ndarray]:
     return view.tobytes(), offsets
 
 
-def string_bytes(column: pa.Array, drop_last: int = 0) -> bytes:
-    """A null-free string column's values back to back, less `drop_last` bytes at the end,
-    in one copy."""
-    view, _ = string_buffer_view(column)
-    return view[: max(0, len(view) - drop_last)].tobytes()
-
-
 def string_buffer_view(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """`string_buffer` without the copy: a uint8 view of the column's bytes (valid while the
     column lives) and its row offsets from 0."""

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from pipeline.blocks import ScoredBlock, string_buffer_view, string_bytes
+from pipeline.blocks import ScoredBlock, string_buffer_view
 from pipeline.io import base
 from pipeline.io.text import BlockParser, split_records
 
@@ -155,7 +155,8 @@ def format_predictions(scored: ScoredBlock, columns: base.PredictionColumns) -> 
         for name, column in zip(scored.passthrough.schema.names, scored.passthrough.columns, strict=True):
             parts += [", " + json.dumps(name) + ": ", *_json_parts(column)]
     parts.append("}\n")
-    return string_bytes(pc.binary_join_element_wise(*_merged(parts), ""), drop_last=1)  # the writer adds it
+    lines, _ = string_buffer_view(pc.binary_join_element_wise(*_merged(parts), ""))
+    return lines[:-1].tobytes()  # one copy, less the last newline: the writer adds it
 
 
 def _json_parts(values) -> list:
