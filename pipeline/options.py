@@ -25,6 +25,29 @@ from pipeline.io.splitting import DEFAULT_SPLIT_BYTES
 DEFAULT_MAX_BATCH_BYTES = 64 << 20
 
 
+class CachedViewOptions(PipelineOptions):
+    """PipelineOptions whose views are made once per class.
+
+    `view_as` builds an argparse parser of the class's flags and parses the command line
+    again on every call, and Beam calls it on the pipeline's options for every transform it
+    applies (type-check settings): about 600 times, 0.15 s, per predict run, a tenth of a
+    small run's wall time. Views only proxy the shared option values, so one per class
+    behaves the same. The cache is not pickled.
+    """
+
+    def view_as(self, cls):
+        views = self.__dict__.setdefault("_views", {})
+        view = views.get(cls)
+        if view is None:
+            view = views[cls] = super().view_as(cls)
+        return view
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop("_views", None)
+        return state
+
+
 class OptionsError(ValueError):
     """A flag is missing or wrong; the message names it."""
 

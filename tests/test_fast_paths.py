@@ -12,7 +12,7 @@ from pipeline.blocks import ScoredBlock, string_buffer
 from pipeline.inference import batch_slices, padded_string_lists, string_tensor
 from pipeline.io.base import PredictionColumns, read_ahead
 from pipeline.io.jsonl import format_predictions
-from pipeline.options import tf_threads
+from pipeline.options import CachedViewOptions, PredictOptions, RecordIOOptions, tf_threads
 from transforms.model_contract import InputField
 
 
@@ -130,6 +130,23 @@ def test_sweep_stops_when_larger_batches_stop_paying_and_choice_prefers_smaller(
     assert list(measured) == [16, 32, 64, 128, 256]  # 128 and 256 fell below 80% of 64's rate
     assert batch_tuning.choose_batch_size({16: 100.0, 64: 196.0, 128: 200.0}) == 64
     assert batch_tuning.choose_batch_size({16: 100.0, 64: 150.0, 128: 200.0}) == 128
+
+
+def test_cached_views_share_values_parse_once_and_are_not_pickled(monkeypatch):
+    import pickle
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = CachedViewOptions(["--output_dir", "/out", "--batch_size", "64"])
+    parses = []
+    real_view_as = PipelineOptions.view_as
+    monkeypatch.setattr(PipelineOptions, "view_as", lambda self, cls: parses.append(cls) or real_view_as(self, cls))
+    first, again = options.view_as(PredictOptions), options.view_as(PredictOptions)
+    assert first is again and parses == [PredictOptions] and first.batch_size == 64
+    first.batch_size = 8  # a view writes the shared values, which every view reads
+    assert options.view_as(RecordIOOptions).output_dir == "/out" and options.get_all_options()["batch_size"] == 8
+    restored = pickle.loads(pickle.dumps(options))
+    assert "_views" not in restored.__dict__ and restored.view_as(PredictOptions).batch_size == 8
 
 
 def test_tf_threads_divides_cores_between_local_worker_processes(monkeypatch):
