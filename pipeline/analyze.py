@@ -32,6 +32,7 @@ from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.dataflow import is_dry_run, launch, local_stand_in
 from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, freeze_imported_objects
 from pipeline.manifest import (
+    ERROR_LISTS,
     RUN_MANIFEST,
     SUCCESS_MARKER,
     FinalizeRun,
@@ -247,17 +248,15 @@ def build_analyze(
             )
         )
         outputs[tag] = transformed
-    written += records[ERRORS] | "WriteErrors" >> WriteErrors(output_dir)
+    written.append(records[ERRORS] | "WriteErrors" >> WriteErrors(output_dir))
     counts = (
         read[COUNTS],
         records[BLOCKS] | "CountAnalyzed" >> beam.Map(lambda block: (ANALYZED, len(block))),
-        records[ERRORS]
-        | "ErrorListSizes" >> beam.Map(len)
-        | "CountErrors" >> beam.CombineGlobally(sum)
-        | "ErrorsCount" >> beam.Map(lambda n: (ERRORS, n)),
+        records[ERRORS] | "CountErrors" >> beam.Map(lambda errors: (ERRORS, len(errors))),
     )
     outputs["manifest"] = {
         "counts": counts | "AllCounts" >> beam.Flatten(),
+        ERROR_LISTS: records[ERRORS],
         **{f"written_{index}": pcoll for index, pcoll in enumerate(written)},
     } | "FinalizeRun" >> FinalizeRun(output_dir, run_info or {}, max_error_rate, scored=ANALYZED)
     return outputs
@@ -269,7 +268,7 @@ def run(argv=None, test_pipeline=None) -> str:
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     freeze_imported_objects()
-    options = beam.options.pipeline_options.PipelineOptions(argv)
+    options = opts.CachedViewOptions(argv)
     opts.validate_analyze(options)
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)

@@ -40,7 +40,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
 from pipeline.io import InputError
-from pipeline.report import render_report
+from pipeline.report import OutputSummariesFn, ThroughputFn, render_report
+from pipeline.write import ERRORS_STATS, CountErrorsFn
 
 RUN_MANIFEST = "run.json"
 REPORT = "report.html"
@@ -55,11 +56,11 @@ SUCCEEDED = "succeeded"
 FAILED_ERROR_RATE = "failed: error rate above --max_error_rate"
 FAILED_LOST = "failed: records lost"
 
-# FinalizeRun inputs that feed the report (one element each), not writes to wait for.
-ERROR_KINDS = "error_kinds"  # pipeline.write.CountErrorsFn's JSON: prediction.errors_stats
-OUTPUT_SUMMARIES = "output_summaries"  # pipeline.report.OutputSummariesFn
-THROUGHPUT = "throughput"  # pipeline.report.ThroughputFn
-REPORT_INPUTS = (ERROR_KINDS, OUTPUT_SUMMARIES, THROUGHPUT)
+# FinalizeRun inputs that are summarized (with a CombineFn each), not writes to wait for.
+ERROR_LISTS = "errors"  # lists of error records -> pipeline.write.CountErrorsFn -> prediction.errors_stats
+OUTPUT_SUMMARIES = "output_summaries"  # ScoredBlocks -> pipeline.report.OutputSummariesFn
+THROUGHPUT = "throughput"  # (time, records) stamps -> pipeline.report.ThroughputFn
+REPORT_INPUTS = (OUTPUT_SUMMARIES, THROUGHPUT)
 
 
 def model_fingerprint(model_dir: str) -> str:
@@ -159,7 +160,6 @@ def finished_run(output_dir: str, max_error_rate: float, records: str = "records
     `records` names what was counted in the message ("training records"), `after` says what
     the failure means for the outputs."""
     from pipeline.entrypoint import ErrorRateExceeded, RecordsLost
-    from pipeline.write import ERRORS_STATS
 
     manifest = read_manifest(output_dir)
     if manifest["status"] == FAILED_LOST:
@@ -206,8 +206,9 @@ class _WriteManifestFn(beam.DoFn):
         self._loaded_names = loaded_names
         self._scored = scored
 
-    def process(self, summaries: dict | None, counts: dict, written: int):
-        """`summaries`: the report's inputs by name (None: no report, as for analyze)."""
+    def process(self, _, counts: dict, written: list, error_kinds: str, output_summaries=None, throughput=None):
+        """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, and
+        the report's summaries (None: no report, as for analyze)."""
         counts = {name: int(value) for name, value in sorted(counts.items())}
         for name in (READ, self._scored, ERRORS):
             counts.setdefault(name, 0)
@@ -218,6 +219,7 @@ class _WriteManifestFn(beam.DoFn):
             counts["bigquery_rows_loaded"] = loaded
         status, lost = judge(counts, self._max_error_rate, loaded, self._scored)
         published = publish_staged(self._output_dir)
+        write_errors_stats(self._output_dir, error_kinds)
         finished = time.time()
         started = self._run_info.get("started", finished)
         manifest = {
@@ -225,7 +227,7 @@ class _WriteManifestFn(beam.DoFn):
             "status": status,
             "problems": lost,
             "counts": counts,
-            "outputs_written": written,
+            "outputs_written": len(written),
             "files_published": len(published),
             "max_error_rate": self._max_error_rate,
             "timings": {
@@ -234,26 +236,29 @@ class _WriteManifestFn(beam.DoFn):
                 "seconds": round(finished - started, 3),
             },
         }
-        if summaries is not None:
-            manifest["report"] = write_report(self._output_dir, manifest, summaries)
+        if output_summaries is not None:
+            manifest["report"] = write_report(self._output_dir, manifest, error_kinds, output_summaries, throughput)
         write_manifest(self._output_dir, manifest, success=status == SUCCEEDED)
         release_run_lock(self._output_dir, self._run_info.get("run_id"))
         yield manifest
 
 
-def write_report(output_dir: str, manifest: dict, summaries: dict) -> str | None:
+def write_errors_stats(output_dir: str, error_kinds: str) -> None:
+    """`prediction.errors_stats`, straight into `output_dir` like `run.json`: the step that
+    publishes the run's files has the counts by kind already (they feed the report too), so a
+    file sink of its own (four stages and a second combine) would add nothing."""
+    with FileSystems.create(FileSystems.join(output_dir, ERRORS_STATS), mime_type="application/json") as f:
+        f.write((error_kinds + "\n").encode("utf-8"))
+
+
+def write_report(output_dir: str, manifest: dict, error_kinds: str, output_summaries, throughput) -> str | None:
     """Writes `report.html` straight into `output_dir` (not staged: it is made here, after
     the publishing, and like `run.json` it describes the run rather than being one of its
     results); returns its name for `run.json`, or None when it could not be made: a report
     is for people, and its failure must not fail a run whose results are all written."""
     manifest = {**manifest, "report": REPORT}
     try:
-        page = render_report(
-            manifest,
-            json.loads(summaries[ERROR_KINDS]),
-            summaries[OUTPUT_SUMMARIES],
-            summaries[THROUGHPUT],
-        )
+        page = render_report(manifest, json.loads(error_kinds), output_summaries, throughput)
         with FileSystems.create(FileSystems.join(output_dir, REPORT), mime_type="text/html") as f:
             f.write(page.encode("utf-8"))
     except Exception:  # noqa: BLE001 - see the docstring
@@ -262,14 +267,22 @@ def write_report(output_dir: str, manifest: dict, summaries: dict) -> str | None
     return REPORT
 
 
-def _report_summaries(_, error_kinds, output_summaries, throughput) -> dict:
-    return {ERROR_KINDS: error_kinds, OUTPUT_SUMMARIES: output_summaries, THROUGHPUT: throughput}
+def summary_side_input(pcoll, label: str, fn: beam.CombineFn):
+    """`fn` over all of `pcoll`, as a singleton side input.
+
+    Combined without Beam's default branch (an Impulse, a stage and four transforms per
+    combine, about 15 ms of a run each): an empty input's summary is the side input's
+    default instead, `fn`'s result for no input."""
+    combined = pcoll | label >> beam.CombineGlobally(fn).without_defaults()
+    return beam.pvalue.AsSingleton(combined, default_value=fn.extract_output(fn.create_accumulator()))
 
 
 class FinalizeRun(beam.PTransform):
-    """{"counts": (name, number) pairs, the `REPORT_INPUTS` (optional, all or none), any
-    other name: a write's output} -> the staged files published, `report.html` (when the
-    report's inputs are given), `run.json`, then `_SUCCESS`, then the run's lock file removed.
+    """{"counts": (name, number) pairs, ERROR_LISTS: lists of error records, the
+    `REPORT_INPUTS` (optional, all or none), any other name: a write's output} -> the staged
+    files published, `prediction.errors_stats` (the error records counted by kind),
+    `report.html` (when the report's inputs are given), `run.json`, then `_SUCCESS`, then the
+    run's lock file removed.
 
     A failed run (error rate over the threshold, records lost) publishes its files too: its
     errors and `prediction.errors_stats` are what a person debugging it reads, the contract is
@@ -277,8 +290,8 @@ class FinalizeRun(beam.PTransform):
     can be used. Staging guards against the run that never reaches this step.
 
     The writes' outputs (file names, loaded tables) reach the last step as a side input, so
-    it runs only once all of them are complete. The report's summaries reach it as its one
-    main input element (a dict; None without a report).
+    it runs only once all of them are complete; the summaries and the summed counts too.
+    `output_names`: the model's outputs, in the report's order.
     `loaded_names` maps "predictions"/"errors" to the counts of rows BigQuery loaded;
     `scored` names the count of records that made it ("predictions"; analyze: "analyzed").
     """
@@ -290,35 +303,35 @@ class FinalizeRun(beam.PTransform):
         max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
         loaded_names=None,
         scored: str = PREDICTIONS,
+        output_names=(),
     ):
         super().__init__()
         self._fn = _WriteManifestFn(output_dir, run_info, max_error_rate, loaded_names, scored)
+        self._output_names = tuple(output_names)
 
     def expand(self, inputs: dict):
         counts = inputs["counts"]
-        summaries = {name: inputs[name] for name in REPORT_INPUTS if name in inputs}
-        if summaries and len(summaries) != len(REPORT_INPUTS):
-            raise ValueError(
-                f"FinalizeRun needs all of {REPORT_INPUTS} for a report, got {sorted(summaries)}"
+        report = [name for name in REPORT_INPUTS if name in inputs]
+        if report and len(report) != len(REPORT_INPUTS):
+            raise ValueError(f"FinalizeRun needs all of {REPORT_INPUTS} for a report, got {sorted(report)}")
+        summaries = {"error_kinds": summary_side_input(inputs[ERROR_LISTS], "CountErrorKinds", CountErrorsFn())}
+        if report:
+            summaries["output_summaries"] = summary_side_input(
+                inputs[OUTPUT_SUMMARIES], "SummarizeOutputs", OutputSummariesFn(self._output_names)
             )
+            summaries["throughput"] = summary_side_input(inputs[THROUGHPUT], "Throughput", ThroughputFn())
         written = [
-            pcoll for name, pcoll in sorted(inputs.items()) if name != "counts" and name not in REPORT_INPUTS
+            pcoll
+            for name, pcoll in sorted(inputs.items())
+            if name not in ("counts", ERROR_LISTS, *REPORT_INPUTS)
         ]
         totals = counts | "SumCounts" >> beam.CombinePerKey(sum)
-        done = (
-            tuple(written)
-            | "AllWrites" >> beam.Flatten()
-            | "Finished" >> beam.Map(lambda _: 1)
-            | "CountOutputs" >> beam.CombineGlobally(sum)
-        )
-        once = counts.pipeline | "Once" >> beam.Create([None])
-        if summaries:
-            once = once | "ReportSummaries" >> beam.Map(
-                _report_summaries,
-                **{name: beam.pvalue.AsSingleton(pcoll) for name, pcoll in summaries.items()},
-            )
-        return once | "WriteManifest" >> beam.ParDo(
-            self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsSingleton(done)
+        writes = tuple(written) | "AllWrites" >> beam.Flatten()
+        return (
+            counts.pipeline
+            | "Once" >> beam.Create([None])
+            | "WriteManifest"
+            >> beam.ParDo(self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsList(writes), **summaries)
         )
 
 

@@ -5,8 +5,8 @@
 
 Reads JSONL, CSV, TFRecord or Parquet files into Arrow blocks, validates them against the description inside
 the model directory, scores them in batches with the model loaded once per worker
-process, and writes `prediction.results-*`, `errors-*`, `prediction.errors_stats` (staged
-in a hidden folder, moved into place at the end), then `report.html`, `run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
+process, and writes `prediction.results-*` and `errors-*` (staged in a hidden folder, moved
+into place at the end), then `prediction.errors_stats`, `report.html`, `run.json` and `_SUCCESS`. Predictions are JSON lines by default, or CSV, Parquet or
 TFRecord (`--output_format`), with `--passthrough_fields` copied from each input record. Every record read ends as exactly one prediction or one error.
 
 Run it as `python -m pipeline.predict --model_dir M --input 'in/*.jsonl' --output_dir OUT`
@@ -35,7 +35,7 @@ from pipeline.io import bigquery as bq
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.manifest import (
     BEAM_TEMP_PREFIX,
-    ERROR_KINDS,
+    ERROR_LISTS,
     ERRORS,
     LOCAL_RUNNERS,
     OUTPUT_SUMMARIES,
@@ -57,7 +57,7 @@ from pipeline.manifest import (
 )
 from pipeline.read import COUNTS, RECORDS, Inputs, ReadAdRecords, check_inputs, input_fingerprint
 from pipeline.read import ERRORS as ERROR_RECORDS
-from pipeline.report import OutputSummariesFn, ThroughputFn, scored_at
+from pipeline.report import scored_at
 from pipeline.write import (
     ERRORS_PREFIX,
     ERRORS_STATS,
@@ -173,37 +173,33 @@ def build_predict(
     predictions_written = inference[SCORED] | "WritePredictions" >> WritePredictions(
         staged, columns, output_format, bigquery
     )
-    *errors_written, error_kinds = errors | "WriteErrors" >> WriteErrors(staged, bigquery, with_kinds=True)
+    errors_written = errors | "WriteErrors" >> WriteErrors(staged, bigquery)
     counts = [
         records[COUNTS],
         inference[RunInferenceFn.COUNTS],
         inference[SCORED] | "CountPredictions" >> beam.Map(lambda scored: (PREDICTIONS, len(scored))),
-        errors
-        | "ErrorListSizes" >> beam.Map(len)
-        | "CountErrors" >> beam.CombineGlobally(sum)
-        | "ErrorsCount" >> beam.Map(lambda n: (ERRORS, n)),
+        errors | "CountErrors" >> beam.Map(lambda errors: (ERRORS, len(errors))),
     ]
     loaded_names = None
     if bigquery:  # the loads emit (counter, rows loaded)
-        counts += [predictions_written, errors_written[0]]
+        counts += [predictions_written, errors_written]
         loaded_names = {PREDICTIONS: bq.PREDICTIONS_LOADED, ERRORS: bq.ERRORS_LOADED}
-    written = {
-        f"written_{index}": pcoll for index, pcoll in enumerate([predictions_written, *errors_written])
-    }
     scored = inference[SCORED]
-    report = {  # summaries for report.html, bounded in memory, computed as data like the counts
-        ERROR_KINDS: error_kinds,  # prediction.errors_stats's counts
-        OUTPUT_SUMMARIES: scored
-        | "SummarizeOutputs" >> beam.CombineGlobally(OutputSummariesFn(o.name for o in description.outputs)),
-        THROUGHPUT: scored
-        | "ScoredAt" >> beam.Map(scored_at)
-        | "Throughput" >> beam.CombineGlobally(ThroughputFn()),
-    }
     manifest = {
         "counts": tuple(counts) | "AllCounts" >> beam.Flatten(),
-        **written,
-        **report,
-    } | "FinalizeRun" >> FinalizeRun(output_dir, run_info or {}, max_error_rate, loaded_names)
+        "written_0": predictions_written,
+        "written_1": errors_written,
+        # summarized for prediction.errors_stats and report.html, as data like the counts
+        ERROR_LISTS: errors,
+        OUTPUT_SUMMARIES: scored,
+        THROUGHPUT: scored | "ScoredAt" >> beam.Map(scored_at),
+    } | "FinalizeRun" >> FinalizeRun(
+        output_dir,
+        run_info or {},
+        max_error_rate,
+        loaded_names,
+        output_names=(o.name for o in description.outputs),
+    )
     return {SCORED: inference[SCORED], ERROR_RECORDS: errors, "manifest": manifest}
 
 
@@ -264,7 +260,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     request is built and staged offline (`pipeline.dataflow`), and its summary returned.
     """
     freeze_imported_objects()
-    options = PipelineOptions(argv)
+    options = opts.CachedViewOptions(argv)
     opts.validate_predict(options)
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)

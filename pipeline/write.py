@@ -1,11 +1,11 @@
-"""Writing predictions, error records and the error summary.
+"""Writing predictions and error records; counting error records by kind.
 
 Predictions go to `prediction.results-SSSSS-of-NNNNN` (the shard naming of Cloud ML Engine
 and Vertex AI batch prediction) in the format the user chose (`pipeline.io`), or to a
 BigQuery table. Error records go to `errors-SSSSS-of-NNNNN` as JSON lines whatever the
 prediction format (their `instance` is the raw record, of any shape: a reader of errors is
-a person or a script, not a warehouse schema), or to a BigQuery errors table; a per-kind
-count goes to `prediction.errors_stats`.
+a person or a script, not a warehouse schema), or to a BigQuery errors table; the run's last step
+(`pipeline.manifest.FinalizeRun`) writes their count per kind to `prediction.errors_stats`.
 
 `predict` points these writers at `<output_dir>/.adpredict-staging/`, and the run's last step
 moves the files into the output directory (`pipeline.manifest.publish_staged`): a run
@@ -129,50 +129,24 @@ class CountErrors(beam.DoFn):
         yield errors
 
 
-class WriteErrorStats(beam.PTransform):
-    """Error records -> `prediction.errors_stats`: counts per (code, field). Returns the
-    written file's name and the counts themselves (its JSON text, one element)."""
-
-    def __init__(self, output_dir: str):
-        super().__init__()
-        self._output_dir = output_dir
-
-    def expand(self, errors):
-        kinds = errors | "CountErrorKinds" >> beam.CombineGlobally(CountErrorsFn())
-        written = kinds | "WriteErrorStats" >> beam.io.WriteToText(
-            FileSystems.join(self._output_dir, ERRORS_STATS), shard_name_template="", num_shards=1
-        )
-        return written, kinds
-
-
 class WriteErrors(beam.PTransform):
-    """Error records -> sharded JSONL error files (or a BigQuery errors table) plus
-    `prediction.errors_stats`; returns what each write wrote.
+    """Error records -> sharded JSONL error files (or a BigQuery errors table); returns what
+    the write wrote. Their counts by kind (`prediction.errors_stats`) are written by the run's
+    last step, `pipeline.manifest.FinalizeRun`, which summarizes the same lists."""
 
-    With `with_kinds`, a third output is the counts per (code, field) as written to
-    `prediction.errors_stats`, for the run report: one count, whoever reads it.
-    """
-
-    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None, with_kinds: bool = False):
+    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None):
         super().__init__()
         self._output_dir = output_dir
         self._bigquery = bigquery
-        self._with_kinds = with_kinds
 
     def expand(self, errors):
-        files, stats, kinds = self._write(errors)
-        return (files, stats, kinds) if self._with_kinds else (files, stats)
-
-    def _write(self, errors):
         counted = errors | "CountErrors" >> beam.ParDo(CountErrors())
-        stats, kinds = errors | "Summarize" >> WriteErrorStats(self._output_dir)
         if self._bigquery:
             target = self._bigquery
-            table = counted | "WriteBigQuery" >> bq.WriteErrorsToBigQuery(
+            return counted | "WriteBigQuery" >> bq.WriteErrorsToBigQuery(
                 target.connection, target.errors_table, target.staging_dir, target.disposition
             )
-            return table, stats, kinds
-        files = (
+        return (
             counted
             | "FormatErrors" >> beam.Map(json_lines)
             | "WriteErrorFiles"
@@ -180,4 +154,3 @@ class WriteErrors(beam.PTransform):
                 FileSystems.join(self._output_dir, ERRORS_PREFIX), shard_name_template=base.SHARD_TEMPLATE
             )
         )
-        return files, stats, kinds

@@ -240,7 +240,9 @@ def test_the_pipeline_itself_writes_run_json_then_success(trained_ads, bad_input
         )
         assert_that(summary, equal_to([("succeeded", "x", 10, 4, 6)]))
     manifest = json.loads((out / "run.json").read_text())
-    assert manifest["counts"]["model_loads"] == 1 and manifest["outputs_written"] >= 3
+    shards = glob.glob(str(out / "prediction.results-*")) + glob.glob(str(out / "errors-*"))
+    assert manifest["counts"]["model_loads"] == 1 and manifest["outputs_written"] == len(shards) >= 2
+    assert json.loads((out / "prediction.errors_stats").read_text())["errors"] == 6
     written = [os.path.getmtime(path) for path in glob.glob(str(out / "*")) if not path.endswith("_SUCCESS")]
     assert os.path.getmtime(out / "_SUCCESS") >= max(written)
 
