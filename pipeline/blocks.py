@@ -8,9 +8,12 @@ Python dict per record on this path.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
+import pickle
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,6 +92,47 @@ class ScoredBlock:
             {n: np.concatenate([p.outputs[n] for p in parts]) for n in parts[0].outputs},
             passthrough,
         )
+
+
+class RecordStream(abc.ABC):  # noqa: B024 - a virtual base class: its members are registered
+    """What a reader emits on its records output: `RecordBlock`s and lists of error records
+    (read errors travel with the blocks to the inference step; see pipeline.read)."""
+
+
+RecordStream.register(RecordBlock)
+RecordStream.register(list)
+
+
+class BlockCoder(beam.coders.Coder):
+    """The coder of PCollections of blocks: pickled (protocol 5) like Beam's fallback, but
+    sized from the Arrow and numpy buffers.
+
+    Beam samples the size of elements on every edge of a stage (always the first ten, then
+    fewer) and sizes an element of an unregistered type by pickling it. Blocks are few and
+    big, so nearly every one was pickled once per edge: 1.2 ms for a 41,667-row block of the
+    light model, about 0.1 s of CPU per million records.
+    """
+
+    def encode(self, value) -> bytes:
+        return pickle.dumps(value, protocol=5)
+
+    def decode(self, encoded: bytes):
+        return pickle.loads(encoded)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def estimate_size(self, value) -> int:
+        if isinstance(value, RecordBlock):
+            return value.batch.nbytes
+        if isinstance(value, ScoredBlock):
+            passthrough = value.passthrough.nbytes if value.passthrough is not None else 0
+            return value.keys.nbytes + sum(v.nbytes for v in value.outputs.values()) + passthrough
+        return len(self.encode(value))  # a list of error records: small
+
+
+beam.coders.registry.register_coder(RecordStream, BlockCoder)
+beam.coders.registry.register_coder(ScoredBlock, BlockCoder)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,10 +23,10 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline import options as opts
-from pipeline.blocks import RecordLayout
+from pipeline.blocks import RecordLayout, ScoredBlock
 from pipeline.dataflow import is_dry_run, launch, waits
 from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, ErrorRateExceeded, freeze_imported_objects
 from pipeline.inference import RunInferenceFn
@@ -164,7 +164,7 @@ def build_predict(
             description,
             max_batch_bytes,
         )
-    ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
+    ).with_output_types(ScoredBlock).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
     # Read errors reach RunInference on the blocks' stream and leave with its own: no Flatten
     # (the local runner would hold every error record of the run in memory).
     errors = inference[RunInferenceFn.ERRORS]

@@ -19,7 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import METRICS_NAMESPACE, progress
-from pipeline.blocks import RecordLayout
+from pipeline.blocks import RecordLayout, RecordStream
 from pipeline.io import COMPRESSED_SUFFIX, InputError, describe_formats, format_for, is_bigquery, splitting
 from pipeline.io import bigquery as bq
 from pipeline.io.base import Prepended, read_ahead
@@ -440,7 +440,10 @@ class _ReadFiles(beam.PTransform):
             return (
                 parts
                 | "SpreadParts" >> beam.Reshuffle()
-                | "ParseRecords" >> beam.ParDo(fn, starts={}).with_outputs(COUNTS, main=RECORDS)
+                | "ParseRecords"
+                >> beam.ParDo(fn, starts={})
+                .with_output_types(RecordStream)
+                .with_outputs(COUNTS, main=RECORDS)
             )
         # Byte ranges need the newlines before them (line numbers): counted in parallel.
         starts = (
@@ -457,7 +460,9 @@ class _ReadFiles(beam.PTransform):
             parts
             | "SpreadParts" >> beam.Reshuffle()
             | "ParseRecords"
-            >> beam.ParDo(fn, starts=beam.pvalue.AsDict(starts)).with_outputs(COUNTS, main=RECORDS)
+            >> beam.ParDo(fn, starts=beam.pvalue.AsDict(starts))
+            .with_output_types(RecordStream)
+            .with_outputs(COUNTS, main=RECORDS)
         )
 
     def _may_split(self) -> bool:

@@ -68,7 +68,9 @@ class WritePredictions(beam.PTransform):
         self._format = None if bigquery else FILE_FORMATS[output_format]
 
     def expand(self, scored):
-        counted = scored | "CountPredictions" >> beam.ParDo(_CountPredictionsFn())
+        counted = scored | "CountPredictions" >> beam.ParDo(_CountPredictionsFn()).with_output_types(
+            ScoredBlock
+        )
         if self._bigquery:
             target = self._bigquery
             return counted | "WriteBigQuery" >> bq.WriteToBigQuery(

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline import batch_tuning
-from pipeline.blocks import ScoredBlock, string_buffer
+from pipeline.blocks import BlockCoder, RecordBlock, RecordLayout, RecordStream, ScoredBlock, string_buffer
 from pipeline.inference import batch_slices, padded_string_lists, string_tensor
 from pipeline.io.base import PredictionColumns, read_ahead
 from pipeline.io.jsonl import format_predictions
@@ -140,13 +140,39 @@ def test_cached_views_share_values_parse_once_and_are_not_pickled(monkeypatch):
     options = CachedViewOptions(["--output_dir", "/out", "--batch_size", "64"])
     parses = []
     real_view_as = PipelineOptions.view_as
-    monkeypatch.setattr(PipelineOptions, "view_as", lambda self, cls: parses.append(cls) or real_view_as(self, cls))
+    monkeypatch.setattr(
+        PipelineOptions, "view_as", lambda self, cls: parses.append(cls) or real_view_as(self, cls)
+    )
     first, again = options.view_as(PredictOptions), options.view_as(PredictOptions)
     assert first is again and parses == [PredictOptions] and first.batch_size == 64
     first.batch_size = 8  # a view writes the shared values, which every view reads
-    assert options.view_as(RecordIOOptions).output_dir == "/out" and options.get_all_options()["batch_size"] == 8
+    assert (
+        options.view_as(RecordIOOptions).output_dir == "/out" and options.get_all_options()["batch_size"] == 8
+    )
     restored = pickle.loads(pickle.dumps(options))
     assert "_views" not in restored.__dict__ and restored.view_as(PredictOptions).batch_size == 8
+
+
+def test_blocks_are_sized_from_their_buffers_and_their_pcollections_use_that_coder(tmp_path):
+    import apache_beam as beam
+
+    from pipeline.read import RECORDS, ReadAdRecords
+
+    records = RecordBlock(
+        "in.jsonl", pa.record_batch({"age": pa.array(range(1000)), "__line__": pa.array(range(1, 1001))})
+    )
+    scored = ScoredBlock(pa.array([f"ad-{i}" for i in range(1000)]), {"p": np.zeros(1000, np.float32)})
+    coder = BlockCoder()
+    assert coder.estimate_size(records) == records.batch.nbytes == 16_000
+    assert coder.estimate_size(scored) == scored.keys.nbytes + 4_000
+    assert coder.decode(coder.encode(records)).batch.equals(records.batch)
+    errors = [{"error": {"code": "x"}}]
+    assert coder.decode(coder.encode(errors)) == errors and isinstance(errors, RecordStream)
+    (tmp_path / "in.jsonl").write_text('{"id": "a", "age": 3}\n')
+    layout = RecordLayout((InputField("age", "int"),), "id", "string")
+    read = beam.Pipeline() | ReadAdRecords([str(tmp_path / "in.jsonl")], layout)
+    assert isinstance(beam.coders.registry.get_coder(read[RECORDS].element_type), BlockCoder)
+    assert isinstance(beam.coders.registry.get_coder(ScoredBlock), BlockCoder)
 
 
 def test_tf_threads_divides_cores_between_local_worker_processes(monkeypatch):

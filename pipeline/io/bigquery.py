@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import METRICS_NAMESPACE
-from pipeline.blocks import conform
+from pipeline.blocks import RecordStream, conform
 from pipeline.io import BIGQUERY_SCHEME, InputError
 from pipeline.io.base import SHARD_TEMPLATE, PredictionColumns, scored_table
 
@@ -293,9 +293,9 @@ class ReadBigQueryRecords(beam.PTransform):
             | "OpenReadSession" >> beam.ParDo(_OpenReadSessionFn(self._connection, self._layout))
             | "SpreadStreams" >> beam.Reshuffle()
             | "ReadStreams"
-            >> beam.ParDo(_ReadStreamFn(self._connection, self._layout, self._checked)).with_outputs(
-                self._checked.COUNTS, main=self._checked.RECORDS
-            )
+            >> beam.ParDo(_ReadStreamFn(self._connection, self._layout, self._checked))
+            .with_output_types(RecordStream)
+            .with_outputs(self._checked.COUNTS, main=self._checked.RECORDS)
         )
 
 
