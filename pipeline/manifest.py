@@ -206,7 +206,9 @@ class _WriteManifestFn(beam.DoFn):
         self._loaded_names = loaded_names
         self._scored = scored
 
-    def process(self, _, counts: dict, written: list, error_kinds: str, output_summaries=None, throughput=None):
+    def process(
+        self, _, counts: dict, written: list, error_kinds: str, output_summaries=None, throughput=None
+    ):
         """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, and
         the report's summaries (None: no report, as for analyze)."""
         counts = {name: int(value) for name, value in sorted(counts.items())}
@@ -237,7 +239,9 @@ class _WriteManifestFn(beam.DoFn):
             },
         }
         if output_summaries is not None:
-            manifest["report"] = write_report(self._output_dir, manifest, error_kinds, output_summaries, throughput)
+            manifest["report"] = write_report(
+                self._output_dir, manifest, error_kinds, output_summaries, throughput
+            )
         write_manifest(self._output_dir, manifest, success=status == SUCCEEDED)
         release_run_lock(self._output_dir, self._run_info.get("run_id"))
         yield manifest
@@ -251,7 +255,9 @@ def write_errors_stats(output_dir: str, error_kinds: str) -> None:
         f.write((error_kinds + "\n").encode("utf-8"))
 
 
-def write_report(output_dir: str, manifest: dict, error_kinds: str, output_summaries, throughput) -> str | None:
+def write_report(
+    output_dir: str, manifest: dict, error_kinds: str, output_summaries, throughput
+) -> str | None:
     """Writes `report.html` straight into `output_dir` (not staged: it is made here, after
     the publishing, and like `run.json` it describes the run rather than being one of its
     results); returns its name for `run.json`, or None when it could not be made: a report
@@ -314,7 +320,9 @@ class FinalizeRun(beam.PTransform):
         report = [name for name in REPORT_INPUTS if name in inputs]
         if report and len(report) != len(REPORT_INPUTS):
             raise ValueError(f"FinalizeRun needs all of {REPORT_INPUTS} for a report, got {sorted(report)}")
-        summaries = {"error_kinds": summary_side_input(inputs[ERROR_LISTS], "CountErrorKinds", CountErrorsFn())}
+        summaries = {
+            "error_kinds": summary_side_input(inputs[ERROR_LISTS], "CountErrorKinds", CountErrorsFn())
+        }
         if report:
             summaries["output_summaries"] = summary_side_input(
                 inputs[OUTPUT_SUMMARIES], "SummarizeOutputs", OutputSummariesFn(self._output_names)
