@@ -530,7 +530,8 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
         out = os.path.join(work_dir, name, "predictions")
         r: dict = {"records": n[name]}
         print(f"-- {name}: bare model", flush=True)
-        r["bare"] = bare_model(model_dir, load_table(model_dir, pattern, 200_000), runs, seconds=3.0)
+        table = load_table(model_dir, pattern, 200_000)
+        r["bare"] = bare_model(model_dir, table, runs, seconds=3.0)
         print(f"-- {name}: adpredict predict x{runs}", flush=True)
         r["pipeline"] = pipeline_runs(model_dir, pattern, out, n[name], runs)
         expected = adpredict_predictions(out)
@@ -569,19 +570,17 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
             )
             for peer in PEERS:
                 print(f"-- heavy: peer {peer} on a quarter of the small set x{runs}", flush=True)
-                records = n["heavy_small"] * files // n["files"]
+                small_records = n["heavy_small"] * files // n["files"]
                 peer_out = os.path.join(work_dir, name, f"{peer}_small")
                 peer_small = peer_runs(
-                    peer, model_dir, small_examples, peer_out, records, runs, small_expected
+                    peer, model_dir, small_examples, peer_out, small_records, runs, small_expected
                 )
                 r[peer]["marginal"] = marginal(
-                    records, peer_small["runs"], r[peer]["records"], r[peer]["runs"]
+                    small_records, peer_small["runs"], r[peer]["records"], r[peer]["runs"]
                 )
         if name == "light":
             r["parse_floor"] = parse_floor(model_dir, pattern, n[name])
-            r["other_steps"] = conversion_and_output(
-                model_dir, load_table(model_dir, pattern, 200_000), r["pipeline"]["batch_size"]
-            )
+            r["other_steps"] = conversion_and_output(model_dir, table, r["pipeline"]["batch_size"])
             small = generate_shards(
                 os.path.join(work_dir, name, "score_small"),
                 schema_path,
