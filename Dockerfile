@@ -19,8 +19,6 @@ COPY requirements.lock setup.py ./
 RUN pip install --no-cache-dir -r requirements.lock
 COPY pipeline ./pipeline
 COPY transforms ./transforms
-COPY trainer ./trainer
-COPY sampledata ./sampledata
 COPY flex_template ./flex_template
 RUN pip install --no-cache-dir --no-deps .
 

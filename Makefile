@@ -37,9 +37,10 @@ browser: ## Install headless Chromium (Debian package) for the report test
 demo: venv ## Generate data, analyze, train, export, predict (DirectRunner, local files)
 	$(BIN)/adpredict demo --work_dir $(WORK_DIR) --records $(RECORDS)
 
-test: venv emulators browser ## Run the test suite (includes lint; starts the emulators it needs)
+test: venv emulators browser ## Run the test suite (includes lint and the import rule; starts the emulators it needs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q tests
 
 FUZZ_EXAMPLES ?= 100000
@@ -49,9 +50,10 @@ fuzz: venv ## Long fuzzing campaign: FUZZ_EXAMPLES (100,000) random inputs per f
 bench: venv ## Throughput: predict vs bare model, peers, naive Beam, per-record; 3 models (~30 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
 
-lint: venv ## ruff check + format check + shellcheck
+lint: venv ## ruff check + format check + the import rule (docs/architecture.md) + shellcheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/shellcheck run_dataflow.sh .ci/run
 
 format: venv ## Apply ruff's formatting and import order

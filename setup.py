@@ -1,8 +1,9 @@
 """Installs adpredict's packages; Dataflow workers install the job's code from this file.
 
 `run_dataflow.sh` passes `--setup_file ./setup.py`, so each worker runs
-`pip install .` and gets `pipeline`, `transforms`, `trainer` and `sampledata` with the
-same pinned stack as the launcher (see requirements.lock for the fully pinned set).
+`pip install .` and gets `pipeline` and `transforms` with the same pinned stack as the
+launcher (see requirements.lock for the fully pinned set). Those two top-level names are all
+the distribution installs beside a user's own code (docs/architecture.md says why).
 """
 
 import setuptools
@@ -23,11 +24,11 @@ setuptools.setup(
     version="0.1.0",
     description="Batch prediction for ad records with an all-in-one tf.Transform + Keras SavedModel on Apache Beam.",
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["pipeline*", "transforms*", "trainer*", "sampledata*"]),
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     package_data={"transforms": ["schemas/*.yaml"]},
     install_requires=STACK,
     extras_require={
-        "dev": ["pytest", "ruff", "pyinstrument"],
+        "dev": ["pytest", "ruff", "pyinstrument", "import-linter"],
         # The Dask engine (--runner DaskRunner); pins in requirements-dask.lock.
         "dask": ["dask[distributed]==2026.8.0"],
     },

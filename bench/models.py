@@ -47,9 +47,9 @@ def build_model_dir(work_dir: str, variant: str, train_records: int) -> tuple[st
     Returns (schema path, model directory).
     """
     from pipeline import analyze
-    from pipeline.batch_tuning import tune_batch_size
-    from sampledata.generate import generate_file
-    from trainer.train import train_and_export
+    from pipeline.inference.tuning import tune_batch_size
+    from pipeline.sampledata.generate import generate_file
+    from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
 
     variant_dir = os.path.join(work_dir, variant)

@@ -69,7 +69,7 @@ def main(argv=None) -> None:
     args, beam_args = parser.parse_known_args(argv)
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import make_pipeline
+    from pipeline.runners.launch import make_pipeline
 
     # The same runner as the measured pipeline (the FnApiRunner, without the Prism attempt).
     with make_pipeline(PipelineOptions(beam_args)) as pipeline:

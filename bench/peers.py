@@ -32,7 +32,7 @@ def write_examples(records_pattern: str, schema_path: str, out_dir: str, max_fil
     TFRecord files, one per JSONL file."""
     import json
 
-    from sampledata.generate import write_records
+    from pipeline.sampledata.generate import write_records
     from transforms.schema import load_schema
 
     schema = load_schema(schema_path)
@@ -125,7 +125,7 @@ def main(argv=None) -> None:
     args, beam_args = parser.parse_known_args(argv)
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import make_pipeline
+    from pipeline.runners.launch import make_pipeline
 
     with make_pipeline(PipelineOptions(beam_args)) as pipeline:
         build(pipeline, args.peer, args.model_dir, args.input, args.output_dir)

@@ -68,7 +68,7 @@ def sizes(quick: bool) -> dict:
 
 def _generate_part(args) -> str:
     path, records, seed, schema, first_id, fmt = args
-    from sampledata.generate import generate_file
+    from pipeline.sampledata.generate import generate_file
 
     generate_file(path, records, seed=seed, schema=schema, first_id=first_id, fmt=fmt)
     return path
@@ -116,8 +116,14 @@ def load_table(model_dir: str, pattern: str, max_rows: int | None = None):
 
 def bare_model(model_dir: str, table, runs: int, seconds: float) -> dict:
     """Sweep of batch sizes, then `runs` timings at the best one; tensors built beforehand."""
-    from pipeline.batch_tuning import CANDIDATE_BATCH_SIZES, first_rows, records_per_second, sweep_batch_sizes
-    from pipeline.inference import LoadedModel, model_inputs
+    from pipeline.inference.model import LoadedModel
+    from pipeline.inference.tensors import model_inputs
+    from pipeline.inference.tuning import (
+        CANDIDATE_BATCH_SIZES,
+        first_rows,
+        records_per_second,
+        sweep_batch_sizes,
+    )
 
     model = LoadedModel(model_dir)
     inputs = model.description.inputs
@@ -148,11 +154,11 @@ def conversion_and_output(model_dir: str, table, batch_size: int, seconds: float
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.batch_tuning import first_rows
     from pipeline.blocks import ScoredBlock
-    from pipeline.inference import LoadedModel, model_inputs
+    from pipeline.inference.model import LoadedModel, prediction_columns, prediction_layout
+    from pipeline.inference.tensors import model_inputs
+    from pipeline.inference.tuning import first_rows
     from pipeline.io.jsonl import format_predictions
-    from pipeline.predict import prediction_columns, prediction_layout
 
     model = LoadedModel(model_dir)
     description = model.description
@@ -190,7 +196,7 @@ def per_record_service(model_dir: str, pattern: str, records: int) -> dict:
 
     import tensorflow as tf
 
-    from pipeline.inference import LoadedModel
+    from pipeline.inference.model import LoadedModel
 
     model = LoadedModel(model_dir)
     description = model.description

@@ -7,7 +7,8 @@ runs `AnalyzeDataset` on the training split, and writes:
 - `OUTPUT/transform_fn/`, `OUTPUT/transformed_metadata/`: the transform artifacts;
 - `OUTPUT/transformed/{train,eval}-*.tfrecord.gz`: `TransformDataset` output as tf.Examples,
   what the trainer reads;
-- `OUTPUT/errors-*`, `OUTPUT/prediction.errors_stats`: records that were left out, and why.
+- `OUTPUT/errors-*`, `OUTPUT/analyze.errors_stats`: records that were left out, and why;
+- `OUTPUT/run.json`, then `OUTPUT/_SUCCESS` when at most --max_error_rate of the records failed.
 
 Run it as `python -m pipeline.analyze --schema ads --input 'data/*.jsonl' --output_dir OUT`
 with any Beam options (e.g. `--runner DataflowRunner`).
@@ -29,33 +30,21 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import errors
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
-from pipeline.dataflow import is_dry_run, launch, local_stand_in
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, freeze_imported_objects
-from pipeline.manifest import (
-    ERROR_LISTS,
-    RUN_MANIFEST,
-    SUCCESS_MARKER,
-    FinalizeRun,
-    finished_run,
-    versions,
-)
-from pipeline.read import (
-    BLOCKS,
-    COUNTS,
-    ERRORS,
-    RECORDS,
-    Inputs,
-    ReadAdRecords,
-    check_inputs,
-    separate_errors,
-)
-from pipeline.validation import _error_for_row
+from pipeline.entrypoint import pipeline_main
+from pipeline.read import BLOCKS, COUNTS, ERRORS, RECORDS, ReadAdRecords, check_inputs, separate_errors
+from pipeline.run import finalize
+from pipeline.run.finalize import FinalizeRun, RunConfig
+from pipeline.run.manifest import finished_run, versions
+from pipeline.run_contract import ANALYZE_JOB, ANALYZED, RUN_MANIFEST, SUCCESS_MARKER
+from pipeline.runners.dataflow import is_dry_run, local_stand_in
+from pipeline.runners.launch import launch, make_pipeline
+from pipeline.startup import freeze_imported_objects
+from pipeline.validation import error_for_row
 from pipeline.write import WriteErrors
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
 TRAIN, EVAL = "train", "eval"
-ANALYZED = "analyzed"  # the count of valid records analyzed, in run.json
 TRANSFORMED_DIR = "transformed"
 
 
@@ -106,7 +95,7 @@ def map_labels(block: RecordBlock, schema: Schema, layout: RecordLayout) -> tupl
                 f"({accepted}); add it to label.values in {schema.path or 'the schema file'}"
             )
             error_records.append(
-                _error_for_row(block, layout, int(row), errors.OUT_OF_RANGE, schema.label, message)
+                error_for_row(block, layout, int(row), errors.OUT_OF_RANGE, schema.label, message)
             )
     batch = block.batch.set_column(block.batch.schema.get_field_index(schema.label), schema.label, mapped)
     keep = np.flatnonzero(~unmapped)
@@ -206,13 +195,12 @@ def build_analyze(
     input_format=None,
     eval_percent=20,
     layout=None,
-    max_error_rate: float = DEFAULT_MAX_ERROR_RATE,
-    run_info: dict | None = None,
+    run: RunConfig | None = None,
 ):
     """Builds the graph; returns {"transform_fn", "train", "eval", "errors", "manifest"}.
 
-    The last step writes `run.json` and, when at most `max_error_rate` of the records were
-    errors, `_SUCCESS`: a transform trained on the 7% of rows that parsed is a failed run.
+    The last step writes `run.json` and, when at most `run.max_error_rate` of the records
+    were errors, `_SUCCESS`: a transform trained on the 7% of rows that parsed is a failed run.
     """
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
@@ -252,18 +240,19 @@ def build_analyze(
     counts = (
         read[COUNTS],
         records[BLOCKS] | "CountAnalyzed" >> beam.Map(lambda block: (ANALYZED, len(block))),
-        records[ERRORS] | "CountErrors" >> beam.Map(lambda errors: (ERRORS, len(errors))),
+        records[ERRORS] | "CountErrors" >> beam.Map(lambda failed: (ERRORS, len(failed))),
     )
+    run = run or RunConfig({"job": ANALYZE_JOB})
     outputs["manifest"] = {
-        "counts": counts | "AllCounts" >> beam.Flatten(),
-        ERROR_LISTS: records[ERRORS],
+        finalize.COUNTS: counts | "AllCounts" >> beam.Flatten(),
+        finalize.ERROR_LISTS: records[ERRORS],
         **{f"written_{index}": pcoll for index, pcoll in enumerate(written)},
-    } | "FinalizeRun" >> FinalizeRun(output_dir, run_info or {}, max_error_rate, scored=ANALYZED)
+    } | "FinalizeRun" >> FinalizeRun(output_dir, run, scored=ANALYZED)
     return outputs
 
 
-def run(argv=None, test_pipeline=None) -> str:
-    """Parses options, builds and runs the analyze pipeline; returns the output directory."""
+def run(argv=None, test_pipeline=None) -> dict:
+    """Parses options, builds and runs the analyze pipeline; returns its run.json."""
     import tensorflow_transform.beam as tft_beam
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
@@ -274,8 +263,8 @@ def run(argv=None, test_pipeline=None) -> str:
     io = options.view_as(opts.RecordIOOptions)
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
     layout = training_layout(schema, io.csv_columns)
-    inputs = Inputs.from_options(options)
-    offline = is_dry_run(options)  # a Dataflow dry run reads nothing: see pipeline.dataflow
+    inputs = opts.inputs_from(options)
+    offline = is_dry_run(options)  # a Dataflow dry run reads nothing: see pipeline.runners.dataflow
     if not offline:
         check_inputs(inputs, io.input_format, layout)
         for name in (SUCCESS_MARKER, RUN_MANIFEST):  # a failing re-run must not keep the old marker
@@ -284,7 +273,7 @@ def run(argv=None, test_pipeline=None) -> str:
                 FileSystems.delete([path])
     run_info = {
         "started": time.time(),
-        "job": "analyze",
+        "job": ANALYZE_JOB,
         "schema": schema.name,
         # The schema file itself, so that `train` reads the data with the schema it was made with.
         "schema_file": schema_record(schema),
@@ -297,7 +286,7 @@ def run(argv=None, test_pipeline=None) -> str:
         "versions": versions(),
     }
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
-    pipeline = test_pipeline or opts.make_pipeline(options)
+    pipeline = test_pipeline or make_pipeline(options)
     # tf.Transform writes temporary assets while the graph is built; a dry run keeps them in
     # its local stand-in for Cloud Storage.
     with tft_beam.Context(temp_dir=local_stand_in(options, temp_dir)):
@@ -309,24 +298,20 @@ def run(argv=None, test_pipeline=None) -> str:
             io.input_format,
             options.view_as(opts.AnalyzeOptions).eval_percent,
             layout,
-            io.max_error_rate,
-            run_info,
+            RunConfig(run_info, io.max_error_rate),
         )
-        summary = launch(pipeline, options)
-    if summary:  # a dry run, or submitted without waiting
-        return summary
-    finished_run(
+        launched = launch(pipeline, options)
+    if launched:  # a dry run, or submitted without waiting
+        return {**launched, "output_dir": io.output_dir}
+    return finished_run(
         io.output_dir,
         io.max_error_rate,
         "training records",
         f": the transform was not marked usable (no {SUCCESS_MARKER})",
     )
-    return io.output_dir
 
 
 def main(argv=None) -> int:
-    from pipeline.entrypoint import pipeline_main
-
     return pipeline_main(run, argv, "adpredict analyze", __doc__, opts.AnalyzeOptions)
 
 

@@ -21,15 +21,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.entrypoint import (
-    EXIT_ERROR_RATE,
-    EXIT_USAGE,
-    VERBOSE_FLAG,
-    command,
-    run_reporting_errors,
-    seconds_since_start,
-)
-from trainer import IMAGE_TOWERS
+from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_USAGE
+from pipeline.startup import VERBOSE_FLAG, command, seconds_since_start
+from pipeline.trainer import IMAGE_TOWERS
 
 __all__ = ["EXIT_ERROR_RATE", "EXIT_USAGE", "build_parser", "main"]
 
@@ -38,8 +32,10 @@ PIPELINE_COMMANDS = ("analyze", "predict", "nightly")
 
 
 def _generate(args) -> int:
-    from pipeline.io import InputError, describe_formats, format_for
-    from sampledata.generate import generate_file
+    from pipeline.entrypoint import run_reporting_errors
+    from pipeline.io import describe_formats, format_for
+    from pipeline.run_contract import InputError
+    from pipeline.sampledata.generate import generate_file
 
     def run(_):
         fmt = args.format
@@ -60,9 +56,10 @@ def _generate(args) -> int:
 
 
 def _train(args) -> int:
-    from pipeline.batch_tuning import tune_batch_size
-    from pipeline.summary import train_summary
-    from trainer.train import schema_for_training, train_and_export
+    from pipeline.entrypoint import run_reporting_errors
+    from pipeline.inference.tuning import tune_batch_size
+    from pipeline.reporting.terminal import train_summary
+    from pipeline.trainer.train import schema_for_training, train_and_export
 
     def run(_):
         schema = schema_for_training(args.transform_dir, args.schema)
@@ -84,12 +81,13 @@ def _train(args) -> int:
 
 def _demo(args) -> int:
     from pipeline.demo import run_demo
+    from pipeline.entrypoint import run_reporting_errors
 
     return run_reporting_errors(lambda _: run_demo(args.work_dir, args.records, args.seed), None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sampledata.generate import FORMATS as GENERATED_FORMATS
+    from pipeline.sampledata.generate import FORMATS as GENERATED_FORMATS
 
     parser = argparse.ArgumentParser(prog="adpredict", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -171,7 +169,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     with command(argv) as argv:  # before anything imports TensorFlow: --verbose, quiet start-up
         if argv and argv[0] == "inspect":  # its own parser; imports neither Beam nor TensorFlow
-            from pipeline.inspect_model import main as inspect_main
+            from pipeline.inspection.command import main as inspect_main
 
             return inspect_main(argv[1:])
         if argv and argv[0] in PIPELINE_COMMANDS:

@@ -18,9 +18,9 @@ SCORE_FILES = {"jsonl": ("score.jsonl", 101), "csv": ("score.csv", 102), "parque
 
 def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     from pipeline import analyze, predict
-    from pipeline.batch_tuning import tune_batch_size
-    from sampledata.generate import generate_file
-    from trainer.train import train_and_export
+    from pipeline.inference.tuning import tune_batch_size
+    from pipeline.sampledata.generate import generate_file
+    from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
 
     started = time.time()

@@ -20,6 +20,10 @@ INFERENCE_FAILED = "inference_failed"  # the model rejected this record alone
 
 CODES = (MALFORMED_RECORD, MISSING_FIELD, WRONG_TYPE, OUT_OF_RANGE, INVALID_IMAGE, INFERENCE_FAILED)
 
+# Error records per element of an errors PCollection: a step per list, not per error, is what
+# makes a million bad lines cost about what a million good ones do.
+ERROR_BATCH = 1024
+
 # Long values (base64 images) are cut in the `instance` copy so error files stay readable.
 MAX_INSTANCE_VALUE_CHARS = 200
 

@@ -33,18 +33,20 @@ import zoneinfo
 
 import yaml
 
-from pipeline.entrypoint import (
+from pipeline.entrypoint import print_pipeline_summary, run_reporting_errors
+from pipeline.options import CachedViewOptions, OptionsError, PredictOptions, check_argv, declared_flags
+from pipeline.run_contract import (
     DEFAULT_MAX_ERROR_RATE,
     EXIT_ERROR_RATE,
     EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SKIPPED,
     EXIT_USAGE,
+    SUCCESS_MARKER,
     ErrorRateExceeded,
-    RecordsLost,
-    print_pipeline_summary,
+    RunFailed,
 )
-
-EXIT_DONE = 0
-EXIT_SKIPPED = 4
+from pipeline.startup import VERBOSE_FLAG, command, freeze_imported_objects
 
 
 class ConfigError(ValueError):
@@ -139,102 +141,87 @@ def predict_argv(config: NightlyConfig, date: datetime.date, extra: list[str]) -
     return [*argv, "--run_date", date.isoformat(), *config.pipeline_args, *extra]
 
 
-def already_done(argv: list[str]) -> str | None:
+def already_done(plan) -> str | None:
     """Why this date needs no run (its _SUCCESS, same model and inputs), or None."""
     from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import options as opts
-    from pipeline.manifest import SUCCESS_MARKER, model_fingerprint, read_manifest
-    from pipeline.read import Inputs, input_fingerprint
+    from pipeline.run.manifest import read_manifest
 
-    options = PipelineOptions(argv)
-    FileSystems.set_options(options)
-    output_dir = options.view_as(opts.RecordIOOptions).output_dir
+    output_dir, info = plan.output_dir, plan.run.info
     if not FileSystems.exists(FileSystems.join(output_dir, SUCCESS_MARKER)):
         return None
     manifest = read_manifest(output_dir)
-    model_dir = options.view_as(opts.PredictOptions).model_dir
-    if manifest.get("model", {}).get("fingerprint") != model_fingerprint(model_dir):
+    if manifest.get("model", {}).get("fingerprint") != info["model"]["fingerprint"]:
         return None
-    if manifest.get("input_fingerprint") != input_fingerprint(Inputs.from_options(options)):
+    if manifest.get("input_fingerprint") != info["input_fingerprint"]:
         return None
-    return f"{output_dir} has _SUCCESS from a run with the same model and inputs"
+    return f"{output_dir} has {SUCCESS_MARKER} from a run with the same model and inputs"
 
 
-def parity_gate(config: NightlyConfig, argv: list[str]) -> dict:
-    """Compares the model's transform with config.transform_dir's on the date's records."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from pipeline import options as opts
+def parity_gate(config: NightlyConfig, plan) -> dict:
+    """Compares the model's transform with config.transform_dir's on the date's records, read
+    as the date's run reads them (its model description, layout and input format)."""
     from pipeline import parity
-    from pipeline.predict import prediction_layout
-    from pipeline.read import Inputs, check_inputs
-    from transforms.model_contract import ModelDescription
 
-    options = PipelineOptions(argv)
-    model_dir = options.view_as(opts.PredictOptions).model_dir
-    description = ModelDescription.read(model_dir)
-    layout = prediction_layout(description)
-    inputs = Inputs.from_options(options)
-    files = [f for f in check_inputs(inputs, inputs.input_format, layout) if isinstance(f, str)]
+    if plan.offline:
+        raise parity.ParityError(
+            "a dry run reads no records, so the parity gate cannot run; run without --dry_run"
+        )
+    files = [f for f in plan.run.info["inputs"]["files"] if isinstance(f, str)]
     if not files:
         raise parity.ParityError(
             "the parity gate samples files; these inputs are BigQuery only: remove transform_dir from the "
             "nightly config to score them without the gate"
         )
-    batch = parity.sample_records(files, layout, config.parity_sample)
-    return parity.compare(model_dir, config.transform_dir, batch, config.parity_tolerance)
+    batch = parity.sample_records(files, plan.model.layout, config.parity_sample, plan.inputs.input_format)
+    return parity.compare(plan.model, config.transform_dir, batch, config.parity_tolerance)
 
 
-def gate(config: NightlyConfig, date: datetime.date, argv: list[str]) -> int:
-    """Runs the parity gate for one date; returns EXIT_DONE when it passes."""
+def gate(config: NightlyConfig, date: datetime.date, plan) -> int:
+    """Runs the parity gate for one date; returns EXIT_OK when it passes."""
     from pipeline.parity import ParityError
 
     try:
-        differences = parity_gate(config, argv)
+        differences = parity_gate(config, plan)
     except ParityError as e:
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     print(f"adpredict nightly {date}: parity gate passed (largest difference "
           f"{max(differences.values()):.3g})", flush=True)  # fmt: skip
-    return EXIT_DONE
+    return EXIT_OK
 
 
 def run_date(
     config: NightlyConfig, date: datetime.date, force: bool = False, extra=(), parity_only=False
 ) -> int:
-    """Scores one date (or, with `parity_only`, only runs its parity gate); returns its exit code."""
+    """Scores one date (or, with `parity_only`, only runs its parity gate); returns its exit code.
+
+    The date's flags are parsed, and its model and inputs checked and fingerprinted, once:
+    the skip test, the parity gate and the run share that plan."""
     from pipeline import predict
 
-    argv = predict_argv(config, date, list(extra))
+    if parity_only and not config.transform_dir:
+        raise ConfigError("--parity_only needs transform_dir in the nightly config")
+    freeze_imported_objects()
+    plan = predict.plan(CachedViewOptions(predict_argv(config, date, list(extra))))
     if parity_only:
-        if not config.transform_dir:
-            raise ConfigError("--parity_only needs transform_dir in the nightly config")
-        return gate(config, date, argv)
+        return gate(config, date, plan)
     if not force:
-        reason = already_done(argv)
+        reason = already_done(plan)
         if reason:
             print(f"adpredict nightly {date}: skipped: {reason}", flush=True)
             return EXIT_SKIPPED
-    if config.transform_dir and gate(config, date, argv) != EXIT_DONE:
+    if config.transform_dir and gate(config, date, plan) != EXIT_OK:
         return EXIT_FAILED
-    started = time.monotonic()
-
-    def summarize(result=None):
-        print_pipeline_summary(f"adpredict nightly {date}", argv, result, time.monotonic() - started)
-
+    started, prog = time.monotonic(), f"adpredict nightly {date}"
     try:
-        summarize(predict.run(argv))
-    except ErrorRateExceeded as e:
-        summarize()
+        manifest = predict.execute(plan)
+    except RunFailed as e:  # the run said so in run.json
+        print_pipeline_summary(prog, e.manifest, time.monotonic() - started)
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
-        return EXIT_ERROR_RATE
-    except RecordsLost as e:  # the run said so in run.json
-        summarize()
-        print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    return EXIT_DONE
+        return EXIT_ERROR_RATE if isinstance(e, ErrorRateExceeded) else EXIT_FAILED
+    print_pipeline_summary(prog, manifest, time.monotonic() - started)
+    return EXIT_OK
 
 
 def dates(start: datetime.date, end: datetime.date) -> list[datetime.date]:
@@ -245,16 +232,12 @@ def dates(start: datetime.date, end: datetime.date) -> list[datetime.date]:
 
 def main(argv=None) -> int:
     """`adpredict nightly ...`; flags that are not nightly's go to every predict run (Beam options)."""
-    from pipeline.entrypoint import command
-
     with command(sys.argv[1:] if argv is None else list(argv)) as argv:
         return _main(argv)
 
 
 def _parser():
     import argparse
-
-    from pipeline.entrypoint import VERBOSE_FLAG
 
     parser = argparse.ArgumentParser(
         prog="adpredict nightly", description=__doc__.split("\n\n")[0], allow_abbrev=False
@@ -275,9 +258,6 @@ def _parser():
 
 
 def _main(argv: list[str]) -> int:
-    from pipeline.entrypoint import run_reporting_errors
-    from pipeline.options import OptionsError, PredictOptions, check_argv, declared_flags
-
     parser = _parser()
     predict_flags = declared_flags([PredictOptions])
     try:  # each flag is nightly's or predict's (Beam's included): a typo is refused, not passed on
@@ -300,7 +280,7 @@ def _main(argv: list[str]) -> int:
             todo = [args.date or yesterday(config.timezone)]
         for date in todo:
             codes.append(run_date(config, date, args.force, extra, args.parity_only))
-            if codes[-1] not in (EXIT_DONE, EXIT_SKIPPED):
+            if codes[-1] not in (EXIT_OK, EXIT_SKIPPED):
                 print(f"adpredict nightly: stopped at {date}; later dates were not run", file=sys.stderr)
                 break
 
@@ -313,7 +293,7 @@ def _main(argv: list[str]) -> int:
         return code
     if all(c == EXIT_SKIPPED for c in codes):
         return EXIT_SKIPPED
-    return next((c for c in codes if c not in (EXIT_DONE, EXIT_SKIPPED)), EXIT_DONE)
+    return next((c for c in codes if c not in (EXIT_OK, EXIT_SKIPPED)), EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,12 @@ import re
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE, VERBOSE_FLAG
+from pipeline.inference.batching import DEFAULT_MAX_BATCH_BYTES
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
 from pipeline.io.splitting import DEFAULT_SPLIT_BYTES
-
-# Most bytes of text and image values per model call. The model copies a batch's strings a
-# few times (base64 decoding, clean-up) and decodes images while it runs, so its memory
-# grows with them: 2,048 records of 1 MB creatives would be 2 GB per copy.
-DEFAULT_MAX_BATCH_BYTES = 64 << 20
+from pipeline.read import Inputs
+from pipeline.run_contract import DEFAULT_MAX_ERROR_RATE, OptionsError
+from pipeline.startup import VERBOSE_FLAG
 
 
 class CachedViewOptions(PipelineOptions):
@@ -46,10 +44,6 @@ class CachedViewOptions(PipelineOptions):
         state = dict(super().__getstate__())
         state.pop("_views", None)
         return state
-
-
-class OptionsError(ValueError):
-    """A flag is missing or wrong; the message names it."""
 
 
 class RecordIOOptions(PipelineOptions):
@@ -403,38 +397,6 @@ def print_help_if_asked(argv, prog: str, description: str, option_classes) -> bo
     return True
 
 
-# --runner values that run on Dask with pipeline.dask_runner.DaskRunner.
-DASK_RUNNER_NAMES = (
-    "DaskRunner",
-    "apache_beam.runners.dask.dask_runner.DaskRunner",
-    "pipeline.dask_runner.DaskRunner",
-)
-
-
-def make_pipeline(options: PipelineOptions):
-    """A Beam pipeline for `options`; local runs go straight to the FnApiRunner.
-
-    Beam's DirectRunner first tries the Prism runner (a separate Go process that is
-    downloaded on first use) and falls back to the FnApiRunner when it cannot start it; the
-    attempt cost 0.5 s per run here and, on a machine with internet access, would run a
-    different engine than the one measured in bench/. The FnApiRunner still honours
-    --direct_num_workers and --direct_running_mode.
-    """
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    runner = options.view_as(StandardOptions).runner
-    if runner in DASK_RUNNER_NAMES:  # Beam's own mixes tagged outputs: see pipeline/dask_runner.py
-        from pipeline.dask_runner import DaskRunner
-
-        return beam.Pipeline(runner=DaskRunner(), options=options)
-    if runner in (None, "DirectRunner", "SwitchingDirectRunner"):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
-
-
 def tf_threads(options: PipelineOptions) -> int | None:
     """TensorFlow threads per process: --tf_threads, else cores / local worker processes.
 
@@ -468,4 +430,18 @@ def bigquery_connection(options: PipelineOptions):
         endpoint=bigquery.bigquery_endpoint,
         storage_endpoint=bigquery.bigquery_storage_endpoint,
         anonymous=bool(cloud.no_auth),
+    )
+
+
+def inputs_from(options: PipelineOptions) -> Inputs:
+    """Where a run's records come from, as its flags say."""
+    io = options.view_as(RecordIOOptions)
+    return Inputs(
+        tuple(io.input or ()),
+        io.input_format,
+        io.input_query,
+        io.input_filter,
+        bigquery_connection(options),
+        io.query_dataset,
+        io.split_bytes,
     )

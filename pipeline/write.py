@@ -1,14 +1,14 @@
-"""Writing predictions and error records; counting error records by kind.
+"""Writing predictions and error records.
 
 Predictions go to `prediction.results-SSSSS-of-NNNNN` (the shard naming of Cloud ML Engine
 and Vertex AI batch prediction) in the format the user chose (`pipeline.io`), or to a
 BigQuery table. Error records go to `errors-SSSSS-of-NNNNN` as JSON lines whatever the
 prediction format (their `instance` is the raw record, of any shape: a reader of errors is
-a person or a script, not a warehouse schema), or to a BigQuery errors table; the run's last step
-(`pipeline.manifest.FinalizeRun`) writes their count per kind to `prediction.errors_stats`.
+a person or a script, not a warehouse schema), or to a BigQuery errors table; the run's last
+step (`pipeline.run.finalize.FinalizeRun`) writes their count per kind.
 
 `predict` points these writers at `<output_dir>/.adpredict-staging/`, and the run's last step
-moves the files into the output directory (`pipeline.manifest.publish_staged`): a run
+moves the files into the output directory (`pipeline.run.staging.publish_staged`): a run
 killed before its end leaves no shard where readers look.
 """
 
@@ -20,14 +20,11 @@ import json
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import counters
 from pipeline.blocks import ScoredBlock
 from pipeline.io import FILE_FORMATS, base
 from pipeline.io import bigquery as bq
-
-PREDICTIONS_PREFIX = "prediction.results"
-ERRORS_PREFIX = "errors"
-ERRORS_STATS = "prediction.errors_stats"
+from pipeline.run_contract import ERRORS_PREFIX, PREDICTIONS_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +38,19 @@ class BigQueryTarget:
     disposition: str = "truncate"
 
 
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """Where a run's predictions and error records go: files of `output_format` under
+    `output_dir`, or BigQuery tables (`bigquery`)."""
+
+    output_dir: str
+    output_format: str = "jsonl"
+    bigquery: BigQueryTarget | None = None
+
+
 class _CountPredictionsFn(beam.DoFn):
     def __init__(self):
-        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "predictions_written")
+        self._written = counters.counter(counters.PREDICTIONS_WRITTEN)
 
     def process(self, scored: ScoredBlock):
         self._written.inc(len(scored))
@@ -82,35 +89,6 @@ class WritePredictions(beam.PTransform):
         )
 
 
-class CountErrorsFn(beam.CombineFn):
-    """Counts error records per (code, field), keeping one example message each."""
-
-    def create_accumulator(self):
-        return {}
-
-    def add_input(self, accumulator, errors: list):
-        for error in errors:
-            kind = (error["error"]["code"], error["error"]["field"])
-            count, example = accumulator.get(kind, (0, error["error"]["message"]))
-            accumulator[kind] = (count + 1, example)
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        merged = {}
-        for accumulator in accumulators:
-            for kind, (count, example) in accumulator.items():
-                merged[kind] = (merged.get(kind, (0, example))[0] + count, example)
-        return merged
-
-    def extract_output(self, accumulator):
-        rows = [
-            {"code": code, "field": field, "count": count, "example_message": example}
-            for (code, field), (count, example) in accumulator.items()
-        ]
-        rows.sort(key=lambda row: (-row["count"], row["code"], row["field"] or ""))
-        return json.dumps({"errors": sum(r["count"] for r in rows), "by_kind": rows}, indent=2)
-
-
 # One encoder for every record: json.dumps with options builds a new one per call (half its cost).
 _STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
@@ -124,7 +102,7 @@ class CountErrors(beam.DoFn):
     """Passes lists of error records through, counting the records as written."""
 
     def __init__(self):
-        self._written = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "errors_written")
+        self._written = counters.counter(counters.ERRORS_WRITTEN)
 
     def process(self, errors: list):
         self._written.inc(len(errors))
@@ -133,8 +111,8 @@ class CountErrors(beam.DoFn):
 
 class WriteErrors(beam.PTransform):
     """Error records -> sharded JSONL error files (or a BigQuery errors table); returns what
-    the write wrote. Their counts by kind (`prediction.errors_stats`) are written by the run's
-    last step, `pipeline.manifest.FinalizeRun`, which summarizes the same lists."""
+    the write wrote. Their counts by kind are written by the run's last step,
+    `pipeline.run.finalize.FinalizeRun`, which summarizes the same lists."""
 
     def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None):
         super().__init__()

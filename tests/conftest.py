@@ -17,8 +17,8 @@ CRITEO_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "d
 def trained_ads(tmp_path_factory):
     """Paths of a trained ads model: {"work", "data", "transform", "model", "metrics"}."""
     from pipeline import analyze
-    from sampledata.generate import generate_file
-    from trainer.train import train_and_export
+    from pipeline.sampledata.generate import generate_file
+    from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
 
     work = tmp_path_factory.mktemp("ads")
@@ -82,7 +82,7 @@ SCORE_RECORDS = 50
 @pytest.fixture(scope="session")
 def score_records():
     """50 generated ad records (keys ad-9000..), the same for every format test."""
-    from sampledata.generate import generate_records
+    from pipeline.sampledata.generate import generate_records
     from transforms.schema import load_schema
 
     return list(generate_records(load_schema("ads"), SCORE_RECORDS, seed=11, first_id=9000))

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import analyze, cli, predict
 from pipeline.io.bigquery import Connection
+from pipeline.run_contract import EXIT_USAGE
 
 DATASET = "ads"
 
@@ -168,6 +169,6 @@ def test_missing_table_bad_query_and_missing_dataset_stop_before_the_run(
     argv += [flag, value.format(project=project)]
     if "SELEC " in value:
         argv += ["--query_dataset", f"{project}.{DATASET}"]
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert message in err and not os.path.exists(tmp_path / "run.json")

@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from pipeline import cli, summary
+from pipeline import cli
 from pipeline.options import OptionsError, PredictOptions, check_flags
+from pipeline.reporting import terminal as summary
+from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_USAGE
 from tests.test_loud_failures import drifted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +67,7 @@ def test_a_run_over_its_error_threshold_prints_the_summary_then_fails(trained_ad
     data = drifted(tmp_path / "in.jsonl", 40, 3)
     out = str(tmp_path / "out")
     code = cli.main(["predict", "--model_dir", trained_ads["model"], "--input", data, "--output_dir", out])
-    assert code == cli.EXIT_ERROR_RATE
+    assert code == EXIT_ERROR_RATE
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0] == (
         "adpredict predict: failed: error rate above --max_error_rate (everything written, no _SUCCESS)"
@@ -90,6 +92,30 @@ def test_analyze_prints_rows_analyzed_and_rejected(tmp_path, capsys):
     assert lines["rejected"] == "5 (5.00% of read, limit 10.00%): missing_field: age 5"
     assert lines["transform"] == f"{out} (transform_fn/, transformed/train-*, transformed/eval-*)"
     assert lines["run.json"] == f"{out}/run.json"
+    # Its error counts are named after the job, not after predict's prediction.* files.
+    assert lines["error records"] == f"{out}/errors-*; by code and field: analyze.errors_stats"
+    assert json.loads(open(f"{out}/analyze.errors_stats").read())["errors"] == 5
+    assert not os.path.exists(f"{out}/prediction.errors_stats")
+
+
+def test_the_summary_comes_from_the_run_json_the_run_returned(trained_ads, tmp_path, monkeypatch, capsys):
+    """run.json is read once, by the launcher checking how the run ended; the summary
+    printed after it uses that copy."""
+    from pipeline.run import manifest
+
+    reads = []
+    original = manifest.read_manifest
+    monkeypatch.setattr(
+        manifest, "read_manifest", lambda output_dir: reads.append(output_dir) or original(output_dir)
+    )
+    data = drifted(tmp_path / "in.jsonl", 40, 1)
+    out = str(tmp_path / "out")
+    argv = ["predict", "--model_dir", trained_ads["model"], "--input", data, "--output_dir", out]
+    assert cli.main([*argv, "--max_error_rate", "0.5"]) == 0
+    assert reads == [out] and summary_lines(capsys.readouterr().out)["errors"].startswith("1 (2.50% of read")
+    reads.clear()
+    assert cli.main([*argv, "--max_error_rate", "0"]) == EXIT_ERROR_RATE  # a failed run: its summary too
+    assert reads == [out] and summary_lines(capsys.readouterr().out)["errors"].startswith("1 (2.50% of read")
 
 
 def test_train_prints_rows_auc_and_where_the_model_went(trained_ads, tmp_path, capsys):
@@ -172,16 +198,16 @@ MISSPELLED = {
 
 @pytest.mark.parametrize(("argv", "flag", "meant"), list(MISSPELLED.values()), ids=list(MISSPELLED))
 def test_an_unknown_flag_is_refused_naming_the_closest(argv, flag, meant, capsys):
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     captured = capsys.readouterr()
     assert captured.err == f"adpredict: error: unknown flag {flag}; did you mean {meant}?\n"
     assert captured.out == ""
 
 
 def test_another_commands_flag_and_a_stray_value_are_refused(capsys):
-    assert cli.main(["predict", "--model_dir", "m", "--schema", "ads"]) == cli.EXIT_USAGE
+    assert cli.main(["predict", "--model_dir", "m", "--schema", "ads"]) == EXIT_USAGE
     assert capsys.readouterr().err.startswith("adpredict: error: unknown flag --schema;")
-    assert cli.main(["predict", "--input", "a.jsonl", "b.jsonl", "--output_dir", "o"]) == cli.EXIT_USAGE
+    assert cli.main(["predict", "--input", "a.jsonl", "b.jsonl", "--output_dir", "o"]) == EXIT_USAGE
     assert capsys.readouterr().err.startswith(
         "adpredict: error: unexpected argument 'b.jsonl' after --input a.jsonl: a flag takes at most one value"
     )
@@ -205,7 +231,7 @@ def test_a_misspelled_flag_in_the_nightly_configs_pipeline_args(tmp_path, capsys
     config.write_text(
         "model_dir: m\ninput: in/{date}.jsonl\noutput_dir: out/{date}\npipeline_args: [--runer, X]\n"
     )
-    assert cli.main(["nightly", "--config", str(config), "--date", "2026-11-26"]) == cli.EXIT_USAGE
+    assert cli.main(["nightly", "--config", str(config), "--date", "2026-11-26"]) == EXIT_USAGE
     assert capsys.readouterr().err == (
         f"adpredict nightly: error: {config}: pipeline_args: unknown flag --runer; did you mean --runner?\n"
     )

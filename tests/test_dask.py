@@ -1,5 +1,5 @@
 """The same pipelines on a second distributed engine: a real Dask scheduler with two worker
-processes on loopback (dask.distributed's LocalCluster), through pipeline.dask_runner.
+processes on loopback (dask.distributed's LocalCluster), through pipeline.runners.dask.
 Outputs and counts must equal the DirectRunner's."""
 
 import glob

@@ -7,6 +7,8 @@ import tarfile
 
 import pytest
 
+from pipeline.run_contract import EXIT_USAGE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {"PROJECT": "my-project", "REGION": "europe-west1", "TEMP_LOCATION": "gs://my-bucket/tmp"}
 
@@ -97,7 +99,7 @@ def test_a_real_dataflow_run_refuses_a_local_model(trained_ads, tmp_path, capsys
     argv = ["predict", "--model_dir", trained_ads["model"], "--input", "gs://my-bucket/in/*.jsonl", "--output_dir",
             "gs://my-bucket/out", "--runner", "DataflowRunner", "--project", "my-project", "--region", "europe-west1",
             "--temp_location", "gs://my-bucket/tmp"]  # fmt: skip
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     assert "is not on gs://" in capsys.readouterr().err
 
 
@@ -199,7 +201,7 @@ def test_the_sdist_installs_and_imports_the_pipelines_outside_the_source_tree(tm
                    check=True, capture_output=True)  # fmt: skip
     probe = (
         "import sys; sys.path = [p for p in sys.path if not p.endswith('/main') and p != '']\n"
-        "import pipeline.predict, pipeline.analyze, pipeline.io.bigquery, trainer.model\n"
+        "import pipeline.predict, pipeline.analyze, pipeline.io.bigquery, pipeline.trainer.model\n"
         "from transforms.schema import load_schema\n"
         "print(pipeline.predict.__file__); print(len(load_schema('ads').features), len(load_schema('criteo').features))\n"
     )

@@ -9,7 +9,8 @@ import re
 
 import yaml
 
-from pipeline.nightly import EXIT_SKIPPED, load_config, predict_argv
+from pipeline.nightly import load_config, predict_argv
+from pipeline.run_contract import EXIT_SKIPPED
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")

@@ -70,8 +70,8 @@ def test_criteo_sample_runs_with_only_a_schema_file(tmp_path):
 def test_default_data_trains_to_target_auc_and_the_image_matters(tmp_path):
     """Issue target: held-out AUC >= 0.75 and >= 0.05 over the same model with images blanked."""
     from pipeline import analyze
-    from sampledata.generate import generate_file
-    from trainer.train import train_and_export
+    from pipeline.sampledata.generate import generate_file
+    from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
 
     data = str(tmp_path / "train.jsonl")

@@ -70,7 +70,7 @@ BigQuery (pipeline/io/bigquery.py; exit 2; local BigQuery server)
   --output_table bq://t: dataset d does not exist; bq mk -> test_bigquery_mistakes[output_dataset_missing]
   BigQuery refused bq://t: ...; check ... credentials    -> test_bigquery_refusing_a_read_names_the_table_
                                                             and_the_credentials
-Error records (pipeline/io/*.py, pipeline/validation.py, pipeline/blocks.py, pipeline/read.py)
+Error records (pipeline/io/*.py, pipeline/validation.py, pipeline/blocks.py)
   line is not valid JSON: ...                            -> test_error_records[jsonl_not_json]
   expected a JSON object per line, got an array          -> test_error_records[jsonl_not_an_object]
   field 'f' holds bytes that are not UTF-8 ...; iconv    -> test_error_records[jsonl_not_utf8], [csv_not_utf8]
@@ -109,7 +109,7 @@ Error records (pipeline/io/*.py, pipeline/validation.py, pipeline/blocks.py, pip
   field 'f' is N base64 characters, more than the limit  -> test_error_records[image_too_many_bytes]
   field 'f' declares W x H pixels, ...; resize it ...    -> test_error_records[image_too_many_pixels]
   f ends before its gzip end marker ...; replace it ...  -> test_a_gzip_file_cut_short_is_one_error_naming_it
-Inference (pipeline/inference.py)
+Inference (pipeline/inference/failures.py)
   the model ran out of memory scoring this record alone  -> tests/test_inference_faults.py (record alone OOM)
   the model rejected this record alone: ...; field 'f'.. -> tests/test_inference_faults.py (corrupt JPEG)
 Schema file (transforms/schema.py; exit 2 through `--schema`; test_schema_mistakes[...] unless noted)
@@ -168,7 +168,7 @@ Parity gate (pipeline/parity.py, pipeline/nightly.py; exit 1, `adpredict nightly
   feature 'f': the model gives shape ..., the transfo... -> test_parity_gate_failures[reshaped]
   training/serving skew: feature 'f' differs by up to .. -> test_parity_gate_failures[skewed]
   the parity gate samples files; ... BigQuery only: ...  -> test_parity_gate_on_bigquery_inputs_only
-Training (trainer/train.py; exit 2)
+Training (pipeline/trainer/train.py; exit 2)
   --transform_dir 'x' holds no tf.Transform output ...   -> test_training_mistakes[no_transform_output]
   no transformed train data under x/transformed; run ..  -> test_training_mistakes[no_transformed_data]
   the held-out split in x has N records, all with ...    -> test_training_mistakes[one_label_held_out]
@@ -196,6 +196,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.io import blocks_and_errors, read_stream
+from pipeline.run_contract import EXIT_USAGE
 from pipeline.validation import MAX_IMAGE_BYTES, MAX_LIST_ITEMS, validate_block
 from transforms.model_contract import DESCRIPTION_PATH, description_from_schema
 from transforms.schema import SchemaError, load_schema, parse_schema
@@ -222,7 +223,7 @@ def assert_names(message: str, *parts: str) -> None:
 
 
 def cli_error(argv: list[str], capsys) -> str:
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     return one_error_line(capsys)
 
 
@@ -314,7 +315,7 @@ def test_flag_mistakes(argv, parts, capsys):
 def test_a_value_outside_a_flags_choices(flag, choices, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["predict", "--model_dir", "m", "--input", "a.jsonl", "--output_dir", "o", flag, "xml"])
-    assert exited.value.code == cli.EXIT_USAGE
+    assert exited.value.code == EXIT_USAGE
     assert_names(capsys.readouterr().err, f"argument {flag}: invalid choice: 'xml'", "choose from", choices)
 
 
@@ -639,7 +640,7 @@ def test_bigquery_refusing_a_read_names_the_table_and_the_credentials(trained_ad
 
 
 def _layout(**changes):
-    from pipeline.predict import prediction_layout
+    from pipeline.inference.model import prediction_layout
 
     layout = prediction_layout(description_from_schema(load_schema("ads")), changes.pop("passthrough", None))
     return dataclasses.replace(layout, **changes)
@@ -647,7 +648,7 @@ def _layout(**changes):
 
 @pytest.fixture(scope="module")
 def good():
-    from sampledata.generate import generate_records
+    from pipeline.sampledata.generate import generate_records
 
     return next(iter(generate_records(load_schema("ads"), 1, seed=5, first_id=7)))
 
@@ -819,10 +820,14 @@ def test_error_records(case, record_cases):
 
 def _read_on_a_worker(path: str) -> list[dict]:
     """What the file-reading step of a run yields for `path`: its error records."""
+    from pipeline.io.files import _ReadPartFn
     from pipeline.io.splitting import FilePart
-    from pipeline.read import _ReadPartFn
+    from pipeline.read import CheckedRecords
 
-    items = _ReadPartFn(_layout(), None, 1 << 20).process(FilePart(path, end=os.path.getsize(path)), {})
+    layout = _layout()
+    items = _ReadPartFn(layout, None, 1 << 20, CheckedRecords(layout)).process(
+        FilePart(path, end=os.path.getsize(path)), {}
+    )
     return [error for item in items if isinstance(item, list) for error in item]
 
 
@@ -935,9 +940,7 @@ def test_schema_mistakes(doc, parts):
 # Nightly configs and the parity gate.
 
 
-def _nightly(
-    tmp_path, capsys, config, *args, prefix="adpredict nightly: error: ", code=cli.EXIT_USAGE
-) -> str:
+def _nightly(tmp_path, capsys, config, *args, prefix="adpredict nightly: error: ", code=EXIT_USAGE) -> str:
     path = tmp_path / "nightly.yaml"
     if config is not None:
         path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
@@ -973,7 +976,7 @@ def test_nightly_config_mistakes(config, args, parts, tmp_path, capsys):
 def test_nightly_date_that_is_not_a_date(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["nightly", "--config", "n.yaml", "--date", "26.11.2026"])
-    assert exited.value.code == cli.EXIT_USAGE
+    assert exited.value.code == EXIT_USAGE
     assert "argument --date: invalid fromisoformat value: '26.11.2026'" in capsys.readouterr().err
 
 
@@ -1003,7 +1006,9 @@ def handmade_models(trained_ads, tmp_path_factory):
     for name in ("no_signature", *changes):
         module = tf.Module()
         module.real = real
-        signatures = {"transform_features": signature(changes[name])} if name in changes else {}
+        signatures = {"serving_default": real.signatures["serving_default"]}  # it scores: the contract
+        if name in changes:
+            signatures["transform_features"] = signature(changes[name])
         tf.saved_model.save(module, str(work / name), signatures=signatures)
         os.makedirs(work / name / "assets.extra")
         shutil.copy(os.path.join(trained_ads["model"], DESCRIPTION_PATH), work / name / DESCRIPTION_PATH)
@@ -1026,7 +1031,7 @@ PARITY_CASES = {
 
 @pytest.mark.parametrize(("case", "parts"), list(PARITY_CASES.items()), ids=list(PARITY_CASES))
 def test_parity_gate_failures(case, parts, trained_ads, handmade_models, tmp_path, capsys):
-    from pipeline.nightly import EXIT_FAILED
+    from pipeline.run_contract import EXIT_FAILED
 
     data = trained_ads["data"]
     if case == "no_valid_record":  # every record out of the schema's range
@@ -1045,7 +1050,7 @@ def test_parity_gate_on_bigquery_inputs_only(bigquery_flags, trained_ads, tmp_pa
     from google.cloud import bigquery
 
     from pipeline.io.bigquery import Connection
-    from pipeline.nightly import EXIT_FAILED
+    from pipeline.run_contract import EXIT_FAILED
 
     project, flags = bigquery_flags["project"], bigquery_flags["flags"]
     client = Connection(project, flags[3], flags[5], anonymous=True).client()
@@ -1108,7 +1113,8 @@ def test_training_mistakes(case, parts, trained_ads, tmp_path, capsys):
 def test_a_missing_file_from_the_system_names_the_path(capsys):
     import errno
 
-    from pipeline.entrypoint import EXIT_USAGE, run_reporting_errors
+    from pipeline.entrypoint import run_reporting_errors
+    from pipeline.run_contract import EXIT_USAGE
 
     def run(_):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/ads/missing.yaml")
@@ -1120,7 +1126,8 @@ def test_a_missing_file_from_the_system_names_the_path(capsys):
 
 
 def test_records_lost_is_one_line_and_exit_1(capsys):
-    from pipeline.entrypoint import RecordsLost, run_reporting_errors
+    from pipeline.entrypoint import run_reporting_errors
+    from pipeline.run_contract import RecordsLost
 
     def run(_):
         raise RecordsLost("records read (10) != predictions (8) + errors (1)")

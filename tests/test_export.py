@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that
 
 from pipeline.analyze import tensor_adapter_config, to_tfxio_batch, training_layout
 from pipeline.blocks import LINE_COLUMN, RecordBlock
-from pipeline.inference import model_inputs
+from pipeline.inference.tensors import model_inputs
 from transforms.model_contract import TRANSFORM_SIGNATURE, description_from_schema
 from transforms.preprocessing import transformed_feature_names
 from transforms.schema import load_schema

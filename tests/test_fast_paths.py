@@ -7,9 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import batch_tuning
 from pipeline.blocks import BlockCoder, RecordBlock, RecordLayout, RecordStream, ScoredBlock, string_buffer
-from pipeline.inference import batch_slices, padded_string_lists, string_tensor
+from pipeline.inference import tuning as batch_tuning
+from pipeline.inference.batching import batch_slices
+from pipeline.inference.tensors import padded_string_lists, string_tensor
 from pipeline.io.base import PredictionColumns, read_ahead
 from pipeline.io.jsonl import format_predictions
 from pipeline.options import CachedViewOptions, PredictOptions, RecordIOOptions, tf_threads
@@ -195,7 +196,8 @@ def test_a_record_the_model_rejects_is_found_by_bisection_in_logarithmic_calls()
     import tensorflow as tf
 
     from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout
-    from pipeline.inference import RunInferenceFn
+    from pipeline.inference.dofn import RunInferenceFn
+    from pipeline.inference.model import ModelConfig
 
     calls = []
 
@@ -210,7 +212,7 @@ def test_a_record_the_model_rejects_is_found_by_bisection_in_logarithmic_calls()
     ids[700] = "poison"
     batch = pa.RecordBatch.from_pydict({"id": ids, LINE_COLUMN: list(range(1, 1025))})
     block = RecordBlock("f.jsonl", batch)
-    fn = RunInferenceFn("unused", RecordLayout((), "id"), 1024)
+    fn = RunInferenceFn(ModelConfig("unused", RecordLayout((), "id"), 1024))
     fn._model = RejectsPoison()
     search = fn._isolate_failures(block, batch, batch.column("id"), 0)
     errors = []

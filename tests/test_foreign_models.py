@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pipeline import cli, predict
+from pipeline.run_contract import EXIT_FAILED, EXIT_USAGE
 from tests import tfx_census_model as census
 
 RECORDS = 120
@@ -223,7 +224,7 @@ def test_an_input_schema_file_gives_the_key_and_is_checked_against_the_model(cen
 
 def one_error_line(argv, capsys) -> str:
     capsys.readouterr()
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("adpredict: error: ") and err.count("\n") == 1, err
     return err
@@ -343,9 +344,9 @@ def test_a_hand_written_description_that_does_not_fit_is_one_line(keras_model, t
 
 
 def test_inspect_shows_what_predict_reads_from_the_signature(census_model):
-    from pipeline import inspect_model
+    from pipeline import inspection
 
-    report = inspect_model.inspect_model(census_model["model"])
+    report = inspection.inspect_model(census_model["model"])
     inputs = {i["name"]: i for i in report["inputs"]}
     assert report["example_input"] == "inputs"
     assert inputs["age"]["type"] == "float" and inputs["age"]["dtype"] == "float_list"
@@ -357,7 +358,7 @@ def test_inspect_shows_what_predict_reads_from_the_signature(census_model):
     assert "takes serialized tf.Examples" in checks["contract"]["reason"]
     # The TensorFlow-only process scored one made-up tf.Example: two scores, two classes.
     assert checks["tensorflow_only"]["status"] == "PASS"
-    text = inspect_model.format_report(report)
+    text = inspection.format_report(report)
     assert "raw inputs (features of each tf.Example in inputs)" in text
     assert "education-num   float   tf.Example float_list  optional: left out of the tf.Example" in text
 
@@ -386,3 +387,34 @@ def test_one_string_input_that_is_not_a_tf_example_is_a_text_field(tmp_path):
         {"upper": "A B C", "words": 3},
         {"upper": "üNï CöDé", "words": 2},
     ]
+
+
+def test_the_parity_gate_checks_a_foreign_models_transform(census_model, tmp_path, capsys):
+    """A TFX-style model (no adpredict_model.json; `transform_features` takes serialized
+    tf.Examples) read with --input_schema, against its own transform, then another one."""
+    path = tmp_path / "ads" / "dt=2026-11-26" / "in.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "".join(json.dumps({**r, "person": f"p-{i}"}) + "\n" for i, r in enumerate(census_model["records"]))
+    )
+    features = [{"name": n, "type": "string"} for n in census.CATEGORICAL]
+    features += [{"name": n, "type": "float"} for n in census.NUMERIC]
+    features.append({"name": "education-num", "type": "float", "missing": {"default": 0.0}})
+    schema_path = tmp_path / "census.yaml"
+    schema_path.write_text(
+        yaml.safe_dump({"name": "census", "key": {"field": "person"}, "features": features})
+    )
+    settings = {"model_dir": census_model["model"], "input": str(tmp_path / "ads" / "dt={date}" / "*.jsonl"),
+                "output_dir": str(tmp_path / "out" / "dt={date}"), "input_schema": str(schema_path),
+                "transform_dir": str(census_model["work"] / "transform")}  # fmt: skip
+    config = tmp_path / "nightly.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    argv = ["nightly", "--config", str(config), "--date", "2026-11-26", "--parity_only"]
+    assert cli.main(argv) == 0
+    assert "parity gate passed" in capsys.readouterr().out
+
+    other = census.analyze(census.census_records(60, seed=9), str(tmp_path / "other"))
+    config.write_text(yaml.safe_dump({**settings, "transform_dir": other}))
+    assert cli.main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert other in err and "set transform_dir to the analyze output" in err, err

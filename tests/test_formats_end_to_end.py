@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import predict
-from sampledata.generate import write_records
+from pipeline.sampledata.generate import write_records
 from transforms.schema import load_schema
 
 SOURCES = {"jsonl": "in.jsonl", "csv": "in.csv.gz", "tfrecord": "in.tfrecord.gz", "parquet": "in.parquet"}

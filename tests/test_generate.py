@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-from sampledata.generate import generate_file, generate_records, generate_records_with_logits
-from trainer.train import roc_auc
+from pipeline.sampledata.generate import generate_file, generate_records, generate_records_with_logits
+from pipeline.trainer.train import roc_auc
 from transforms.schema import load_schema
 
 

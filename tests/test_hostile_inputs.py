@@ -20,7 +20,7 @@ import pytest
 
 from pipeline import errors
 from pipeline.blocks import RecordLayout
-from pipeline.inference import MAX_PADDED_LIST_CELLS, byte_bounded, narrow_batches, row_bytes
+from pipeline.inference.batching import MAX_PADDED_LIST_CELLS, byte_bounded, narrow_batches, row_bytes
 from pipeline.io import blocks_and_errors, read_stream
 from pipeline.io.jsonl import JsonParser
 from pipeline.validation import MAX_IMAGE_PIXELS, MAX_LIST_ITEMS, image_size, validate_block

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from pipeline import predict
-from pipeline.inference import LoadedModel, tf_error_reason
+from pipeline.inference.failures import tf_error_reason
+from pipeline.inference.model import LoadedModel
 
 OOM_MESSAGE = "OOM when allocating tensor with shape[16,64,64,3] and type float"
 

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from pipeline import inspect_model as inspection
+from pipeline import inspection
+from pipeline.inspection import probe
+from pipeline.inspection.report import directory_sha256
 from transforms.model_contract import ModelDescription
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +39,7 @@ def _description(model_dir):
 
 
 def test_report_lists_the_schemas_inputs_outputs_and_what_the_export_recorded(trained_ads, ads_report):
-    from pipeline.manifest import model_fingerprint
+    from pipeline.run.manifest import model_fingerprint
     from transforms.schema import load_schema
 
     schema = load_schema("ads")
@@ -65,7 +67,7 @@ def test_tf_only_process_scores_the_example_as_predict_does(trained_ads, ads_rep
     import pyarrow as pa
 
     from pipeline.blocks import RecordLayout
-    from pipeline.inference import LoadedModel
+    from pipeline.inference.model import LoadedModel
 
     check = _check(ads_report, "tensorflow_only")
     assert check["status"] == "PASS", check
@@ -109,13 +111,13 @@ def test_transform_fingerprint_names_the_transform_not_the_export(trained_ads, a
     import tensorflow_transform as tft
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from trainer.model import build_model
+    from pipeline.trainer.model import build_model
     from transforms.export import export_model
     from transforms.schema import load_schema
 
     transform = ads_report["transform"]
     assert transform["fingerprint"] and transform["functions"] > 1 and transform["ops"] > 10
-    assert transform["assets_sha256"] == inspection.directory_sha256(
+    assert transform["assets_sha256"] == directory_sha256(
         os.path.join(trained_ads["transform"], "transform_fn", "assets")
     )
 
@@ -142,9 +144,9 @@ def test_transform_fingerprint_names_the_transform_not_the_export(trained_ads, a
                     edits += 1
     assert edits
     (changed / "saved_model.pb").write_bytes(saved.SerializeToString())
-    digest = inspection._probe_read(tf, str(changed))["transform_graph"]["sha256"]
+    digest = probe._probe_read(tf, str(changed))["transform_graph"]["sha256"]
     assert digest != transform["graph_sha256"]
-    assert inspection._probe_read(tf, again)["transform_graph"]["sha256"] == transform["graph_sha256"]
+    assert probe._probe_read(tf, again)["transform_graph"]["sha256"] == transform["graph_sha256"]
 
 
 def test_json_has_the_same_content_as_the_report(trained_ads, ads_report, capsys):
@@ -189,16 +191,16 @@ def test_a_bad_model_dir_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_runs_as_a_module_without_beam_or_tensorflow(tmp_path):
-    """`python -m pipeline.inspect_model` works alone, and importing it starts nothing heavy."""
+    """`python -m pipeline.inspection` works alone, and importing it starts nothing heavy."""
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, pipeline.inspect_model; "
+        [sys.executable, "-c", "import sys, pipeline.inspection; "
          "print(sorted(m for m in ('apache_beam', 'tensorflow') if m in sys.modules))"],
         cwd=ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert imported.stdout.strip() == "[]"
     missing = str(tmp_path / "gone")
     run = subprocess.run(
-        [sys.executable, "-m", "pipeline.inspect_model", missing], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "pipeline.inspection", missing], cwd=ROOT, capture_output=True, text=True
     )
     assert run.returncode == 2 and missing in run.stderr
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from pipeline import cli
+from pipeline.run_contract import EXIT_USAGE
 from transforms.schema import SchemaError, parse_schema
 
 VALUES = {" >50K": 1, " <=50K": 0, " >50K.": 1, " <=50K.": 0}
@@ -36,7 +37,7 @@ def read_jsonl(pattern):
 
 def one_error_line(argv, capsys) -> str:
     capsys.readouterr()
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("adpredict: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
@@ -46,7 +47,7 @@ def one_error_line(argv, capsys) -> str:
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory):
     """Census-like records (raw string labels, two unmapped) analyzed with the mapping schema."""
-    from sampledata.generate import generate_records, write_records
+    from pipeline.sampledata.generate import generate_records, write_records
     from transforms.schema import load_schema
 
     work = tmp_path_factory.mktemp("label_mapping")

@@ -9,8 +9,8 @@ import json
 import os
 
 from pipeline import cli
-from pipeline.entrypoint import DEFAULT_MAX_ERROR_RATE
-from sampledata.generate import generate_file
+from pipeline.run_contract import DEFAULT_MAX_ERROR_RATE, EXIT_ERROR_RATE, EXIT_USAGE
+from pipeline.sampledata.generate import generate_file
 
 
 def drifted(path, records: int, bad: int) -> str:
@@ -32,7 +32,7 @@ def test_predict_where_every_record_failed_exits_3_by_default(trained_ads, tmp_p
     code = cli.main(
         ["predict", "--model_dir", trained_ads["model"], "--input", data, "--output_dir", str(out)]
     )
-    assert code == cli.EXIT_ERROR_RATE
+    assert code == EXIT_ERROR_RATE
     assert "40 of 40 records failed (100.00%), above --max_error_rate 1.00%" in capsys.readouterr().err
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"].startswith("failed") and manifest["max_error_rate"] == DEFAULT_MAX_ERROR_RATE
@@ -54,7 +54,7 @@ def test_analyze_where_most_records_failed_exits_3_and_is_not_marked_usable(tmp_
     data = drifted(tmp_path / "train.jsonl", 100, 93)  # 93% drifted: 7% would be analyzed
     out = tmp_path / "transform"
     code = cli.main(["analyze", "--schema", "ads", "--input", data, "--output_dir", str(out)])
-    assert code == cli.EXIT_ERROR_RATE
+    assert code == EXIT_ERROR_RATE
     assert "93 of 100 training records failed (93.00%)" in capsys.readouterr().err
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"].startswith("failed")
@@ -62,7 +62,7 @@ def test_analyze_where_most_records_failed_exits_3_and_is_not_marked_usable(tmp_
     assert not os.path.exists(out / "_SUCCESS")
     # ... and the trainer refuses it.
     code = cli.main(["train", "--transform_dir", str(out), "--model_dir", str(tmp_path / "model")])
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert "analyze of" in capsys.readouterr().err
 
 

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.nightly import EXIT_DONE, EXIT_FAILED, EXIT_SKIPPED
-from sampledata.generate import generate_file
+from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
+from pipeline.sampledata.generate import generate_file
 
 DATES = ("2026-11-24", "2026-11-25", "2026-11-26")
 RECORDS = 40
@@ -50,7 +50,7 @@ def outputs(nightly, date) -> dict:
 
 
 def test_a_night_runs_then_is_skipped_then_forced(nightly, capsys):
-    assert night(nightly, "--date", DATES[2]) == EXIT_DONE
+    assert night(nightly, "--date", DATES[2]) == EXIT_OK
     first = outputs(nightly, DATES[2])
     assert len(first["predictions"]) == RECORDS and first["success"]
     assert first["manifest"]["date"] == DATES[2] and len(first["manifest"]["input_fingerprint"]) == 64
@@ -60,7 +60,7 @@ def test_a_night_runs_then_is_skipped_then_forced(nightly, capsys):
     assert "skipped" in capsys.readouterr().out
     assert outputs(nightly, DATES[2])["manifest"]["timings"] == first["manifest"]["timings"]
 
-    assert night(nightly, "--date", DATES[2], "--force") == EXIT_DONE
+    assert night(nightly, "--date", DATES[2], "--force") == EXIT_OK
     forced = outputs(nightly, DATES[2])
     assert (
         len(forced["predictions"]) == RECORDS
@@ -70,7 +70,7 @@ def test_a_night_runs_then_is_skipped_then_forced(nightly, capsys):
     # New input for the date: its fingerprint changes, so the night runs again.
     with open(nightly["dir"] / "ads" / f"dt={DATES[2]}" / "part-0.jsonl", "a") as f:
         f.write(open(nightly["dir"] / "ads" / f"dt={DATES[0]}" / "part-0.jsonl").readline())
-    assert night(nightly, "--date", DATES[2]) == EXIT_DONE
+    assert night(nightly, "--date", DATES[2]) == EXIT_OK
     assert len(outputs(nightly, DATES[2])["predictions"]) == RECORDS + 1
 
 
@@ -80,7 +80,7 @@ def test_a_run_killed_while_writing_is_cleared_before_the_rerun(nightly):
     (out / ".temp-beam-0a1b2c" / "partial-shard").write_text('{"key": "half-written"}\n')
     (out / "prediction.results-00002-of-00003").write_text('{"key": "stale", "prediction": {}}\n')
     (out / "run.json").write_text('{"status": "running"}')  # and no _SUCCESS
-    assert night(nightly, "--date", DATES[1]) == EXIT_DONE
+    assert night(nightly, "--date", DATES[1]) == EXIT_OK
     after = outputs(nightly, DATES[1])
     keys = [json.loads(line)["key"] for line in after["predictions"]]
     assert len(keys) == len(set(keys)) == RECORDS and "stale" not in keys
@@ -89,10 +89,10 @@ def test_a_run_killed_while_writing_is_cleared_before_the_rerun(nightly):
 
 
 def test_backfill_runs_each_date_in_order_and_skips_the_one_done(nightly, capsys):
-    assert night(nightly, "--date", DATES[1]) == EXIT_DONE
+    assert night(nightly, "--date", DATES[1]) == EXIT_OK
     done_before = outputs(nightly, DATES[1])["manifest"]
     capsys.readouterr()
-    assert night(nightly, "--backfill", DATES[0], DATES[2]) == EXIT_DONE
+    assert night(nightly, "--backfill", DATES[0], DATES[2]) == EXIT_OK
     printed = capsys.readouterr().out
     order = [printed.index(f"nightly {date}:") for date in DATES]
     assert order == sorted(order) and f"nightly {DATES[1]}: skipped" in printed
@@ -115,7 +115,7 @@ def other_transform(tmp_path_factory):
 
 
 def test_the_parity_gate_fails_a_night_whose_model_and_transform_disagree(nightly, other_transform, capsys):
-    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_DONE  # the model's own transform
+    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_OK  # the model's own transform
     assert "parity gate passed" in capsys.readouterr().out
     settings = {**nightly["settings"], "transform_dir": other_transform}
     with open(nightly["config"], "w") as f:
@@ -138,7 +138,7 @@ def test_the_parity_gate_fails_a_night_whose_model_and_transform_disagree(nightl
 def test_config_mistakes_exit_2_naming_the_key(nightly, change, message, capsys):
     with open(nightly["config"], "w") as f:
         yaml.safe_dump({**nightly["settings"], **change}, f)
-    assert night(nightly) == cli.EXIT_USAGE
+    assert night(nightly) == EXIT_USAGE
     assert message in capsys.readouterr().err
 
 
@@ -147,7 +147,7 @@ def test_an_error_rate_over_the_threshold_exits_3(nightly, capsys):
         f.write('{"id": "broken", "age": \n')
     with open(nightly["config"], "w") as f:
         yaml.safe_dump({**nightly["settings"], "max_error_rate": 0.0}, f)
-    assert night(nightly, "--date", DATES[0]) == cli.EXIT_ERROR_RATE
+    assert night(nightly, "--date", DATES[0]) == EXIT_ERROR_RATE
     assert not outputs(nightly, DATES[0])["success"]
     assert os.path.exists(nightly["dir"] / "out" / f"dt={DATES[0]}" / "run.json")
 
@@ -180,8 +180,54 @@ def test_a_night_killed_by_sigkill_while_writing_reruns_to_one_set_of_outputs(ni
     assert not (out / "_SUCCESS").exists()
     assert not list(out.glob("prediction.results-*")) and not list(out.glob("errors-*"))  # nothing looks done
 
-    assert night(nightly, "--date", DATES[0]) == EXIT_DONE
+    assert night(nightly, "--date", DATES[0]) == EXIT_OK
     after = outputs(nightly, DATES[0])
     keys = [json.loads(line)["key"] for line in after["predictions"]]
     assert len(keys) == len(set(keys)) == RECORDS + 3000
     assert not any(name.startswith((".temp-beam", "beam-temp", ".adpredict")) for name in after["names"])
+
+
+def test_a_date_parses_its_flags_and_fingerprints_its_model_and_inputs_once(nightly, monkeypatch, capsys):
+    """The skip test, the parity gate and the run share one plan (they each parsed and
+    fingerprinted on their own before)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import predict, read
+    from pipeline.options import CachedViewOptions
+    from pipeline.run import manifest
+
+    calls = {"options": 0, "model": 0, "inputs": 0, "run.json": 0}
+
+    def counted(name, function, when=lambda *args: True):
+        def wrapper(*args, **kwargs):
+            calls[name] += bool(when(*args))
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    def parses_the_dates_flags(self, flags=None, *rest):  # not a view of parsed options (view_as)
+        return type(self) in (PipelineOptions, CachedViewOptions) and "--model_dir" in list(flags or ())
+
+    monkeypatch.setattr(
+        PipelineOptions, "__init__", counted("options", PipelineOptions.__init__, parses_the_dates_flags)
+    )
+    monkeypatch.setattr(predict, "model_fingerprint", counted("model", manifest.model_fingerprint))
+    monkeypatch.setattr(predict, "input_fingerprint", counted("inputs", read.input_fingerprint))
+    monkeypatch.setattr(manifest, "read_manifest", counted("run.json", manifest.read_manifest))
+    assert night(nightly, "--date", DATES[1]) == EXIT_OK
+    assert "parity gate passed" in capsys.readouterr().out
+    assert calls == {"options": 1, "model": 1, "inputs": 1, "run.json": 1}
+    calls.update(dict.fromkeys(calls, 0))
+    assert night(nightly, "--date", DATES[1]) == EXIT_SKIPPED  # read once more, to compare fingerprints
+    assert calls == {"options": 1, "model": 1, "inputs": 1, "run.json": 1}
+
+
+def test_the_parity_gate_reads_the_files_as_the_run_does(nightly, capsys):
+    """A file whose name does not tell its format, with `input_format` in the config."""
+    path = nightly["dir"] / "ads" / f"dt={DATES[0]}" / "part-0.jsonl"
+    path.rename(path.with_name("part-0.records"))
+    settings = {**nightly["settings"], "input": str(nightly["dir"] / "ads" / "dt={date}" / "*.records")}
+    with open(nightly["config"], "w") as f:
+        yaml.safe_dump({**settings, "input_format": "jsonl"}, f)
+    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_OK
+    assert "parity gate passed" in capsys.readouterr().out

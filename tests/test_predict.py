@@ -11,7 +11,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import cli, predict
-from transforms.model_contract import ModelDescription
+from pipeline.inference.model import ModelConfig
+from pipeline.run.finalize import RunConfig
+from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_USAGE
+from pipeline.write import Outputs
 
 GOOD = {"age": 30, "gender": "female", "media": "Twitter", "interests": ["sports"], "bid": 2.0, "hour": 20}
 
@@ -62,13 +65,10 @@ EXPECTED_SCORED = ["ok-1", "unknown-media", "ok-2", "c-1"]
 
 
 def test_pipeline_outputs_with_test_pipeline(trained_ads, bad_inputs):
-    model_dir = trained_ads["model"]
-    description = ModelDescription.read(model_dir)
+    model = ModelConfig.from_model_dir(trained_ads["model"], batch_size=4)
     patterns = [str(bad_inputs / "in" / "*.jsonl"), str(bad_inputs / "in" / "*.csv")]
     with TestPipeline() as p:
-        outputs = predict.build_predict(
-            p, model_dir, description, patterns, str(bad_inputs / "out"), batch_size=4
-        )
+        outputs = predict.build_predict(p, patterns, model, Outputs(str(bad_inputs / "out")))
         keys = outputs[predict.SCORED] | beam.FlatMap(lambda scored: scored.keys.to_pylist())
         assert_that(keys, equal_to(EXPECTED_SCORED), label="CheckScoredKeys")
         error_kinds = (
@@ -130,7 +130,7 @@ def test_error_rate_threshold_fails_after_writing_everything(trained_ads, bad_in
         ["predict", "--model_dir", trained_ads["model"], "--input", str(bad_inputs / "in" / "*.jsonl"),
          "--output_dir", str(out), "--max_error_rate", "0.1"]
     )  # fmt: skip
-    assert code == cli.EXIT_ERROR_RATE
+    assert code == EXIT_ERROR_RATE
     assert "above --max_error_rate" in capsys.readouterr().err
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["status"].startswith("failed") and manifest["counts"]["errors"] == 5
@@ -142,7 +142,7 @@ def test_glob_matching_nothing_is_a_clear_error(trained_ads, tmp_path, capsys):
     code = cli.main(
         ["predict", "--model_dir", trained_ads["model"], "--input", pattern, "--output_dir", str(tmp_path)]
     )
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert pattern in err and "matches no file" in err
 
@@ -164,7 +164,7 @@ def test_bad_model_directory_is_a_clear_error(kind, trained_ads, tmp_path, capsy
             str(tmp_path / "o"),
         ]
     )
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert str(model_dir) in err
     assert ("does not exist" if kind == "missing" else "is not a SavedModel") in err
@@ -188,7 +188,7 @@ def test_rerun_replaces_previous_outputs(trained_ads, tmp_path):
     [("multi_threading", 1), ("multi_processing", 2)],  # 2 worker threads share 1 process
 )
 def test_model_is_loaded_once_per_worker_process(mode, most_loads, trained_ads, tmp_path):
-    from sampledata.generate import generate_file
+    from pipeline.sampledata.generate import generate_file
 
     for index in range(6):
         generate_file(str(tmp_path / "in" / f"part-{index}.jsonl"), 40, seed=index, first_id=index * 40)
@@ -218,16 +218,14 @@ def test_the_pipeline_itself_writes_run_json_then_success(trained_ads, bad_input
     """No launcher code after the run: on Dataflow the launcher may be gone by then."""
     out = bad_inputs / "in_pipeline"
     patterns = [str(bad_inputs / "in" / "*.jsonl"), str(bad_inputs / "in" / "*.csv")]
-    description = ModelDescription.read(trained_ads["model"])
+    model = ModelConfig.from_model_dir(trained_ads["model"])
     with TestPipeline() as p:
         outputs = predict.build_predict(
             p,
-            trained_ads["model"],
-            description,
             patterns,
-            str(out),
-            run_info={"started": 0.0, "note": "x"},
-            max_error_rate=1.0,
+            model,
+            Outputs(str(out)),
+            RunConfig({"started": 0.0, "note": "x"}, max_error_rate=1.0),
         )
         summary = outputs["manifest"] | beam.Map(
             lambda m: (
@@ -287,7 +285,7 @@ def test_keyless_records_nan_values_and_an_uncreatable_output_dir(
     blocked.write_text("not a folder")
     code = cli.main(["predict", "--model_dir", trained_ads["model"], "--input", str(path),
                      "--output_dir", str(blocked / "out")])  # fmt: skip
-    assert code == cli.EXIT_USAGE
+    assert code == EXIT_USAGE
     assert f"cannot create or clear --output_dir '{blocked / 'out'}'" in capsys.readouterr().err
 
 

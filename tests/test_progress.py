@@ -9,12 +9,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import counters
 from pipeline import options as _declares_no_progress  # noqa: F401
-from pipeline import progress
-from pipeline.io import bigquery
-from sampledata.generate import generate_file
+from pipeline.runners import progress
+from pipeline.sampledata.generate import generate_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ADPREDICT = str(Path(sys.executable).parent / "adpredict")
@@ -35,7 +36,7 @@ class Clock:
 
 
 def test_the_tally_adds_from_many_threads_and_resets():
-    tally = progress.Tally()
+    tally = counters.Tally()
 
     def work():
         for _ in range(1000):
@@ -60,7 +61,7 @@ def test_the_line():
 
 
 def test_a_terminal_gets_one_line_rewritten_in_place_then_a_newline():
-    terminal, clock, tally = FakeTerminal(), Clock(), progress.Tally()
+    terminal, clock, tally = FakeTerminal(), Clock(), counters.Tally()
     reporter = progress.Reporter(terminal, tally, period=3600, clock=clock)
     assert reporter.tty
     reporter.start()
@@ -83,7 +84,7 @@ def test_a_terminal_gets_one_line_rewritten_in_place_then_a_newline():
 
 
 def test_the_reporter_thread_redraws_on_a_terminal_and_logs_otherwise():
-    terminal, tally = FakeTerminal(), progress.Tally()
+    terminal, tally = FakeTerminal(), counters.Tally()
     with progress.Reporter(terminal, tally, period=0.02):
         tally.add(read=7, scored=6, errors=1)
         threading.Event().wait(0.2)
@@ -91,7 +92,7 @@ def test_the_reporter_thread_redraws_on_a_terminal_and_logs_otherwise():
     assert text.count("\r") >= 2 and text.endswith("\n") and text.count("\n") == 1
     assert LINE.search(text.rsplit("\r", 1)[1]).groups()[:3] == ("7", "6", "1")
 
-    log, tally = io.StringIO(), progress.Tally()
+    log, tally = io.StringIO(), counters.Tally()
     with progress.Reporter(log, tally, period=0.02):
         tally.add(read=7)
         threading.Event().wait(0.2)
@@ -102,7 +103,7 @@ def test_the_reporter_thread_redraws_on_a_terminal_and_logs_otherwise():
 
 def test_a_short_run_off_a_terminal_prints_nothing():
     log = io.StringIO()
-    with progress.Reporter(log, progress.Tally(), period=3600):
+    with progress.Reporter(log, counters.Tally(), period=3600):
         pass
     assert log.getvalue() == ""
 
@@ -130,12 +131,22 @@ def test_only_runs_in_this_process_get_a_reporter():
 
 
 def test_every_counter_the_pipeline_declares_has_a_stable_listed_name():
-    declared = set()
+    """Counters are made in one place, `counters.counter`, which refuses a name not listed."""
+    made_elsewhere = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "pipeline").rglob("*.py")
+        if "Metrics.counter(" in path.read_text() and path.name != "counters.py"
+    ]
+    assert made_elsewhere == []
+    used = set()
     for path in (ROOT / "pipeline").rglob("*.py"):
-        declared |= set(re.findall(r'Metrics\.counter\(\s*METRICS_NAMESPACE,\s*"(\w+)"', path.read_text()))
-    assert declared and declared <= set(progress.COUNTERS), declared - set(progress.COUNTERS)
-    assert {bigquery.PREDICTIONS_LOADED, bigquery.ERRORS_LOADED} <= set(progress.COUNTERS)
-    assert len(set(progress.COUNTERS)) == len(progress.COUNTERS)
+        used |= set(re.findall(r"counters\.counter\(\s*counters\.(\w+)", path.read_text()))
+    declared = {getattr(counters, name) for name in used}
+    assert declared and declared <= set(counters.COUNTERS), declared - set(counters.COUNTERS)
+    assert {counters.BIGQUERY_PREDICTIONS_LOADED, counters.BIGQUERY_ERRORS_LOADED} <= set(counters.COUNTERS)
+    assert len(set(counters.COUNTERS)) == len(counters.COUNTERS)
+    with pytest.raises(ValueError, match="not listed"):
+        counters.counter("records_readd")
 
 
 def test_a_real_run_logs_progress_that_ends_at_run_json_counts(trained_ads, tmp_path):

@@ -18,18 +18,16 @@ import pytest
 
 from pipeline import predict
 from pipeline.blocks import ScoredBlock
-from pipeline.entrypoint import ErrorRateExceeded
-from pipeline.report import (
-    BAR_COLOR,
+from pipeline.reporting.page import BAR_COLOR, THROUGHPUT_COLOR, render_report
+from pipeline.reporting.summaries import (
     CATEGORY_CAP,
     HISTOGRAM_CAP,
     THROUGHPUT_CAP,
-    THROUGHPUT_COLOR,
     OutputSummariesFn,
     ThroughputFn,
-    render_report,
 )
-from sampledata.generate import generate_file
+from pipeline.run_contract import ErrorRateExceeded
+from pipeline.sampledata.generate import generate_file
 from tests.test_bigquery import bigquery  # noqa: F401 - the BigQuery fixture, for the sink's report
 from transforms.model_contract import ModelDescription
 

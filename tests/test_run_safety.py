@@ -16,8 +16,9 @@ import time
 import pytest
 
 from pipeline import cli, predict
-from pipeline.manifest import RUN_LOCK, STAGING_DIR, OutputDirLocked, acquire_run_lock, lock_path
-from sampledata.generate import generate_file
+from pipeline.run.lock import OutputDirLocked, acquire_run_lock, lock_path
+from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_USAGE, RUN_LOCK, STAGING_DIR
+from pipeline.sampledata.generate import generate_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = 200  # plus one broken line: one error, under the default 1% threshold
@@ -26,16 +27,17 @@ RESULTS = ("prediction.results-*", "errors-*", "prediction.errors_stats")
 # predict, with the pipeline's last step paused until the file argv[2] exists (or 300 s pass).
 PAUSED_PREDICT = """
 import os, sys, time
-from pipeline import manifest, predict
+from pipeline import predict
+from pipeline.run import finalize as last_step
 ready, go = sys.argv[1], sys.argv[2]
-finalize = manifest._WriteManifestFn.process
+finalize = last_step._FinishRunFn.process
 def paused(self, element, *side_inputs, **named_side_inputs):
     open(ready, "w").close()
     deadline = time.monotonic() + 300
     while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.05)
     yield from finalize(self, element, *side_inputs, **named_side_inputs)
-manifest._WriteManifestFn.process = paused
+last_step._FinishRunFn.process = paused
 sys.exit(predict.main(sys.argv[3:]))
 """
 
@@ -117,7 +119,7 @@ def test_a_second_run_into_the_same_output_dir_exits_2_and_the_first_finishes(
         staged = sorted(os.listdir(out / STAGING_DIR))
         code = cli.main(["predict", *predict_argv(trained_ads, records, out)])
         err = capsys.readouterr().err.strip()
-        assert code == cli.EXIT_USAGE and len(err.splitlines()) == 1, err
+        assert code == EXIT_USAGE and len(err.splitlines()) == 1, err
         assert f"lock file {out / RUN_LOCK}" in err and f"pid {first.pid}" in err and "--force_unlock" in err
         assert sorted(os.listdir(out / STAGING_DIR)) == staged  # the second run touched nothing
         first.go.touch()
@@ -173,7 +175,7 @@ def test_a_lock_that_may_be_live_stops_the_run_naming_the_file(
     previous = out / "prediction.results-00000-of-00001"
     previous.write_text('{"key": "from the run holding the lock"}\n')
     code, err = cli.main(["predict", *predict_argv(trained_ads, records, out)]), capsys.readouterr().err
-    assert code == cli.EXIT_USAGE, err
+    assert code == EXIT_USAGE, err
     assert f"lock file {out / RUN_LOCK}" in err and f"delete {out / RUN_LOCK}" in err
     assert previous.exists() and (out / RUN_LOCK).exists()  # nothing touched
 
@@ -202,7 +204,7 @@ def test_a_run_that_fails_before_its_last_step_removes_its_lock(trained_ads, rec
 def test_a_failed_run_publishes_its_errors_and_removes_its_lock(trained_ads, records, tmp_path):
     out = tmp_path / "out"
     code = cli.main(["predict", *predict_argv(trained_ads, records, out, "--max_error_rate", "0")])
-    assert code == cli.EXIT_ERROR_RATE
+    assert code == EXIT_ERROR_RATE
     assert visible(out) == [
         "errors-00000-of-00001",
         "prediction.errors_stats",
@@ -232,7 +234,7 @@ def test_cloud_storage_lock_staging_and_publish(gcs_emulator, trained_ads, recor
     put(lock, json.dumps({"run_id": "elsewhere", "host": "another-host", "pid": 1, "in_process": True}))
     put(f"{out}/{STAGING_DIR}/prediction.results-00000-of-00001", '{"key": "half-written"}\n')
     code, err = cli.main(argv), capsys.readouterr().err
-    assert code == cli.EXIT_USAGE and f"lock file {lock}" in err, err
+    assert code == EXIT_USAGE and f"lock file {lock}" in err, err
     assert RUN_LOCK in names()
 
     dead = {"run_id": "killed", "host": socket.gethostname(), "pid": dead_pid(), "in_process": True}

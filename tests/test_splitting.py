@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import progress
+from pipeline import counters
 from pipeline.blocks import RecordLayout
 from pipeline.io import format_for, splitting
 from pipeline.read import RECORDS, Inputs, ReadAdRecords
@@ -165,7 +165,7 @@ def read_digest(path: str, split_bytes: int, options: list[str]) -> tuple[tuple,
     )
     result = pipeline.run()
     result.wait_until_finish()
-    parts = result.metrics().query(MetricsFilter().with_name(progress.FILE_PARTS_READ))["counters"]
+    parts = result.metrics().query(MetricsFilter().with_name(counters.FILE_PARTS_READ))["counters"]
     return tuple(json.loads(open(out).read())), sum(c.committed for c in parts)
 
 

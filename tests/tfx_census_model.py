@@ -6,8 +6,10 @@ input is a batch of serialized `tf.Example`s, parsed inside the graph with
 `tf.io.parse_example` (fixed-length strings and floats, one optional number as a
 `RaggedFeature`); a tf.Transform layer (scale_to_0_1, vocabularies, sparse one-hot);
 a `tf_keras` model with two sigmoid outputs; and outputs `scores` float32 [N, 2] and
-`classes` string [N, 2], as a TFX classifier returns them. Records are census-like
-(hyphenated names, labels " >50K" / " <=50K") and generated here, with a fixed seed.
+`classes` string [N, 2], as a TFX classifier returns them; and, as TFX's templates export
+one, a `transform_features` signature from serialized tf.Examples to transformed features.
+Records are census-like (hyphenated names, labels " >50K" / " <=50K") and generated here,
+with a fixed seed.
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ def analyze(records: list[dict], work_dir: str) -> str:
 
 
 def build_census_model(work_dir: str, records: list[dict], epochs: int = 3) -> str:
-    """Analyze, train and export; returns the SavedModel directory (TF Serving's `<dir>/1`)."""
+    """Analyze, train and export; returns the SavedModel directory (TF Serving's `<dir>/1`);
+    the transform output is `<work_dir>/transform`."""
     import tensorflow as tf
     import tensorflow_transform as tft
     from tensorflow_transform.keras_lib import tf_keras
@@ -193,11 +196,27 @@ def build_census_model(work_dir: str, records: list[dict], epochs: int = 3) -> s
         classes = tf.tile(tf.constant([CLASS_NAMES]), [tf.shape(outputs)[0], 1])
         return {"classes": classes, "scores": outputs}
 
+    @tf.function
+    def transform_features_fn(serialized_tf_examples):
+        """TFX's templates export this too: the transformed features, for checks like parity."""
+        parsed = tf.io.parse_example(serialized_tf_examples, raw_feature_spec(with_label=False))
+        features = model.tft_layer(parsed)
+        features.pop(LABEL, None)
+        return {
+            name: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
+            for name, value in features.items()
+        }
+
     serving = serve_tf_examples_fn.get_concrete_function(
         tf.TensorSpec(shape=[None], dtype=tf.string, name="inputs")
     )
+    transform = transform_features_fn.get_concrete_function(
+        tf.TensorSpec(shape=[None], dtype=tf.string, name="examples")
+    )
     export_dir = os.path.join(work_dir, "exported_model_dir", "1")
-    model.save(export_dir, save_format="tf", signatures={"serving_default": serving})
+    model.save(
+        export_dir, save_format="tf", signatures={"serving_default": serving, "transform_features": transform}
+    )
     return export_dir
 
 

@@ -20,6 +20,7 @@ import tensorflow_transform as tft
 
 from transforms.model_contract import (
     EXAMPLE_SIGNATURE,
+    OUTPUT_NAME,
     RAW_SIGNATURE,
     TRANSFORM_SIGNATURE,
     ModelDescription,
@@ -28,7 +29,6 @@ from transforms.model_contract import (
 from transforms.preprocessing import transformed_feature_names
 from transforms.schema import FLOAT, IMAGE, INT, STRING, STRING_LIST, Schema
 
-OUTPUT_NAME = "probability"
 _DTYPES = {INT: tf.int64, FLOAT: tf.float32, STRING: tf.string, IMAGE: tf.string, STRING_LIST: tf.string}
 
 

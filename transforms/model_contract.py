@@ -21,6 +21,12 @@ DESCRIPTION_PATH = os.path.join("assets.extra", "adpredict_model.json")
 RAW_SIGNATURE = "serving_default"
 EXAMPLE_SIGNATURE = "serving_tf_example"
 TRANSFORM_SIGNATURE = "transform_features"  # raw inputs -> tf.Transform's outputs (parity checks)
+OUTPUT_NAME = "probability"  # the one output of the models adpredict trains
+# What else adpredict's exports carry under assets.extra/ (optional for any other model).
+TUNING_FILE = os.path.join("assets.extra", "batch_size_tuning.json")  # records/s by batch size
+TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")
+# The files whose bytes identify a model (run.json's model.fingerprint, `adpredict inspect`).
+FINGERPRINTED_FILES = ("saved_model.pb", "variables/variables.index")
 
 
 # "signatures" was written by adpredict 0.x exports and is ignored.
@@ -135,26 +141,24 @@ class ModelDescription:
             ) from None
 
     def write(self, model_dir: str) -> str:
-        from apache_beam.io.filesystems import FileSystems
-
-        path = FileSystems.join(model_dir, DESCRIPTION_PATH)
-        with FileSystems.create(path) as f:
+        gfile = model_files()
+        path = gfile.join(model_dir, DESCRIPTION_PATH)
+        gfile.makedirs(gfile.join(model_dir, os.path.dirname(DESCRIPTION_PATH)))
+        with gfile.GFile(path, "wb") as f:
             f.write(self.to_json().encode("utf-8"))
         return path
 
     @staticmethod
     def check_saved_model(model_dir: str) -> None:
         """Raises ModelDirectoryError unless `model_dir` exists and holds a SavedModel."""
-        from apache_beam.io.filesystems import FileSystems
-
-        if not FileSystems.exists(model_dir):
+        gfile = model_files()
+        if not gfile.exists(model_dir):
             raise ModelDirectoryError(
                 f"model directory {model_dir!r} does not exist; check --model_dir: the directory "
                 "`adpredict train` exported (e.g. WORK_DIR/model)"
             )
         if not any(
-            FileSystems.exists(FileSystems.join(model_dir, name))
-            for name in ("saved_model.pb", "saved_model.pbtxt")
+            gfile.exists(gfile.join(model_dir, name)) for name in ("saved_model.pb", "saved_model.pbtxt")
         ):
             raise ModelDirectoryError(
                 f"{model_dir!r} is not a SavedModel (no saved_model.pb); give the directory "
@@ -168,20 +172,19 @@ class ModelDescription:
         A model without one is described from its signature: see
         transforms.signature_reader.describe_model, which is what predict calls.
         """
-        from apache_beam.io.filesystems import FileSystems
-
+        gfile = model_files()
         cls.check_saved_model(model_dir)
-        path = FileSystems.join(model_dir, DESCRIPTION_PATH)
-        if not FileSystems.exists(path):
+        path = gfile.join(model_dir, DESCRIPTION_PATH)
+        if not gfile.exists(path):
             raise ModelDirectoryError(
                 f"{model_dir!r} is a SavedModel without {DESCRIPTION_PATH}, which tells "
                 "predict its raw inputs; export it with `adpredict train` or write that file"
             )
-        with FileSystems.open(path) as f:
+        with gfile.GFile(path, "rb") as f:
             return cls.from_json(f.read().decode("utf-8"), where=path)
 
 
-def description_from_schema(schema, outputs=("probability",), batch_size=256) -> ModelDescription:
+def description_from_schema(schema, outputs=(OUTPUT_NAME,), batch_size=256) -> ModelDescription:
     """The description of a model exported from `schema` (a transforms.schema.Schema)."""
     inputs = tuple(
         InputField(
@@ -203,3 +206,35 @@ def description_from_schema(schema, outputs=("probability",), batch_size=256) ->
         schema_name=schema.name,
         batch_size=batch_size,
     )
+
+
+def model_files():
+    """TensorFlow's file access (`tf.io.gfile`), for everything read in a model directory.
+
+    TensorFlow loads the SavedModel itself, so whatever it can load from (a local path,
+    gs://) its description is read from too, the same way. Imported on first use: this
+    module stays standard-library only for `adpredict inspect`."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def model_fingerprint(model_dir: str, read=None) -> str:
+    """sha256 over the SavedModel graph and variable index: changes when the model does.
+
+    `read(path)` returns a file's bytes, or None when it does not exist; by default local
+    files are read. The pipeline passes a reader over Beam's FileSystems (gs:// models)."""
+    import hashlib
+
+    def read_local(path: str) -> bytes | None:
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    digest = hashlib.sha256()
+    for name in FINGERPRINTED_FILES:
+        data = (read or read_local)(f"{model_dir.rstrip('/')}/{name}")
+        if data is not None:
+            digest.update(data)
+    return digest.hexdigest()

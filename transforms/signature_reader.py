@@ -33,6 +33,7 @@ from transforms.model_contract import (
     ModelDirectoryError,
     OutputField,
     description_from_schema,
+    model_files,
 )
 
 # Signature input dtypes -> record field types.
@@ -85,9 +86,8 @@ def describe_model(model_dir: str, schema_path: str | None = None) -> ModelDescr
     Its own `adpredict_model.json` if it has one, else one derived from the signature;
     with `schema_path`, the schema file's fields as the inputs.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    has_file = FileSystems.exists(FileSystems.join(model_dir, DESCRIPTION_PATH))
+    gfile = model_files()
+    has_file = gfile.exists(gfile.join(model_dir, DESCRIPTION_PATH))
     if has_file:
         description = ModelDescription.read(model_dir)
     else:
@@ -337,21 +337,19 @@ def _listed(tensors: dict[str, TensorInfo]) -> str:
 
 
 def _serving_meta_graph(model_dir: str):
-    from apache_beam.io.filesystems import FileSystems
     from tensorflow.core.protobuf import saved_model_pb2
 
+    gfile = model_files()
     saved_model = saved_model_pb2.SavedModel()
-    binary = FileSystems.join(model_dir, "saved_model.pb")
+    binary = gfile.join(model_dir, "saved_model.pb")
     try:
-        if FileSystems.exists(binary):
-            with FileSystems.open(binary, compression_type="uncompressed") as f:
+        if gfile.exists(binary):
+            with gfile.GFile(binary, "rb") as f:
                 saved_model.ParseFromString(f.read())
         else:
             from google.protobuf import text_format
 
-            with FileSystems.open(
-                FileSystems.join(model_dir, "saved_model.pbtxt"), compression_type="uncompressed"
-            ) as f:
+            with gfile.GFile(gfile.join(model_dir, "saved_model.pbtxt"), "rb") as f:
                 text_format.Parse(f.read().decode("utf-8"), saved_model)
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and parse errors share no base
         raise ModelDirectoryError(

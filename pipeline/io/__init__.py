@@ -9,6 +9,7 @@ line in `FILE_FORMATS`.
 from __future__ import annotations
 
 from pipeline.io import base, csv, jsonl, parquet, tfrecord
+from pipeline.run_contract import InputError
 
 FILE_FORMATS: dict[str, base.FileFormat] = {
     f.name: f for f in (jsonl.FORMAT, csv.FORMAT, tfrecord.FORMAT, parquet.FORMAT)
@@ -18,10 +19,6 @@ BIGQUERY_SCHEME = "bq://"
 INPUT_FORMATS = tuple(FILE_FORMATS)
 OUTPUT_FORMATS = (*FILE_FORMATS, BIGQUERY)
 COMPRESSED_SUFFIX = ".gz"
-
-
-class InputError(ValueError):
-    """An input matches nothing, or is not in the format it claims; the message says which."""
 
 
 def describe_formats() -> str:

@@ -31,18 +31,16 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import counters
 from pipeline.blocks import RecordStream, conform
-from pipeline.io import BIGQUERY_SCHEME, InputError
+from pipeline.io import BIGQUERY_SCHEME
 from pipeline.io.base import SHARD_TEMPLATE, PredictionColumns, scored_table
+from pipeline.run_contract import InputError
 
 _TABLE = re.compile(r"^bq://([A-Za-z0-9_.:-]+)[.:]([A-Za-z0-9_]+)\.([A-Za-z0-9_$-]+)$")
 _BQ_TYPES = {pa.int64(): "INT64", pa.float64(): "FLOAT64", pa.float32(): "FLOAT64", pa.string(): "STRING"}
 QUERY_SOURCE = "bq://query"
 DISPOSITIONS = {"truncate": "WRITE_TRUNCATE", "append": "WRITE_APPEND"}
-# Counters of the rows staged and loaded into each table, checked against the rows written.
-PREDICTIONS_LOADED = "bigquery_predictions_loaded"
-ERRORS_LOADED = "bigquery_errors_loaded"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,7 +398,7 @@ class _LoadFilesFn(beam.DoFn):
         self._format = source_format
         self._disposition = DISPOSITIONS[disposition]
         self._counter_name = counter
-        self._loaded = beam.metrics.Metrics.counter(METRICS_NAMESPACE, counter)
+        self._loaded = counters.counter(counter)
 
     def process(self, paths: list[str]):
         from apache_beam.io.filesystems import FileSystems
@@ -490,7 +488,7 @@ def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, sta
         stage,
         prediction_schema(columns),
         "PARQUET",
-        PREDICTIONS_LOADED,
+        counters.BIGQUERY_PREDICTIONS_LOADED,
     )
 
 
@@ -510,5 +508,5 @@ def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposi
         stage,
         error_schema(),
         "NEWLINE_DELIMITED_JSON",
-        ERRORS_LOADED,
+        counters.BIGQUERY_ERRORS_LOADED,
     )

@@ -6,12 +6,9 @@ the model, inputs, runner, versions and timings. One self-contained file (styles
 plots as SVG images in `data:` URLs, a Content-Security-Policy that forbids any fetch), so it
 opens the same from a bucket download, a mail attachment or `file://`, with no network.
 
-Everything on it is computed inside the pipeline, like the counts of `run.json` (on Dataflow
-the launcher may be gone before the job ends): `OutputSummariesFn` and `ThroughputFn`
-summarize the scored blocks in memory bounded whatever the number of records, the error
-kinds are the very summary written to `prediction.errors_stats` (`pipeline.write.CountErrorsFn`),
-and the run's last step (`pipeline.manifest.FinalizeRun`) renders the page with
-`render_report`, a pure function of those summaries and the manifest.
+`render_report` is a pure function of the run's manifest and its summaries
+(`pipeline.reporting.summaries`, computed inside the pipeline: on Dataflow the launcher may
+be gone before the job ends); the run's last step (`pipeline.run.finalize`) calls it.
 """
 
 from __future__ import annotations
@@ -21,284 +18,22 @@ import datetime
 import html
 import json
 import math
-import time
 
-import apache_beam as beam
-import numpy as np
+from pipeline.reporting.summaries import CATEGORY_CAP
+from pipeline.run_contract import ERRORS, ERRORS_PREFIX, PREDICT_ERRORS_STATS, PREDICTIONS, READ, SUCCEEDED
 
-HISTOGRAM_CAP = 2048  # fine bins per numeric output, whatever the number of values
-HISTOGRAM_BARS = 40  # at most this many bars drawn (groups of fine bins)
-CATEGORY_CAP = 50  # distinct values counted per text output; more: only totals
-THROUGHPUT_CAP = 200  # time buckets over the run, whatever its length
-
-# --- Bounded summaries, computed inside the pipeline ----------------------------------------
-
-
-class Grid:
-    """Counts of numbers in bins of width 2**exponent aligned at 0: at most `cap` bins from
-    the smallest number to the largest.
-
-    The width is the finest that spans [min, max] in `cap` bins (never finer than
-    `min_exponent`, nor finer than float64 tells apart), so it depends on the extremes only:
-    merging grids re-bins each by an integer shift and gives exactly what one grid over all
-    the numbers gives, in whatever order and grouping Beam combines them. Memory: `cap`
-    counters.
-    """
-
-    def __init__(self, cap: int, min_exponent: int | None = None):
-        self.cap = cap
-        self.min_exponent = min_exponent
-        self.exponent = 0
-        self.start = 0  # bin index of counts[0]
-        self.counts = np.zeros(0, np.int64)
-        self.lo, self.hi = math.inf, -math.inf
-
-    @property
-    def total(self) -> int:
-        return int(self.counts.sum())
-
-    def add(self, values: np.ndarray, weights: np.ndarray | None = None) -> None:
-        values = np.asarray(values, np.float64).ravel()
-        if not len(values):
-            return
-        lo, hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
-        self._rebin(lo, hi)
-        index = np.floor(np.ldexp(values, -self.exponent)).astype(np.int64) - self.start
-        if weights is None:
-            self.counts += np.bincount(index, minlength=len(self.counts))
-        else:
-            np.add.at(self.counts, index, np.asarray(weights, np.int64).ravel())
-
-    def merge(self, other: Grid) -> None:
-        if not len(other.counts):
-            return
-        self._rebin(min(self.lo, other.lo), max(self.hi, other.hi))
-        index = _shifted(other.start + np.arange(len(other.counts)), self.exponent - other.exponent)
-        np.add.at(self.counts, index - self.start, other.counts)
-
-    def bins(self, max_bins: int | None = None) -> list[tuple[float, float, int]]:
-        """(low edge, high edge, count) from the lowest bin to the highest, in at most
-        `max_bins` bins of a power-of-two number of grid bins each (edges stay round)."""
-        if not len(self.counts):
-            return []
-        shift = 0
-        if max_bins and len(self.counts) > max_bins:
-            shift = math.ceil(math.log2(len(self.counts) / max_bins))
-        index = _shifted(self.start + np.arange(len(self.counts)), shift)
-        first = int(index[0])
-        grouped = np.zeros(int(index[-1]) - first + 1, np.int64)
-        np.add.at(grouped, index - first, self.counts)
-        width = self.exponent + shift
-        return [
-            (math.ldexp(first + i, width), math.ldexp(first + i + 1, width), int(count))
-            for i, count in enumerate(grouped)
-        ]
-
-    def _exponent_for(self, lo: float, hi: float) -> int:
-        exponent = math.frexp(max(abs(lo), abs(hi)))[1] - 53  # finer tells nothing apart
-        if self.min_exponent is not None:
-            exponent = max(exponent, self.min_exponent)
-        half_span = hi / 2 - lo / 2  # (hi - lo) / 2 without overflow
-        if half_span > 0:  # every exponent up to this one needs more than `cap` bins
-            exponent = max(exponent, math.floor(math.log2(half_span / (self.cap + 1))))
-        while math.floor(math.ldexp(hi, -exponent)) - math.floor(math.ldexp(lo, -exponent)) >= self.cap:
-            exponent += 1
-        return exponent
-
-    def _rebin(self, lo: float, hi: float) -> None:
-        exponent = self._exponent_for(lo, hi)
-        start = math.floor(math.ldexp(lo, -exponent))
-        size = math.floor(math.ldexp(hi, -exponent)) - start + 1
-        counts = np.zeros(size, np.int64)
-        if len(self.counts):
-            index = _shifted(self.start + np.arange(len(self.counts)), exponent - self.exponent)
-            np.add.at(counts, index - start, self.counts)
-        self.exponent, self.start, self.counts, self.lo, self.hi = exponent, start, counts, lo, hi
-
-
-def _shifted(index: np.ndarray, shift: int) -> np.ndarray:
-    """floor(index / 2**shift): the bins of a grid `shift` steps coarser (shift >= 0)."""
-    # Bin indexes are below 2**54 in magnitude, so a shift of 60 already maps them to 0 or -1.
-    return np.right_shift(index.astype(np.int64), min(shift, 60))
-
-
-class _OutputStats:
-    """What the report shows of one model output: counts, extremes, mean, and a `Grid`
-    (numbers) or counts per distinct value (text, up to `CATEGORY_CAP` values)."""
-
-    def __init__(self):
-        self.records = 0  # rows of the output
-        self.values = 0  # elements (rows x the output's per-row shape)
-        self.shape: tuple | None = None  # per-row shape, the first seen
-        self.kind = None  # "number" or "text"
-        self.nan = self.posinf = self.neginf = 0
-        self.sum = 0.0
-        self.grid = Grid(HISTOGRAM_CAP)
-        self.categories: dict[str, int] | None = {}  # None: more than CATEGORY_CAP distinct
-
-    def add(self, array) -> None:
-        array = np.asarray(array)
-        if self.shape is None:
-            self.shape = tuple(array.shape[1:])
-        self.records += array.shape[0] if array.ndim else 1
-        self.values += array.size
-        flat = array.ravel()
-        if array.dtype.kind in "biuf":
-            self.kind = self.kind or "number"
-            flat = flat.astype(np.float64)
-            finite = np.isfinite(flat)
-            if not finite.all():
-                self.nan += int(np.isnan(flat).sum())
-                self.posinf += int((flat == np.inf).sum())
-                self.neginf += int((flat == -np.inf).sum())
-                flat = flat[finite]
-            self.sum += float(flat.sum())
-            self.grid.add(flat)
-        else:
-            self.kind = self.kind or "text"
-            if self.categories is not None:
-                values, counts = np.unique([_as_text(v) for v in flat], return_counts=True)
-                self._count(zip(values.tolist(), counts.tolist(), strict=True))
-
-    def merge(self, other: _OutputStats) -> None:
-        self.shape = self.shape if self.shape is not None else other.shape
-        self.kind = self.kind or other.kind
-        self.records += other.records
-        self.values += other.values
-        self.nan += other.nan
-        self.posinf += other.posinf
-        self.neginf += other.neginf
-        self.sum += other.sum
-        self.grid.merge(other.grid)
-        if other.categories is None:
-            self.categories = None
-        elif self.categories is not None:
-            self._count(other.categories.items())
-
-    def _count(self, pairs) -> None:
-        for value, count in pairs:
-            self.categories[value] = self.categories.get(value, 0) + int(count)
-        if len(self.categories) > CATEGORY_CAP:
-            self.categories = None
-
-    def summary(self, name: str) -> dict:
-        finite = self.grid.total
-        found = {
-            "name": name,
-            "kind": self.kind,
-            "records": self.records,
-            "values": self.values,
-            "shape": list(self.shape) if self.shape is not None else None,
-            "nonfinite": {"nan": self.nan, "+inf": self.posinf, "-inf": self.neginf},
-        }
-        if self.kind == "number" or self.kind is None:
-            found.update(
-                finite=finite,
-                min=self.grid.lo if finite else None,
-                max=self.grid.hi if finite else None,
-                mean=self.sum / finite if finite else None,
-                bins=[list(b) for b in self.grid.bins(HISTOGRAM_BARS)],
-            )
-        else:
-            categories = sorted((self.categories or {}).items(), key=lambda item: (-item[1], item[0]))
-            found.update(categories=[list(c) for c in categories], too_many_values=self.categories is None)
-        return found
-
-
-def _as_text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-class OutputSummariesFn(beam.CombineFn):
-    """ScoredBlocks -> per model output: counts, non-finite values apart, min/max/mean, and
-    a histogram (numbers, any shape, flattened) or counts per value (text).
-
-    Memory per output is `HISTOGRAM_CAP` counters (or `CATEGORY_CAP` values) however many
-    records pass; `outputs` lists the model's outputs so one that never got a value (every
-    record failed) is still reported.
-    """
-
-    def __init__(self, outputs=()):
-        self._outputs = tuple(outputs)
-
-    def create_accumulator(self):
-        return {name: _OutputStats() for name in self._outputs}
-
-    def add_input(self, accumulator, scored):
-        for name, values in scored.outputs.items():
-            accumulator.setdefault(name, _OutputStats()).add(values)
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        merged = next(accumulators, None) or self.create_accumulator()
-        for accumulator in accumulators:
-            for name, stats in accumulator.items():
-                merged.setdefault(name, _OutputStats()).merge(stats)
-        return merged
-
-    def extract_output(self, accumulator):
-        return [accumulator[name].summary(name) for name in sorted(accumulator, key=self._order)]
-
-    def _order(self, name: str):
-        return (self._outputs.index(name), "") if name in self._outputs else (len(self._outputs), name)
-
-
-def scored_at(scored) -> tuple[float, int]:
-    """(wall-clock time, records) of a block as the inference step emits it.
-
-    Applied right after RunInference, so the runner fuses it into the same step and the
-    time is that of the block's emission (no change to the inference code)."""
-    return time.time(), len(scored)
-
-
-class ThroughputFn(beam.CombineFn):
-    """(time, records) pairs -> records per time bucket over the run: buckets of one second,
-    doubled as often as needed to stay within `THROUGHPUT_CAP` buckets (a `Grid`)."""
-
-    def create_accumulator(self):
-        return Grid(THROUGHPUT_CAP, min_exponent=0)
-
-    def add_input(self, accumulator, stamped):
-        when, records = stamped
-        accumulator.add(np.array([when]), np.array([records]))
-        return accumulator
-
-    def add_inputs(self, accumulator, elements):
-        stamped = np.array(list(elements), dtype=np.float64).reshape(-1, 2)
-        accumulator.add(stamped[:, 0], stamped[:, 1].astype(np.int64))
-        return accumulator
-
-    def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        merged = next(accumulators, None) or self.create_accumulator()
-        for accumulator in accumulators:
-            merged.merge(accumulator)
-        return merged
-
-    def extract_output(self, accumulator):
-        return {
-            "records": accumulator.total,
-            "first": accumulator.lo if accumulator.total else None,
-            "last": accumulator.hi if accumulator.total else None,
-            "buckets": [list(b) for b in accumulator.bins()],
-        }
-
-
-# --- Rendering ------------------------------------------------------------------------------
-
-COUNT_NAMES = ("read", "predictions", "errors")
+COUNT_NAMES = (READ, PREDICTIONS, ERRORS)
 BAR_COLOR = "#3b6fb6"  # histogram bars (the browser test looks for them)
 THROUGHPUT_COLOR = "#2a9d8f"
 
 
 def render_report(manifest: dict, error_kinds: dict, outputs: list[dict], throughput: dict) -> str:
     """The report page of one run, from its manifest (`run.json`'s content), the error
-    summary (`prediction.errors_stats`'s content), `OutputSummariesFn`'s and `ThroughputFn`'s
+    summary (the errors_stats file's content), `OutputSummariesFn`'s and `ThroughputFn`'s
     results. Every string that comes from the run (paths, names, messages) is escaped."""
     counts = manifest.get("counts", {})
     status = str(manifest.get("status", "unknown"))
-    ok = status == "succeeded"
+    ok = status == SUCCEEDED
     title = f"adpredict run {manifest.get('run_id') or ''}".strip()
     parts = [
         "<!DOCTYPE html>",
@@ -324,11 +59,11 @@ def render_report(manifest: dict, error_kinds: dict, outputs: list[dict], throug
 
 
 def _counts_section(manifest: dict, counts: dict) -> str:
-    read = counts.get("read", 0)
+    read = counts.get(READ, 0)
     cells = [
-        ("records read", "read", read),
-        ("predicted", "predictions", counts.get("predictions", 0)),
-        ("errors", "errors", counts.get("errors", 0)),
+        ("records read", READ, read),
+        ("predicted", PREDICTIONS, counts.get(PREDICTIONS, 0)),
+        ("errors", ERRORS, counts.get(ERRORS, 0)),
     ]
     rate = counts.get("error_rate", 0.0)
     tiles = "".join(
@@ -377,7 +112,7 @@ def _errors_section(error_kinds: dict, counts: dict) -> str:
     )
     return (
         f'<section id="errors"><h2>Errors by code and field</h2>'
-        f"<p>{total:,} error records (see <code>prediction.errors_stats</code> and <code>errors-*</code>).</p>"
+        f"<p>{total:,} error records (see <code>{PREDICT_ERRORS_STATS}</code> and <code>{ERRORS_PREFIX}-*</code>).</p>"
         "<table><thead><tr><th>code</th><th>field</th><th>records</th><th>share</th>"
         f"<th>example message</th></tr></thead><tbody>{rows}</tbody></table></section>"
     )

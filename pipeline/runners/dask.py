@@ -42,9 +42,6 @@ from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
 from apache_beam.runners.dask.overrides import _Reshuffle, dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
 
-BEAM_NAMES = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
-CLASS_PATH = "pipeline.dask_runner.DaskRunner"
-
 
 def _tagged_dofn_bundle(
     items, fn_bytes: bytes, window_fn, label: str, side_specs, args, kwargs, *side_values

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import tf_keras as keras
 
-from trainer import IMAGE_TOWERS
-
-OUTPUT_NAME = "probability"
+from pipeline.trainer import IMAGE_TOWERS
+from transforms.model_contract import OUTPUT_NAME
 
 
 def build_model(

@@ -10,7 +10,6 @@ The job keeps the user's real `gs://` paths, and nothing waits on Cloud Storage.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -104,54 +103,3 @@ def finish_dry_run(result, options) -> dict:
             {t.unique_name.split("/")[0] for t in job.proto_pipeline.components.transforms.values()}
         ),
     }
-
-
-def launched(result, options) -> dict:
-    """What a launcher that does not wait (a Flex Template, --no_wait_until_finish) reports."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    job_id = result.job_id() if hasattr(result, "job_id") else None
-    return {
-        "submitted": True,
-        "runner": options.view_as(StandardOptions).runner,
-        "job_id": job_id,
-        "state": str(result.state),
-        "note": "the pipeline writes run.json and then _SUCCESS at its end",
-    }
-
-
-def waits(options) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    return not options.view_as(StandardOptions).no_wait_until_finish
-
-
-def print_summary(summary: dict) -> dict:
-    print(json.dumps(summary, indent=2), flush=True)
-    return summary
-
-
-def launch(pipeline, options) -> dict | None:
-    """Runs `pipeline` and waits for it; returns None then. A dry run is finished offline and
-    a run that must not wait (Flex Template, --no_wait_until_finish) returns at once: both
-    print and return their summary instead.
-
-    A local run whose steps run in this process shows its progress on stderr meanwhile
-    (`pipeline.progress`; not under multi_processing, not on Dataflow: see there)."""
-    from pipeline import progress
-
-    reporter = None if is_dry_run(options) else progress.reporter_for(options)
-    if reporter is None:
-        return _run_and_wait(pipeline, options)
-    with reporter:  # the FnApiRunner runs the whole pipeline inside pipeline.run()
-        return _run_and_wait(pipeline, options)
-
-
-def _run_and_wait(pipeline, options) -> dict | None:
-    result = pipeline.run()
-    if is_dry_run(options):
-        return print_summary(finish_dry_run(result, options))
-    if not waits(options):
-        return print_summary(launched(result, options))
-    result.wait_until_finish()
-    return None

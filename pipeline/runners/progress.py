@@ -1,10 +1,10 @@
 """Progress of a local run: records read / scored / errors and records/s while it runs.
 
-The steps add to one process-wide, thread-safe tally where they already count: the reading
-step (`pipeline.read.CheckedRecords`: records read, malformed and invalid ones as errors)
-and the scoring step (`pipeline.inference.RunInferenceFn`: records scored, records the
-model failed on as errors). `pipeline.dataflow.launch` runs a `Reporter` thread beside a
-local run that shows the tally on stderr:
+The steps add to one process-wide, thread-safe tally (`pipeline.counters.TALLY`) where they
+already count: the reading step (`pipeline.read.CheckedRecords`: records read, malformed and
+invalid ones as errors) and the scoring step (`pipeline.inference.dofn.RunInferenceFn`:
+records scored, records the model failed on as errors). `pipeline.runners.launch.launch`
+runs a `Reporter` thread beside a local run that shows the tally on stderr:
 
 - on a terminal, one line rewritten in place (``\\r``) twice a second, e.g.
   ``read 1,234,567 · scored 1,230,000 · errors 4,567 · 152,300 records/s · 0:08``,
@@ -17,8 +17,7 @@ Only runs whose steps execute in this process can be followed this way: the FnAp
 (what a local ``DirectRunner`` run uses here) in its ``in_memory`` and ``multi_threading``
 modes. Under ``--direct_running_mode multi_processing`` the steps run in worker processes
 whose tallies this process cannot see, and on Dataflow on remote workers: no reporter is
-started for them. Dataflow shows the Beam counters instead (namespace
-``pipeline.METRICS_NAMESPACE``), by the names in COUNTERS.
+started for them. Dataflow shows the Beam counters instead (`pipeline.counters`).
 """
 
 from __future__ import annotations
@@ -28,74 +27,13 @@ import sys
 import threading
 import time
 
-# The Beam counters of a run, all in namespace pipeline.METRICS_NAMESPACE ("adpredict").
-# These names show in the Dataflow UI (Job metrics -> Custom counters) and in dashboards and
-# alerts built on them: they are stable. Rename one only with a deprecation note; add new
-# ones here. tests/test_progress.py checks that every counter the pipeline declares is listed.
-FILES_READ = "files_read"
-FILE_PARTS_READ = "file_parts_read"  # byte ranges or row-group runs of large files, and whole files
-RECORDS_READ = "records_read"
-RECORDS_MALFORMED = "records_malformed"
-RECORDS_INVALID = "records_invalid"
-MODEL_LOADS = "model_loads"
-MODEL_BATCHES = "model_batches"
-RECORDS_INFERENCE_FAILED = "records_inference_failed"
-BATCH_SIZE_HALVINGS = "batch_size_halvings"
-PREDICTIONS_WRITTEN = "predictions_written"
-ERRORS_WRITTEN = "errors_written"
-BIGQUERY_PREDICTIONS_LOADED = "bigquery_predictions_loaded"
-BIGQUERY_ERRORS_LOADED = "bigquery_errors_loaded"
-COUNTERS = (
-    FILES_READ,
-    FILE_PARTS_READ,
-    RECORDS_READ,
-    RECORDS_MALFORMED,
-    RECORDS_INVALID,
-    MODEL_LOADS,
-    MODEL_BATCHES,
-    RECORDS_INFERENCE_FAILED,
-    BATCH_SIZE_HALVINGS,
-    PREDICTIONS_WRITTEN,
-    ERRORS_WRITTEN,
-    BIGQUERY_PREDICTIONS_LOADED,
-    BIGQUERY_ERRORS_LOADED,
-)
+from pipeline.counters import TALLY, Tally
+from pipeline.runners.local import runs_in_process
 
 PERIOD_ENV = "ADPREDICT_PROGRESS_SECONDS"
 LOG_PERIOD = 30.0  # seconds between log lines when stderr is not a terminal
 TTY_PERIOD = 0.5  # seconds between redraws on a terminal
 LOG_PREFIX = "adpredict progress: "
-
-
-class Tally:
-    """Records read, scored and failed so far in this process; safe to add to from any thread."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._read = self._scored = self._errors = 0
-
-    def add(self, read: int = 0, scored: int = 0, errors: int = 0) -> None:
-        with self._lock:
-            self._read += read
-            self._scored += scored
-            self._errors += errors
-
-    def reset(self) -> None:
-        with self._lock:
-            self._read = self._scored = self._errors = 0
-
-    def snapshot(self) -> tuple[int, int, int]:
-        """(read, scored, errors), taken together."""
-        with self._lock:
-            return self._read, self._scored, self._errors
-
-
-TALLY = Tally()
-
-
-def add(read: int = 0, scored: int = 0, errors: int = 0) -> None:
-    """Adds to this process's tally (what the pipeline's steps call)."""
-    TALLY.add(read, scored, errors)
 
 
 def elapsed_text(seconds: float) -> str:
@@ -126,19 +64,6 @@ def log_period() -> float:
         except ValueError:
             pass
     return LOG_PERIOD
-
-
-def in_process(options) -> bool:
-    """Whether a run with `options` executes its steps in this process and waits for them:
-    the FnApiRunner / DirectRunner, except with --direct_running_mode multi_processing."""
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
-    from pipeline.manifest import LOCAL_RUNNERS
-
-    standard = options.view_as(StandardOptions)
-    if standard.runner not in LOCAL_RUNNERS or standard.no_wait_until_finish:
-        return False
-    return options.view_as(DirectOptions).direct_running_mode != "multi_processing"
 
 
 class Reporter:
@@ -216,6 +141,6 @@ class Reporter:
 def reporter_for(options, stream=None) -> Reporter | None:
     """A Reporter for a run with `options`, or None where its steps run elsewhere or the
     user turned progress off (--no_progress)."""
-    if options.get_all_options().get("no_progress") or not in_process(options):
+    if options.get_all_options().get("no_progress") or not runs_in_process(options):
         return None
     return Reporter(stream)

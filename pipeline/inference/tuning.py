@@ -20,8 +20,9 @@ from collections.abc import Callable
 import pyarrow as pa
 import tensorflow as tf
 
+from transforms.model_contract import TUNING_FILE
+
 CANDIDATE_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-TUNING_FILE = os.path.join("assets.extra", "batch_size_tuning.json")
 _WITHIN_BEST = 0.95  # prefer a smaller batch (less memory, finer error isolation) this close
 _SAMPLE_RECORDS = 512
 
@@ -80,7 +81,7 @@ def sample_table(schema, rows: int) -> pa.Table:
     A few hundred distinct records are repeated (zero-copy) up to `rows`.
     """
     from pipeline.blocks import RecordLayout
-    from sampledata.generate import generate_records
+    from pipeline.sampledata.generate import generate_records
     from transforms.model_contract import description_from_schema
 
     description = description_from_schema(schema)
@@ -99,7 +100,7 @@ def first_rows(table: pa.Table, rows: int) -> pa.RecordBatch:
 def tune_batch_size(model_dir: str, schema, seconds: float = 0.5) -> int:
     """Times the exported model (input conversion included, as in `predict`), records the
     choice in its description and the figures in TUNING_FILE; returns the chosen size."""
-    from pipeline.inference import LoadedModel
+    from pipeline.inference.model import LoadedModel
 
     model = LoadedModel(model_dir)
     table = sample_table(schema, max(CANDIDATE_BATCH_SIZES))

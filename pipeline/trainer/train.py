@@ -20,13 +20,14 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from trainer.model import build_model
+from pipeline.run_contract import RUN_MANIFEST, SUCCEEDED, InputError, errors_stats_file
+from pipeline.trainer.model import build_model
 from transforms.export import export_model
+from transforms.model_contract import TRAINING_METRICS_FILE
 from transforms.schema import IMAGE, Schema, load_schema, parse_schema
 
-TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")
 # Predict batch size recorded when none is given; `adpredict train` then times the exported
-# model (pipeline.batch_tuning) and records the fastest instead.
+# model (pipeline.inference.tuning) and records the fastest instead.
 DEFAULT_BATCH_SIZE = 256
 
 
@@ -78,26 +79,17 @@ def make_dataset(transform_dir: str, split: str, schema: Schema, batch_size: int
 
 def _check_analyze_succeeded(transform_dir: str) -> None:
     """Refuses the output of an analyze run that failed its error threshold (see its run.json)."""
-    from pipeline.io import InputError
-    from pipeline.manifest import RUN_MANIFEST, SUCCEEDED
-
-    path = os.path.join(transform_dir, RUN_MANIFEST)
-    if not tf.io.gfile.exists(path):  # written by analyze since its error threshold exists
-        return
-    with tf.io.gfile.GFile(path) as f:
-        manifest = json.loads(f.read())
-    if manifest.get("status") != SUCCEEDED:
+    manifest = _analyze_manifest(transform_dir)
+    if manifest and manifest.get("status") != SUCCEEDED:  # no run.json: analyze from before it wrote one
         counts = manifest.get("counts", {})
         raise InputError(
             f"analyze of {transform_dir!r} ended {manifest.get('status')!r} ({counts.get('errors')} of "
-            f"{counts.get('read')} records were errors; see its run.json and prediction.errors_stats): fix the "
-            "records, or re-run analyze with a higher --max_error_rate if they are acceptable"
+            f"{counts.get('read')} records were errors; see its run.json and {errors_stats_file(manifest)}): "
+            "fix the records, or re-run analyze with a higher --max_error_rate if they are acceptable"
         )
 
 
 def _analyze_manifest(transform_dir: str) -> dict:
-    from pipeline.manifest import RUN_MANIFEST
-
     path = os.path.join(transform_dir, RUN_MANIFEST)
     if not tf.io.gfile.exists(path):
         return {}
@@ -118,8 +110,6 @@ def schema_for_training(transform_dir: str, schema_arg: str | None = None) -> Sc
     """
     import yaml
 
-    from pipeline.io import InputError
-
     recorded = _analyze_manifest(transform_dir).get("schema_file")
     used = None
     if recorded:
@@ -138,7 +128,6 @@ def schema_for_training(transform_dir: str, schema_arg: str | None = None) -> Sc
 
 def _check_transformed_matches(transform_dir: str, schema: Schema, spec: dict) -> None:
     """The transformed data must hold the label and every feature the schema declares."""
-    from pipeline.io import InputError
     from transforms.preprocessing import transformed_feature_names
 
     wanted = transformed_feature_names(schema) + ([schema.label] if schema.label else [])
@@ -177,8 +166,6 @@ def train_model(
     evaluation = make_dataset(transform_dir, "eval", schema, 1024, blank_images)
     labels = np.concatenate([y.numpy() for _, y in evaluation] or [np.zeros(0, np.int64)])
     if len(np.unique(labels)) < 2:  # checked before training: no AUC could be computed
-        from pipeline.io import InputError
-
         found = f"{len(labels)} records, all with {schema.label} {labels[0]}" if len(labels) else "no records"
         raise InputError(
             f"the held-out split in {transform_dir}/transformed has {found}: the AUC needs both labels; run "

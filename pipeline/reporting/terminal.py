@@ -1,16 +1,31 @@
 """What a command prints when it ends: a few lines a person reads instead of run.json.
 
-Pure functions from what a run left (its run.json, `prediction.errors_stats`, the
-trainer's metrics, a launcher's summary) to text, so the same lines come out of
-`adpredict predict`, `python -m pipeline.predict` and `adpredict nightly`, and tests can
-check them without running anything. The CLI layer reads the files and prints.
+Pure functions from what a run left (its run.json, its error counts by kind, the trainer's
+metrics, a launcher's summary) to text, so the same lines come out of `adpredict predict`,
+`python -m pipeline.predict` and `adpredict nightly`, and tests can check them without
+running anything. `pipeline.entrypoint` prints them.
 """
 
 from __future__ import annotations
 
 import posixpath
 
-TOP_ERROR_KINDS = 3  # error kinds named in the summary; prediction.errors_stats has them all
+from pipeline.run_contract import (
+    ANALYZE_ERRORS_STATS,
+    ANALYZE_JOB,
+    ANALYZED,
+    ERRORS,
+    ERRORS_PREFIX,
+    PREDICT_ERRORS_STATS,
+    PREDICTIONS,
+    PREDICTIONS_PREFIX,
+    READ,
+    RUN_MANIFEST,
+    SUCCEEDED,
+    SUCCESS_MARKER,
+)
+
+TOP_ERROR_KINDS = 3  # error kinds named in the summary; the errors_stats file has them all
 LABEL_WIDTH = 15
 
 
@@ -61,10 +76,10 @@ def _counts_lines(
     manifest: dict, errors_stats: dict | None, scored: str, scored_label: str, errors_label: str
 ):
     counts = manifest.get("counts", {})
-    read = counts.get("read", 0)
+    read = counts.get(READ, 0)
     files = [f for f in (manifest.get("inputs") or {}).get("files") or () if isinstance(f, str)]
     source = f" from {number(len(files))} file{'s' if len(files) != 1 else ''}" if files else ""
-    errors = counts.get("errors", 0)
+    errors = counts.get(ERRORS, 0)
     rate = f"{percent(counts.get('error_rate', 0.0))} of read"
     if manifest.get("max_error_rate") is not None:
         rate += f", limit {percent(manifest['max_error_rate'])}"
@@ -80,7 +95,7 @@ def _counts_lines(
 def _time_line(manifest: dict, wall_seconds: float | None) -> str:
     """Wall time of the command, and the pipeline's own time and speed from run.json."""
     seconds = (manifest.get("timings") or {}).get("seconds")
-    read = manifest.get("counts", {}).get("read", 0)
+    read = manifest.get("counts", {}).get(READ, 0)
     pipeline = (
         f"{duration(seconds)} in the pipeline: {number(round(read / seconds))} records/s" if seconds else ""
     )
@@ -91,14 +106,15 @@ def _time_line(manifest: dict, wall_seconds: float | None) -> str:
 
 def _header(job: str, manifest: dict) -> str:
     status = manifest.get("status", "unknown")
-    if status != "succeeded":
-        status += " (everything written, no _SUCCESS)" if "error rate" in status else " (no _SUCCESS)"
+    if status != SUCCEEDED:
+        marker = f"no {SUCCESS_MARKER}"
+        status += f" (everything written, {marker})" if "error rate" in status else f" ({marker})"
     return f"{job}: {status}"
 
 
 def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: float | None = None,
                     job: str = "adpredict predict") -> str:  # fmt: skip
-    """The summary of a predict run from its run.json and `prediction.errors_stats`."""
+    """The summary of a predict run from its run.json and its error counts by kind."""
     output_dir = manifest.get("output_dir", "")
     tables = manifest.get("output_tables")
     if tables:
@@ -106,37 +122,37 @@ def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
         error_records = f"{tables['errors']} (BigQuery)"
     else:
         predictions = (
-            f"{_join(output_dir, 'prediction.results-*')} ({manifest.get('output_format', 'jsonl')})"
+            f"{_join(output_dir, PREDICTIONS_PREFIX + '-*')} ({manifest.get('output_format', 'jsonl')})"
         )
-        error_records = _join(output_dir, "errors-*")
+        error_records = _join(output_dir, ERRORS_PREFIX + "-*")
     return "\n".join(
         [
             _header(job, manifest),
-            *_counts_lines(manifest, errors_stats, "predictions", "predicted", "errors"),
+            *_counts_lines(manifest, errors_stats, PREDICTIONS, "predicted", "errors"),
             _time_line(manifest, wall_seconds),
             _line("predictions", predictions),
-            _line("error records", f"{error_records}; by code and field: prediction.errors_stats"),
+            _line("error records", f"{error_records}; by code and field: {PREDICT_ERRORS_STATS}"),
             *([_line("report", _join(output_dir, manifest["report"]))] if manifest.get("report") else []),
-            _line("run.json", _join(output_dir, "run.json")),
+            _line("run.json", _join(output_dir, RUN_MANIFEST)),
         ]
     )
 
 
 def analyze_summary(manifest: dict, errors_stats: dict | None, wall_seconds: float | None = None,
                     job: str = "adpredict analyze") -> str:  # fmt: skip
-    """The summary of an analyze run from its run.json and `prediction.errors_stats`."""
+    """The summary of an analyze run from its run.json and its error counts by kind."""
     output_dir = manifest.get("output_dir", "")
     return "\n".join(
         [
             _header(job, manifest),
-            *_counts_lines(manifest, errors_stats, "analyzed", "analyzed", "rejected"),
+            *_counts_lines(manifest, errors_stats, ANALYZED, "analyzed", "rejected"),
             _time_line(manifest, wall_seconds),
             _line("transform", f"{output_dir} (transform_fn/, transformed/train-*, transformed/eval-*)"),
             _line(
                 "error records",
-                f"{_join(output_dir, 'errors-*')}; by code and field: prediction.errors_stats",
+                f"{_join(output_dir, ERRORS_PREFIX + '-*')}; by code and field: {ANALYZE_ERRORS_STATS}",
             ),
-            _line("run.json", _join(output_dir, "run.json")),
+            _line("run.json", _join(output_dir, RUN_MANIFEST)),
         ]
     )
 
@@ -144,7 +160,7 @@ def analyze_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
 def run_summary(manifest: dict, errors_stats: dict | None, wall_seconds: float | None = None,
                 job: str | None = None) -> str:  # fmt: skip
     """The summary of whichever pipeline wrote `manifest` (analyze's says so in "job")."""
-    if manifest.get("job") == "analyze":
+    if manifest.get("job") == ANALYZE_JOB:
         return analyze_summary(manifest, errors_stats, wall_seconds, job or "adpredict analyze")
     return predict_summary(manifest, errors_stats, wall_seconds, job or "adpredict predict")
 
@@ -193,7 +209,7 @@ def launch_summary(job: str, summary: dict, output_dir: str | None = None) -> st
         lines.append(_line("follow", summary["console_url"]))
     if output_dir:
         lines.append(
-            _line("when done", f"{_join(output_dir, 'run.json')}, then {_join(output_dir, '_SUCCESS')}")
+            _line("when done", f"{_join(output_dir, RUN_MANIFEST)}, then {_join(output_dir, SUCCESS_MARKER)}")
         )
     return "\n".join(lines)
 

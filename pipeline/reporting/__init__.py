@@ -1,0 +1,7 @@
+"""What a run tells people: bounded summaries computed in the pipeline, the HTML report page,
+and the few lines a command prints when it ends.
+
+    summaries.py  CombineFns: error records by kind, model outputs' distributions, throughput
+    page.py       report.html, a pure function of run.json and those summaries
+    terminal.py   the summary a command prints
+"""

@@ -1,0 +1,211 @@
+"""The end of a run, inside the pipeline: counts as data, the verdict, `run.json`, `_SUCCESS`.
+
+`run.json` records what ran (inputs, model and its fingerprint, runner, versions), what
+came out (counts) and how long it took; `_SUCCESS` is written last and only when every
+record is accounted for and the run met its error threshold, so a scheduler can trust it.
+
+Both are written by the pipeline's last step, which runs only after every write has
+finished: on Dataflow the launcher may exit as soon as the job is submitted, so nothing
+that matters may happen after `wait_until_finish()`. The counts are data flowing to that
+step as (name, number) pairs, not runner metrics, which differ from runner to runner.
+
+The same step publishes the staged files (`pipeline.run.staging`), writes the error counts by
+kind and, for `predict`, `report.html` (`pipeline.reporting`, from summaries computed as data
+like the counts) before `run.json` and `_SUCCESS`: a reader that waits for `_SUCCESS` finds
+it, and a failed run has one, since it is what a person debugging the run reads. Last, it
+removes the run's lock file (`pipeline.run.lock`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.reporting.page import render_report
+from pipeline.reporting.summaries import CountErrorsFn, OutputSummariesFn, ThroughputFn
+from pipeline.run.lock import release_run_lock
+from pipeline.run.manifest import utc, write_manifest
+from pipeline.run.staging import publish_staged
+from pipeline.run_contract import (
+    DEFAULT_MAX_ERROR_RATE,
+    ERRORS,
+    PREDICTIONS,
+    READ,
+    REPORT,
+    SUCCEEDED,
+    errors_stats_file,
+    judge,
+)
+
+# FinalizeRun inputs that are summarized (with a CombineFn each), not writes to wait for.
+COUNTS = "counts"  # (name, number) pairs, summed per name
+ERROR_LISTS = "errors"  # lists of error records -> CountErrorsFn -> the errors_stats file
+OUTPUT_SUMMARIES = "output_summaries"  # ScoredBlocks -> OutputSummariesFn
+THROUGHPUT = "throughput"  # (time, records) stamps -> ThroughputFn
+REPORT_INPUTS = (OUTPUT_SUMMARIES, THROUGHPUT)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What the last step records and judges a run by: run.json's fields known at launch
+    (`info`: run_id, started, inputs, model, ...) and the error threshold."""
+
+    info: dict = dataclasses.field(default_factory=dict)
+    max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+
+
+def summed_counts(counts: dict, scored: str, loaded_names: dict | None) -> tuple[dict, dict | None]:
+    """The counts of run.json (read, `scored`, errors always there; the error rate) and, for
+    BigQuery outputs, the rows each load reported, by role."""
+    counts = {name: int(value) for name, value in sorted(counts.items())}
+    for name in (READ, scored, ERRORS):
+        counts.setdefault(name, 0)
+    counts["error_rate"] = round(counts[ERRORS] / counts[READ], 6) if counts[READ] else 0.0
+    loaded = None
+    if loaded_names:
+        loaded = {role: counts.pop(name, 0) for role, name in loaded_names.items()}
+        counts["bigquery_rows_loaded"] = loaded
+    return counts, loaded
+
+
+def write_errors_stats(output_dir: str, name: str, error_kinds: str) -> None:
+    """The error counts by kind, straight into `output_dir` like `run.json`: the step that
+    publishes the run's files has them already (they feed the report too), so a file sink
+    of its own (four stages and a second combine) would add nothing."""
+    with FileSystems.create(FileSystems.join(output_dir, name), mime_type="application/json") as f:
+        f.write((error_kinds + "\n").encode("utf-8"))
+
+
+def write_report(
+    output_dir: str, manifest: dict, error_kinds: str, output_summaries, throughput
+) -> str | None:
+    """Writes `report.html` straight into `output_dir` (not staged: it is made here, after
+    the publishing, and like `run.json` it describes the run rather than being one of its
+    results); returns its name for `run.json`, or None when it could not be made: a report
+    is for people, and its failure must not fail a run whose results are all written."""
+    manifest = {**manifest, "report": REPORT}
+    try:
+        page = render_report(manifest, json.loads(error_kinds), output_summaries, throughput)
+        with FileSystems.create(FileSystems.join(output_dir, REPORT), mime_type="text/html") as f:
+            f.write(page.encode("utf-8"))
+    except Exception:  # noqa: BLE001 - see the docstring
+        logging.exception("could not write %s", FileSystems.join(output_dir, REPORT))
+        return None
+    return REPORT
+
+
+class _FinishRunFn(beam.DoFn):
+    """The run's last step, run once after every write: judge, publish, write the error
+    counts, the report, run.json and _SUCCESS, unlock. Yields run.json's content."""
+
+    def __init__(self, output_dir: str, run: RunConfig, loaded_names: dict | None, scored: str):
+        self._output_dir = output_dir
+        self._run = run
+        self._loaded_names = loaded_names
+        self._scored = scored
+
+    def process(
+        self, _, counts: dict, written: list, error_kinds: str, output_summaries=None, throughput=None
+    ):
+        """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, and
+        the report's summaries (None: no report, as for analyze)."""
+        output_dir, info = self._output_dir, self._run.info
+        counts, loaded = summed_counts(counts, self._scored, self._loaded_names)
+        status, lost = judge(counts, self._run.max_error_rate, loaded, self._scored)
+        published = publish_staged(output_dir)
+        write_errors_stats(output_dir, errors_stats_file(info), error_kinds)
+        finished = time.time()
+        started = info.get("started", finished)
+        manifest = {
+            **{k: v for k, v in info.items() if k != "started"},
+            "status": status,
+            "problems": lost,
+            "counts": counts,
+            "outputs_written": len(written),
+            "files_published": len(published),
+            "max_error_rate": self._run.max_error_rate,
+            "timings": {
+                "started": utc(started),
+                "finished": utc(finished),
+                "seconds": round(finished - started, 3),
+            },
+        }
+        if output_summaries is not None:
+            manifest["report"] = write_report(output_dir, manifest, error_kinds, output_summaries, throughput)
+        write_manifest(output_dir, manifest, success=status == SUCCEEDED)
+        release_run_lock(output_dir, info.get("run_id"))
+        yield manifest
+
+
+def summary_side_input(pcoll, label: str, fn: beam.CombineFn):
+    """`fn` over all of `pcoll`, as a singleton side input.
+
+    Combined without Beam's default branch (an Impulse, a stage and four transforms per
+    combine, about 15 ms of a run each): an empty input's summary is the side input's
+    default instead, `fn`'s result for no input."""
+    combined = pcoll | label >> beam.CombineGlobally(fn).without_defaults()
+    return beam.pvalue.AsSingleton(combined, default_value=fn.extract_output(fn.create_accumulator()))
+
+
+class FinalizeRun(beam.PTransform):
+    """{COUNTS: (name, number) pairs, ERROR_LISTS: lists of error records, the
+    `REPORT_INPUTS` (optional, all or none), any other name: a write's output} -> the staged
+    files published, the error records counted by kind (`prediction.errors_stats`),
+    `report.html` (when the report's inputs are given), `run.json`, then `_SUCCESS`, then the
+    run's lock file removed.
+
+    A failed run (error rate over the threshold, records lost) publishes its files too: its
+    errors and their counts are what a person debugging it reads, the contract is
+    "everything written, no `_SUCCESS`", and `_SUCCESS`, not the presence of shards, says a run
+    can be used. Staging guards against the run that never reaches this step.
+
+    The writes' outputs (file names, loaded tables) reach the last step as a side input, so
+    it runs only once all of them are complete; the summaries and the summed counts too.
+    `output_names`: the model's outputs, in the report's order.
+    `loaded_names` maps "predictions"/"errors" to the counts of rows BigQuery loaded;
+    `scored` names the count of records that made it ("predictions"; analyze: "analyzed").
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        run: RunConfig,
+        loaded_names: dict | None = None,
+        scored: str = PREDICTIONS,
+        output_names=(),
+    ):
+        super().__init__()
+        self._fn = _FinishRunFn(output_dir, run, loaded_names, scored)
+        self._output_names = tuple(output_names)
+
+    def expand(self, inputs: dict):
+        counts = inputs[COUNTS]
+        report = [name for name in REPORT_INPUTS if name in inputs]
+        if report and len(report) != len(REPORT_INPUTS):
+            raise ValueError(f"FinalizeRun needs all of {REPORT_INPUTS} for a report, got {sorted(report)}")
+        summaries = {
+            "error_kinds": summary_side_input(inputs[ERROR_LISTS], "CountErrorKinds", CountErrorsFn())
+        }
+        if report:
+            summaries["output_summaries"] = summary_side_input(
+                inputs[OUTPUT_SUMMARIES], "SummarizeOutputs", OutputSummariesFn(self._output_names)
+            )
+            summaries["throughput"] = summary_side_input(inputs[THROUGHPUT], "Throughput", ThroughputFn())
+        written = [
+            pcoll
+            for name, pcoll in sorted(inputs.items())
+            if name not in (COUNTS, ERROR_LISTS, *REPORT_INPUTS)
+        ]
+        totals = counts | "SumCounts" >> beam.CombinePerKey(sum)
+        writes = tuple(written) | "AllWrites" >> beam.Flatten()
+        return (
+            counts.pipeline
+            | "Once" >> beam.Create([None])
+            | "WriteManifest"
+            >> beam.ParDo(self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsList(writes), **summaries)
+        )

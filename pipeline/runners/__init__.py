@@ -1,0 +1,18 @@
+"""Where a pipeline runs (here, on Dataflow, on Dask) and how its launch follows it.
+
+    launch.py    make_pipeline (picks the runner) and launch (runs; waits, or not; dry runs)
+    local.py     which runs execute in this process, and when a launch outlives its run
+    dataflow.py  Dataflow dry runs, built offline
+    dask.py      Beam's DaskRunner with what it lacks
+    progress.py  the progress line of a local run
+
+The --runner values each behaviour answers to are listed here, once.
+"""
+
+DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner")  # run on Beam's FnApiRunner, here
+LOCAL_RUNNERS = (*DIRECT_RUNNERS, "FnApiRunner", "BundleBasedDirectRunner")  # run in this process
+DASK_RUNNERS = (  # run on Dask with pipeline.runners.dask.DaskRunner
+    "DaskRunner",
+    "apache_beam.runners.dask.dask_runner.DaskRunner",
+    "pipeline.runners.dask.DaskRunner",
+)

@@ -1,0 +1,79 @@
+"""Making a run's pipeline for its --runner, and launching it: wait, return at once, or dry-run.
+
+A launcher that does not wait (a Flex Template, --no_wait_until_finish) and a Dataflow dry
+run print and return a summary of what they did; nothing that matters happens after the
+launch returns, since the pipeline's own last step finishes the run (`pipeline.run.finalize`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
+from pipeline.runners.dataflow import finish_dry_run, is_dry_run
+from pipeline.runners.local import waits
+
+
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A Beam pipeline for `options`; local runs go straight to the FnApiRunner.
+
+    Beam's DirectRunner first tries the Prism runner (a separate Go process that is
+    downloaded on first use) and falls back to the FnApiRunner when it cannot start it; the
+    attempt cost 0.5 s per run here and, on a machine with internet access, would run a
+    different engine than the one measured in bench/. The FnApiRunner still honours
+    --direct_num_workers and --direct_running_mode.
+    """
+    runner = options.view_as(StandardOptions).runner
+    if runner in DASK_RUNNERS:  # Beam's own mixes tagged outputs: see pipeline/runners/dask.py
+        from pipeline.runners.dask import DaskRunner
+
+        return beam.Pipeline(runner=DaskRunner(), options=options)
+    if runner in DIRECT_RUNNERS:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def launch(pipeline, options) -> dict | None:
+    """Runs `pipeline` and waits for it; returns None then. A dry run is finished offline and
+    a run that must not wait (Flex Template, --no_wait_until_finish) returns at once: both
+    print and return their summary instead.
+
+    A local run whose steps run in this process shows its progress on stderr meanwhile
+    (`pipeline.runners.progress`; not under multi_processing, not on Dataflow: see there)."""
+    reporter = None if is_dry_run(options) else progress.reporter_for(options)
+    if reporter is None:
+        return _run_and_wait(pipeline, options)
+    with reporter:  # the FnApiRunner runs the whole pipeline inside pipeline.run()
+        return _run_and_wait(pipeline, options)
+
+
+def _run_and_wait(pipeline, options) -> dict | None:
+    result = pipeline.run()
+    if is_dry_run(options):
+        return print_summary(finish_dry_run(result, options))
+    if not waits(options):
+        return print_summary(launched(result, options))
+    result.wait_until_finish()
+    return None
+
+
+def launched(result, options) -> dict:
+    """What a launcher that does not wait (a Flex Template, --no_wait_until_finish) reports."""
+    job_id = result.job_id() if hasattr(result, "job_id") else None
+    return {
+        "submitted": True,
+        "runner": options.view_as(StandardOptions).runner,
+        "job_id": job_id,
+        "state": str(result.state),
+        "note": "the pipeline writes run.json and then _SUCCESS at its end",
+    }
+
+
+def print_summary(summary: dict) -> dict:
+    print(json.dumps(summary, indent=2), flush=True)
+    return summary
