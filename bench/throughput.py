@@ -16,6 +16,9 @@ heavy (MobileNetV2 at 128x128) model, it measures records per second of:
    way (tfx_bsl RunInference, `serving_tf_example`) and Beam's RunInference with a keyed
    tfx_bsl model handler; their predictions are checked equal to adpredict's.
 5. per-record service: parse one record, one model call, on a sample.
+6. adpredict as a Beam library (bench/library.py), on the light and demo models: Beam's
+   RunInference with `pipeline.RecordModelHandler`, and `pipeline.ScoreRecords`, each behind
+   ReadFromText + json.loads, as marginal rates beside predict's.
 
 plus the pipeline's peak RSS at 100k and 1M light records, a parse-only floor (pyarrow
 reading the light files, nothing else), the two steps of the path that floor and the bare model
@@ -41,6 +44,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from bench.library import WAYS as LIBRARY_WAYS
 from bench.peers import PEERS, write_examples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,6 +321,37 @@ def adpredict_predictions(out: str) -> dict:
     return {row["key"]: row["prediction"]["probability"] for row in rows}
 
 
+def library_marginals(
+    model_dir: str, patterns: dict, work: str, sizes: dict, runs: int, expected: dict
+) -> dict:
+    """adpredict as a Beam library (bench/library.py) on the JSONL files predict read: each
+    way's marginal rate from the small to the large set (`patterns`, `sizes`, `expected`
+    predictions keyed "small" and "large")."""
+    found = {}
+    for way in LIBRARY_WAYS:
+        print(f"-- {os.path.basename(work)}: {way} x{runs} on each size", flush=True)
+        out = os.path.join(work, way)
+        small = peer_runs(way, model_dir, patterns["small"], out, sizes["small"], runs, expected["small"])
+        large = peer_runs(way, model_dir, patterns["large"], out, sizes["large"], runs, expected["large"])
+        found[way] = {
+            **large,
+            "marginal": marginal(sizes["small"], small["runs"], sizes["large"], large["runs"]),
+        }
+    return found
+
+
+def library_line(label: str, found: dict, predict_marginal: float) -> str:
+    ways = {"record_model_handler": "RunInference + RecordModelHandler", "score_records": "ScoreRecords"}
+    return (
+        f"{label}, adpredict as a Beam library (ReadFromText + json.loads in front), marginal rates: "
+        + ", ".join(
+            f"{ways[way]} {m['marginal']['records_per_s']:,.0f} records/s = "
+            f"{m['marginal']['records_per_s'] / predict_marginal:.3f} x predict's (fixed {m['marginal']['fixed_s']:.2f} s)"
+            for way, m in found.items()
+        )
+    )
+
+
 def naive_runs(model_dir: str, pattern: str, out: str, records: int, runs: int) -> dict:
     results = [
         timed("naive", ["--model_dir", model_dir, "--input", pattern, "--output_dir", out])
@@ -451,6 +486,8 @@ def report(results: dict) -> str:
             for peer, m in results["peer_marginal"].items()
         )
     )
+    if results.get("library"):
+        lines.append(library_line("light", results["library"], margin["records_per_s"]))
     demo = results.get("demo")
     if demo:
         demo_bare = median(demo["bare"]["runs"])
@@ -473,6 +510,8 @@ def report(results: dict) -> str:
                 f"  peer: {peer.replace('_', ' ')}: {demo[peer]['marginal']['records_per_s']:,.0f} records/s "
                 f"(fixed {demo[peer]['marginal']['fixed_s']:.2f} s)"
             )
+        if demo.get("library"):
+            lines.append("  " + library_line("demo", demo["library"], demo["marginal"]["records_per_s"]))
     checks = [  # (target, figure, met)
         ("light: marginal >= 0.70 x stage limit", margin["records_per_s"] / light_limit, lambda v: v >= 0.70),
         ("light: fixed cost <= 1.0 s", margin["fixed_s"], lambda v: v <= 1.0),
@@ -613,6 +652,10 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
                 results["peer_marginal"][peer] = marginal(
                     n["light_small"], peer_small["runs"], n[name], r[peer]["runs"]
                 )
+            results["library"] = library_marginals(
+                model_dir, {"small": small, "large": pattern}, os.path.join(work_dir, name),
+                {"small": n["light_small"], "large": n[name]}, runs, {"small": small_expected, "large": expected},
+            )  # fmt: skip
             results["memory"] = {
                 "small_records": n["light_small"],
                 "small_mb": small_runs["peak_rss_mb"],
@@ -689,6 +732,10 @@ def demo_model(work_dir: str, n: dict, runs: int, reuse: bool) -> dict:
                                small_expected)  # fmt: skip
         r[peer] = peer_runs(peer, model_dir, examples["demo"], peer_out, n["demo"], runs, expected)
         r[peer]["marginal"] = marginal(n["demo_small"], peer_small["runs"], n["demo"], r[peer]["runs"])
+    r["library"] = library_marginals(
+        model_dir, {"small": patterns["demo_small"], "large": patterns["demo"]}, os.path.join(work_dir, "demo"),
+        {"small": n["demo_small"], "large": n["demo"]}, runs, {"small": small_expected, "large": expected},
+    )  # fmt: skip
     return r
 
 

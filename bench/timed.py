@@ -45,8 +45,15 @@ def main(argv: list[str]) -> None:
 
         def work():
             peer_main([job, *args])
+    elif job in ("record_model_handler", "score_records"):
+        from bench.library import main as library_main
+
+        def work():
+            library_main([job, *args])
     else:
-        raise SystemExit(f"unknown job {job!r}; use predict, naive, bulk_inferrer or keyed_run_inference")
+        raise SystemExit(
+            f"unknown job {job!r}; use predict, naive, bulk_inferrer, keyed_run_inference, record_model_handler or score_records"
+        )
     ready = time.time()
     work()
     finished = time.time()
