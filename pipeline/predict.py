@@ -45,6 +45,7 @@ from pipeline.run.lock import output_dir_lock
 from pipeline.run.manifest import finished_run, model_fingerprint, versions
 from pipeline.run.staging import staging_dir
 from pipeline.run_contract import ERRORS, PREDICTIONS
+from pipeline.runners import DATAFLOW_RUNNERS
 from pipeline.runners.dataflow import is_dry_run
 from pipeline.runners.launch import launch, make_pipeline
 from pipeline.runners.local import ends_with_launch
@@ -222,7 +223,7 @@ def run_info(
 
 def check_model_reachable(options, model_dir: str, offline: bool) -> None:
     """Dataflow workers read the model themselves: it must be on gs:// (a dry run only warns)."""
-    if options.view_as(StandardOptions).runner != "DataflowRunner" or model_dir.startswith("gs://"):
+    if options.view_as(StandardOptions).runner not in DATAFLOW_RUNNERS or model_dir.startswith("gs://"):
         return
     if not offline:
         raise opts.OptionsError(

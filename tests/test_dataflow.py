@@ -210,3 +210,40 @@ def test_the_sdist_installs_and_imports_the_pipelines_outside_the_source_tree(tm
     assert done.returncode == 0, done.stderr[-3000:]
     module_path, counts = done.stdout.strip().splitlines()[-2:]
     assert module_path.startswith(site) and counts == "7 39"
+    # Beside a user's own code, the distribution adds the two names the layout requires.
+    (top_level,) = glob.glob(os.path.join(site, "adpredict-*.dist-info", "top_level.txt"))
+    assert open(top_level).read().split() == ["pipeline", "transforms"]
+
+
+def test_a_job_not_waited_for_says_where_to_follow_it(capsys):
+    """What a launcher that returns at once (Flex Template) reports: the job, and its
+    Dataflow console page from the job id, region and project."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.runners.launch import launch
+
+    class Submitted:
+        state = "RUNNING"
+
+        def job_id(self):
+            return "2026-12-04_01_02_03-123"
+
+    class Pipeline:
+        def run(self):
+            return Submitted()
+
+    flags = [
+        "--runner",
+        "DataflowRunner",
+        "--no_wait_until_finish",
+        "--region",
+        "europe-west1",
+        "--project",
+        "p",
+    ]
+    summary = launch(Pipeline(), PipelineOptions(flags))
+    assert summary["submitted"] and summary["job_id"] == "2026-12-04_01_02_03-123"
+    assert summary["console_url"] == (
+        "https://console.cloud.google.com/dataflow/jobs/europe-west1/2026-12-04_01_02_03-123?project=p"
+    )
+    assert '"submitted": true' in capsys.readouterr().out

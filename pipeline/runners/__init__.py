@@ -11,6 +11,7 @@ The --runner values each behaviour answers to are listed here, once.
 
 DIRECT_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner")  # run on Beam's FnApiRunner, here
 LOCAL_RUNNERS = (*DIRECT_RUNNERS, "FnApiRunner", "BundleBasedDirectRunner")  # run in this process
+DATAFLOW_RUNNERS = ("DataflowRunner", "apache_beam.runners.dataflow.dataflow_runner.DataflowRunner")
 DASK_RUNNERS = (  # run on Dask with pipeline.runners.dask.DaskRunner
     "DaskRunner",
     "apache_beam.runners.dask.dask_runner.DaskRunner",

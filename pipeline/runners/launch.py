@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
+from pipeline.reporting.terminal import console_url
 from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
 from pipeline.runners.dataflow import finish_dry_run, is_dry_run
 from pipeline.runners.local import waits
@@ -41,7 +42,8 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
 def launch(pipeline, options) -> dict | None:
     """Runs `pipeline` and waits for it; returns None then. A dry run is finished offline and
     a run that must not wait (Flex Template, --no_wait_until_finish) returns at once: both
-    print and return their summary instead.
+    print and return their summary instead (a job not waited for with the Dataflow console
+    page that follows it, when its region and project are known).
 
     A local run whose steps run in this process shows its progress on stderr meanwhile
     (`pipeline.runners.progress`; not under multi_processing, not on Dataflow: see there)."""
@@ -57,7 +59,9 @@ def _run_and_wait(pipeline, options) -> dict | None:
     if is_dry_run(options):
         return print_summary(finish_dry_run(result, options))
     if not waits(options):
-        return print_summary(launched(result, options))
+        summary = print_summary(launched(result, options))
+        cloud = options.view_as(GoogleCloudOptions)
+        return {**summary, "console_url": console_url(summary["job_id"], cloud.region, cloud.project)}
     result.wait_until_finish()
     return None
 
