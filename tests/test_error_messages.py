@@ -32,8 +32,10 @@ Flags (pipeline/options.py, pipeline/predict.py; exit 2)
 Model directory (transforms/model_contract.py; exit 2)
   model directory 'x' does not exist; check --model_dir  -> test_model_directory_mistakes[missing]
   'x' is not a SavedModel (no saved_model.pb) ...        -> test_model_directory_mistakes[not_a_saved_model]
-  'x': saved_model.pb holds no MetaGraph; export ...    -> test_model_directory_mistakes[empty_saved_model]
-  'x': saved_model.pb cannot be read (...); export ...   -> test_model_directory_mistakes[corrupt_saved_model]
+  model directory x is corrupt: saved_model.pb (0 by... -> test_model_directory_mistakes[empty_saved_model]
+  ... saved_model.pb (N bytes) is not a SavedModel ...   -> test_model_directory_mistakes[corrupt_saved_model]
+  ... is incomplete: variables/... is N bytes, the ch... -> tests/test_model_integrity.py (truncated, missing
+                                                            index, missing asset; also on each worker)
   <json>: unknown keys [...]; known keys are ...         -> tests/test_foreign_models.py (hand_written)
   <origin>: the signature takes input 'x' ..., add it    -> tests/test_foreign_models.py (hand_written)
   <origin>: output 'x' is not an output of the signa...  -> tests/test_foreign_models.py (hand_written)
@@ -44,7 +46,7 @@ Model directory (transforms/model_contract.py; exit 2)
   ... has no signature 'x' (it has: ...); set ...        -> test_model_directory_mistakes[no_signature]
   <json>: format_version N is not 1; re-export ...       -> test_model_directory_mistakes[old_format_version]
   <json>: not a valid model description ...; re-export   -> test_model_directory_mistakes[broken_description]
-Inputs (pipeline/read.py, pipeline/io/; exit 2)
+Inputs (pipeline/read.py, pipeline/io/; exit 2, a pattern matching nothing exit 5)
   input pattern 'p' matches no file; check ...           -> test_input_mistakes[no_match]
   cannot list input pattern 'p': ...; check its scheme   -> test_input_mistakes[cannot_list]
   input pattern 'p' matches files of several formats ... -> test_input_mistakes[several_formats]
@@ -63,7 +65,7 @@ Inputs (pipeline/read.py, pipeline/io/; exit 2)
                                                             (internal from the CLI: argparse refuses first)
   no --input given: pass one or more file patterns ...   internal: validate_predict/analyze refuse first
   cannot tell the format of --output ... pass --format   -> test_generate_output_named_after_no_format
-BigQuery (pipeline/io/bigquery.py; exit 2; local BigQuery server)
+BigQuery (pipeline/io/bigquery.py; exit 2, a missing input table exit 5; local BigQuery server)
   BigQuery table bq://t does not exist: ...; check ...   -> test_bigquery_mistakes[table_missing]
   --input_query is not valid standard SQL: ...           -> test_bigquery_mistakes[query_not_sql]
   a table or --query_dataset of --input_query does not.. -> test_bigquery_mistakes[query_dataset_missing]
@@ -161,7 +163,7 @@ Nightly config (pipeline/nightly.py; exit 2; test_nightly_config_mistakes[...])
   --parity_only needs transform_dir in the nightly conf  -> [parity_only_without_transform]
   --backfill: END is before START; give START first: ..  -> [backfill_backwards]
   argparse: argument --date: invalid fromisoformat value -> test_nightly_date_that_is_not_a_date
-Parity gate (pipeline/parity.py, pipeline/nightly.py; exit 1, `adpredict nightly D: failed: ...`)
+Parity gate (pipeline/parity.py, pipeline/nightly.py; exit 7, `adpredict nightly D: failed: ...`)
   no valid record to compare in [...]: none of their ... -> test_parity_gate_failures[no_valid_record]
   m has no 'transform_features' signature ...; remove .. -> test_parity_gate_failures[no_signature]
   feature 'f' of the model is not produced by the tra... -> test_parity_gate_failures[renamed]
@@ -196,7 +198,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.io import blocks_and_errors, read_stream
-from pipeline.run_contract import EXIT_USAGE
+from pipeline.run_contract import EXIT_INPUT_NOT_READY, EXIT_USAGE
 from pipeline.validation import MAX_IMAGE_BYTES, MAX_LIST_ITEMS, validate_block
 from transforms.model_contract import DESCRIPTION_PATH, description_from_schema
 from transforms.schema import SchemaError, load_schema, parse_schema
@@ -222,9 +224,12 @@ def assert_names(message: str, *parts: str) -> None:
     assert not missing, f"{missing} not in {message!r}"
 
 
-def cli_error(argv: list[str], capsys) -> str:
-    assert cli.main(argv) == EXIT_USAGE
-    return one_error_line(capsys)
+NOT_READY = "adpredict: input not there yet: "  # exit 5: a scheduler retries later
+
+
+def cli_error(argv: list[str], capsys, code: int = EXIT_USAGE, prefix: str = "adpredict: error: ") -> str:
+    assert cli.main(argv) == code
+    return one_error_line(capsys, prefix)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,15 +332,17 @@ def _model_dir(tmp_path, kind: str, trained_model: str) -> str:
     model = tmp_path / "model"
     if kind == "missing":
         return str(model)
-    model.mkdir()
+    if kind not in ("not_a_saved_model", "empty_saved_model", "corrupt_saved_model"):
+        shutil.copytree(trained_model, model)  # whole, so that only its description is wrong
+        (model / DESCRIPTION_PATH).unlink()
+    else:
+        model.mkdir()
     if kind == "not_a_saved_model":
         (model / "weights.h5").write_text("not a model")
         return str(model)
     if kind in ("empty_saved_model", "corrupt_saved_model"):
         (model / "saved_model.pb").write_bytes(b"" if kind == "empty_saved_model" else b"\x0a\xff garbage")
         return str(model)
-    shutil.copy(os.path.join(trained_model, "saved_model.pb"), model / "saved_model.pb")
-    (model / "assets.extra").mkdir()
     description = json.loads(description_from_schema(load_schema("ads")).to_json())
     if kind == "stray_input":
         description["inputs"].append({"name": "gener", "type": "string"})
@@ -356,8 +363,11 @@ def _model_dir(tmp_path, kind: str, trained_model: str) -> str:
 MODEL_CASES = {
     "missing": ["does not exist", "check --model_dir", "`adpredict train` exported"],
     "not_a_saved_model": ["is not a SavedModel (no saved_model.pb)", "`adpredict train` exported"],
-    "empty_saved_model": ["saved_model.pb holds no MetaGraph", "export the model again"],
-    "corrupt_saved_model": ["saved_model.pb cannot be read (DecodeError", "export the model again"],
+    "empty_saved_model": ["is corrupt: saved_model.pb (0 bytes) holds no MetaGraph", "copy the model again"],
+    "corrupt_saved_model": [
+        "is corrupt: saved_model.pb (10 bytes) is not a SavedModel",
+        "copy the model again",
+    ],
     "stray_input": [
         DESCRIPTION_PATH,
         "input 'gener' is not an input of the signature, which takes age (int64 [N])",
@@ -525,7 +535,11 @@ def test_input_mistakes(case, trained_ads, tmp_path, capsys):
     if case == "output_dir_uncreatable":
         out = os.path.join(_write(tmp_path / "a-file", b"x"), "out")  # a folder inside a file
         parts = [*parts, out]
-    message = cli_error(["predict", "--model_dir", trained_ads["model"], "--output_dir", out, *flags], capsys)
+    argv = ["predict", "--model_dir", trained_ads["model"], "--output_dir", out, *flags]
+    if case == "no_match":
+        message = cli_error(argv, capsys, EXIT_INPUT_NOT_READY, NOT_READY)
+    else:
+        message = cli_error(argv, capsys)
     assert_names(message, *parts)
     assert not os.path.exists(os.path.join(out, "run.json"))
 
@@ -597,7 +611,11 @@ def test_bigquery_mistakes(flags, parts, bigquery_flags, trained_ads, tmp_path, 
     fill = {"project": bigquery_flags["project"], "data": trained_ads["data"]}
     argv = ["predict", "--model_dir", trained_ads["model"], "--output_dir", str(tmp_path / "out")]
     argv += [flag.format(**fill) for flag in flags] + bigquery_flags["flags"]
-    assert_names(cli_error(argv, capsys), *(part.format(**fill) for part in parts))
+    if flags[0] == "--input" and "does not exist" in parts[0]:  # a table not there (yet): exit 5
+        message = cli_error(argv, capsys, EXIT_INPUT_NOT_READY, NOT_READY)
+    else:
+        message = cli_error(argv, capsys)
+    assert_names(message, *(part.format(**fill) for part in parts))
 
 
 @contextlib.contextmanager
@@ -1031,7 +1049,7 @@ PARITY_CASES = {
 
 @pytest.mark.parametrize(("case", "parts"), list(PARITY_CASES.items()), ids=list(PARITY_CASES))
 def test_parity_gate_failures(case, parts, trained_ads, handmade_models, tmp_path, capsys):
-    from pipeline.run_contract import EXIT_FAILED
+    from pipeline.run_contract import EXIT_GATE
 
     data = trained_ads["data"]
     if case == "no_valid_record":  # every record out of the schema's range
@@ -1040,7 +1058,7 @@ def test_parity_gate_failures(case, parts, trained_ads, handmade_models, tmp_pat
     config = {"model_dir": handmade_models.get(case, trained_ads["model"]), "input": data,
               "output_dir": str(tmp_path / "out" / "{date}"), "transform_dir": trained_ads["transform"]}  # fmt: skip
     message = _nightly(tmp_path, capsys, config, "--date", DATE, "--parity_only",
-                       prefix=f"adpredict nightly {DATE}: failed: ", code=EXIT_FAILED)  # fmt: skip
+                       prefix=f"adpredict nightly {DATE}: failed: ", code=EXIT_GATE)  # fmt: skip
     assert_names(message, *parts)
     if case != "no_valid_record":
         assert_names(message, trained_ads["transform"] if case != "no_signature" else config["model_dir"])
@@ -1050,7 +1068,7 @@ def test_parity_gate_on_bigquery_inputs_only(bigquery_flags, trained_ads, tmp_pa
     from google.cloud import bigquery
 
     from pipeline.io.bigquery import Connection
-    from pipeline.run_contract import EXIT_FAILED
+    from pipeline.run_contract import EXIT_GATE
 
     project, flags = bigquery_flags["project"], bigquery_flags["flags"]
     client = Connection(project, flags[3], flags[5], anonymous=True).client()
@@ -1062,7 +1080,7 @@ def test_parity_gate_on_bigquery_inputs_only(bigquery_flags, trained_ads, tmp_pa
               "output_dir": str(tmp_path / "out" / "{date}"), "transform_dir": trained_ads["transform"],
               "pipeline_args": flags}  # fmt: skip
     message = _nightly(tmp_path, capsys, config, "--date", DATE, "--parity_only",
-                       prefix=f"adpredict nightly {DATE}: failed: ", code=EXIT_FAILED)  # fmt: skip
+                       prefix=f"adpredict nightly {DATE}: failed: ", code=EXIT_GATE)  # fmt: skip
     assert_names(message, "the parity gate samples files", "BigQuery only", "remove transform_dir")
 
 
@@ -1125,13 +1143,13 @@ def test_a_missing_file_from_the_system_names_the_path(capsys):
     )
 
 
-def test_records_lost_is_one_line_and_exit_1(capsys):
+def test_records_lost_is_one_line_and_its_own_exit_code(capsys):
     from pipeline.entrypoint import run_reporting_errors
-    from pipeline.run_contract import RecordsLost
+    from pipeline.run_contract import EXIT_RECORDS_LOST, RecordsLost
 
     def run(_):
         raise RecordsLost("records read (10) != predictions (8) + errors (1)")
 
-    assert run_reporting_errors(run, []) == 1
+    assert run_reporting_errors(run, []) == EXIT_RECORDS_LOST == 6
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "records read (10) != predictions (8) + errors (1)" in err

@@ -16,6 +16,7 @@ from pipeline.inference.tensors import fitted_to, model_inputs, output_values, s
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.run_contract import OptionsError
 from transforms.model_contract import InputField, ModelDescription
+from transforms.model_integrity import check_model_files
 from transforms.signature_reader import describe_model
 
 # Model calls in flight at once per process (see LoadedModel.calls).
@@ -50,7 +51,9 @@ class ModelConfig:
     ) -> ModelConfig:
         """The configuration to score with `model_dir`: its description (adpredict_model.json,
         else read from its signature, with `input_schema`'s field types), what is read of each
-        record, and the batch size recorded in the model unless `batch_size` is given."""
+        record, and the batch size recorded in the model unless `batch_size` is given.
+        A corrupt or half-copied directory stops here, in one line naming the file."""
+        check_model_files(model_dir)
         description = describe_model(model_dir, input_schema)
         layout = prediction_layout(description, passthrough_fields, csv_columns)
         return cls(
@@ -130,6 +133,7 @@ class LoadedModel:
             set_tf_threads(tf_threads)
         self.model_dir = model_dir
         self.description = description or describe_model(model_dir)
+        check_model_files(model_dir)  # each worker: its copy may be cut short where TF would crash
         self._saved_model = tf.saved_model.load(model_dir)
         self.signature = self._saved_model.signatures[self.description.signature]
         # What the signature takes, by name: a tensor is cast / reshaped to it if the record

@@ -21,6 +21,7 @@ from transforms.model_contract import (
     ModelDirectoryError,
     model_fingerprint,
 )
+from transforms.model_integrity import check_model_files
 
 
 def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_log: bool = False) -> dict:
@@ -41,6 +42,7 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
             "export the model again (`adpredict train`) or give the directory it was exported to"
         )
     size, files = directory_size(model_dir)
+    files_problem = _files_problem(model_dir)
     signatures = _signatures(probe)
     report = {
         "model_dir": model_dir,
@@ -65,6 +67,7 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
         "training_metrics": _read_json(model_dir, TRAINING_METRICS_FILE),
         "size_bytes": size,
         "files": files,
+        "files_problem": files_problem,
         "fingerprints": {
             "adpredict": model_fingerprint(model_dir),
             "tensorflow": probe.get("tensorflow_fingerprint"),
@@ -78,12 +81,21 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
         "example": example,
     }
     report["checks"] = [
-        contract_check(description, description_error, signatures, probe),
+        contract_check(description, files_problem or description_error, signatures, probe),
         tf_only_check(probe, signatures),
         bigquery_ml_check(size, signatures, probe),
         serving_check(signatures, probe, description, example),
     ]
     return report
+
+
+def _files_problem(model_dir: str) -> str | None:
+    """Why the directory is incomplete or corrupt (predict would stop on it), or None."""
+    try:
+        check_model_files(model_dir)
+    except ModelDirectoryError as e:
+        return str(e)
+    return None
 
 
 def _checked_directory(model_dir: str) -> str:
