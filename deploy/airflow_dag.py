@@ -1,10 +1,18 @@
 """Airflow DAG: adpredict every night, with Beam's Python pipeline operator.
 
 Each DAG run scores its logical date (`{{ ds }}`): a gate task runs `adpredict nightly
---parity_only` (the model's transform against the tf.Transform artifacts, on that date's
-records), then Beam's operator runs the predict pipeline through `flex_template/launch.py`
-(the Flex Template's entry point) on the runner in ADPREDICT_RUNNER. The pipeline writes
-run.json and _SUCCESS itself; catchup=True makes Airflow backfill missed dates in order.
+--parity_only` (the date's input must be there, and the model's transform must match the
+tf.Transform artifacts on its records), then Beam's operator runs the predict pipeline
+through `flex_template/launch.py` (the Flex Template's entry point) on the runner in
+ADPREDICT_RUNNER. catchup=True makes Airflow backfill missed dates in order.
+
+Retries follow adpredict's exit codes (`pipeline/run_contract.py`, loaded from the checkout:
+it is standard library only): the gate is retried while the date's input has not arrived
+(exit 5) or after a crash (1), and fails at once, without retries, on anything a re-run
+cannot fix (a wrong config, a failed gate). The predict task has no retries: once the gate
+saw the input, what fails it (error rate, records lost, a corrupt model) needs a person, and
+a run that failed ends its pipeline in failure (launch.py exits non-zero, a Dataflow job's
+state is FAILED), so the task turns red.
 
 adpredict's stack (tfx-bsl needs google-api-python-client<2) cannot share an environment
 with the Google provider the Beam operator needs (>=2), so both tasks run adpredict's own
@@ -14,11 +22,14 @@ variables (or edit SETTINGS).
 """
 
 import datetime
+import importlib.util
 import os
+import subprocess
+import sys
 
+from airflow.exceptions import AirflowException, AirflowFailException
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 HOME = os.environ.get("ADPREDICT_HOME", "/opt/adpredict")
 SETTINGS = {
@@ -29,19 +40,57 @@ SETTINGS = {
     "runner": os.environ.get("ADPREDICT_RUNNER", "DirectRunner"),
 }
 
+
+def _run_contract():
+    """adpredict's exit codes, from the one place they are defined."""
+    spec = importlib.util.spec_from_file_location(
+        "adpredict_run_contract", os.path.join(HOME, "pipeline", "run_contract.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+CONTRACT = _run_contract()
+
+
+def run_adpredict(argv: list[str]) -> None:
+    """Runs an adpredict command; a failure is retried only when its exit code says a later
+    run may succeed."""
+    code = subprocess.run(argv, check=False).returncode
+    if code in CONTRACT.SUCCESS_EXIT_CODES:
+        return
+    meaning = {e.code: f"{e.name}: {e.meaning}" for e in CONTRACT.EXIT_CODES}.get(code, "unknown")
+    message = f"{' '.join(argv[:2])} exited {code} ({meaning})"
+    if code in CONTRACT.RETRYABLE_EXIT_CODES:
+        raise AirflowException(message)  # retried after retry_delay
+    raise AirflowFailException(message)  # no retries
+
+
 with DAG(
     dag_id="adpredict_nightly",
     schedule="15 3 * * *",
     start_date=datetime.datetime(2026, 11, 1),
     catchup=True,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": datetime.timedelta(minutes=10)},
     tags=["adpredict"],
 ) as dag:
-    gate = BashOperator(
-        task_id="parity_gate",
-        bash_command=f"{HOME}/.venv/bin/adpredict nightly --config {SETTINGS['config']} --date {{{{ ds }}}} --parity_only",
-    )
+
+    @task(task_id="parity_gate", retries=12, retry_delay=datetime.timedelta(minutes=10))
+    def gate(ds=None):
+        run_adpredict(
+            [
+                f"{HOME}/.venv/bin/adpredict",
+                "nightly",
+                "--config",
+                SETTINGS["config"],
+                "--date",
+                ds,
+                "--parity_only",
+            ]
+        )
+
     predict = BeamRunPythonPipelineOperator(
         task_id="predict",
         py_file=f"{HOME}/flex_template/launch.py",
@@ -53,5 +102,6 @@ with DAG(
             "output_dir": SETTINGS["output_dir"],
             "run_date": "{{ ds }}",
         },
+        retries=0,
     )
-    gate >> predict
+    gate() >> predict

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 import zlib
 
 import apache_beam as beam
@@ -37,7 +38,7 @@ from pipeline.run.finalize import FinalizeRun, RunConfig
 from pipeline.run.manifest import finished_run, versions
 from pipeline.run_contract import ANALYZE_JOB, ANALYZED, RUN_MANIFEST, SUCCESS_MARKER
 from pipeline.runners.dataflow import is_dry_run, local_stand_in
-from pipeline.runners.launch import launch, make_pipeline
+from pipeline.runners.launch import launch_run, make_pipeline
 from pipeline.startup import freeze_imported_objects
 from pipeline.validation import error_for_row
 from pipeline.write import WriteErrors
@@ -272,6 +273,7 @@ def run(argv=None, test_pipeline=None) -> dict:
             if FileSystems.exists(path):
                 FileSystems.delete([path])
     run_info = {
+        "run_id": uuid.uuid4().hex,
         "started": time.time(),
         "job": ANALYZE_JOB,
         "schema": schema.name,
@@ -285,6 +287,12 @@ def run(argv=None, test_pipeline=None) -> dict:
         "output_dir": io.output_dir,
         "versions": versions(),
     }
+    run = RunConfig(
+        run_info,
+        io.max_error_rate,
+        records="training records",
+        failed_means=f": the transform was not marked usable (no {SUCCESS_MARKER})",
+    )
     temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
     pipeline = test_pipeline or make_pipeline(options)
     # tf.Transform writes temporary assets while the graph is built; a dry run keeps them in
@@ -298,17 +306,12 @@ def run(argv=None, test_pipeline=None) -> dict:
             io.input_format,
             options.view_as(opts.AnalyzeOptions).eval_percent,
             layout,
-            RunConfig(run_info, io.max_error_rate),
+            run,
         )
-        launched = launch(pipeline, options)
+        launched = launch_run(pipeline, options, io.output_dir, run)
     if launched:  # a dry run, or submitted without waiting
         return {**launched, "output_dir": io.output_dir}
-    return finished_run(
-        io.output_dir,
-        io.max_error_rate,
-        "training records",
-        f": the transform was not marked usable (no {SUCCESS_MARKER})",
-    )
+    return finished_run(io.output_dir, run)
 
 
 def main(argv=None) -> int:

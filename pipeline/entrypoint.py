@@ -3,9 +3,9 @@ and the summary a person reads.
 
 The pipelines' `main()` (predict, analyze) and the `adpredict` command both run through
 `pipeline_main` / `run_reporting_errors`, so a mistake a user can fix prints one line naming
-what to change (exit 2) and a run over its error threshold exits 3 (the exit codes:
-`pipeline.run_contract`). The run's summary comes from the run.json the run returned; only
-the error counts by kind are read from disk.
+what to change (exit 2) and each other way a run ends has its own code (the table:
+`pipeline.run_contract.EXIT_CODES`). The run's summary comes from the run.json the run
+returned; only the error counts by kind are read from disk.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from pipeline import startup
 from pipeline.options import OptionsError, check_flags, print_help_if_asked
 from pipeline.reporting import terminal
 from pipeline.run_contract import (
-    EXIT_ERROR_RATE,
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    ErrorRateExceeded,
+    GateFailed,
     InputError,
+    InputNotReady,
     RecordsLost,
     RunFailed,
     errors_stats_file,
@@ -51,15 +50,21 @@ def run_reporting_errors(run, argv, summarize=None) -> int:
             raise
         if summarize:
             summarize(result)
-    except ErrorRateExceeded as e:
-        print(f"adpredict: run failed: {e}", file=sys.stderr)
-        return EXIT_ERROR_RATE
     except RecordsLost as e:
         print(
             f"adpredict: run failed, records lost: {e}; no _SUCCESS written, please report it",
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return e.exit_code
+    except RunFailed as e:
+        print(f"adpredict: run failed: {e}", file=sys.stderr)
+        return e.exit_code
+    except GateFailed as e:
+        print(f"adpredict: stopped before scoring: {e}", file=sys.stderr)
+        return e.exit_code
+    except InputNotReady as e:
+        print(f"adpredict: input not there yet: {e}; a later run may find it", file=sys.stderr)
+        return e.exit_code
     except FileNotFoundError as e:
         found = f"no such file or directory: {e.filename!r}; check the path you passed" if e.filename else e
         print(f"adpredict: error: {found}", file=sys.stderr)

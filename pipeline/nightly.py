@@ -18,9 +18,10 @@ its date is scored again, so predictions are never duplicated or mixed. With
 `transform_dir`, a parity gate compares the model's in-graph transform with the transform
 artifacts on a sample of the date's records before scoring.
 
-Exit codes (a scheduler can act on them): 0 done, 4 skipped (already done), 3 error rate
-over max_error_rate (everything written, no _SUCCESS), 2 a config or flag is wrong,
-1 failed (the parity gate, lost records, a crash).
+With `on_success` / `on_failure` (shell commands), each date's run ends by running one, with
+ADPREDICT_DATE, ADPREDICT_STATUS, ADPREDICT_EXIT_CODE, ADPREDICT_RUN_JSON and
+ADPREDICT_OUTPUT_DIR in its environment: a team's own alert (mail, chat, pager). A hook that
+fails is reported, not fatal.
 """
 
 from __future__ import annotations
@@ -37,16 +38,19 @@ from pipeline.entrypoint import print_pipeline_summary, run_reporting_errors
 from pipeline.options import CachedViewOptions, OptionsError, PredictOptions, check_argv, declared_flags
 from pipeline.run_contract import (
     DEFAULT_MAX_ERROR_RATE,
-    EXIT_ERROR_RATE,
-    EXIT_FAILED,
+    EXIT_CODES,
     EXIT_OK,
     EXIT_SKIPPED,
     EXIT_USAGE,
+    RUN_MANIFEST,
+    SUCCESS_EXIT_CODES,
     SUCCESS_MARKER,
-    ErrorRateExceeded,
     RunFailed,
+    exit_code_table,
 )
 from pipeline.startup import VERBOSE_FLAG, command, freeze_imported_objects
+
+EXIT_NAMES = {e.code: e.name for e in EXIT_CODES}  # ADPREDICT_STATUS of a hook
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,9 @@ class NightlyConfig:
     transform_dir: str | None = None  # with it, the parity gate runs first
     parity_sample: int = 256
     parity_tolerance: float = 1e-5
+    on_success: str | None = None  # a shell command run after a date scored (see the module doc)
+    on_failure: str | None = None  # ... after a date failed, whatever failed
+    hook_timeout: float = 300.0  # seconds a hook may take before it is stopped and reported
     pipeline_args: tuple[str, ...] = ()  # Beam flags for every run, e.g. [--runner, DataflowRunner]
 
 
@@ -185,14 +192,14 @@ def gate(config: NightlyConfig, date: datetime.date, plan) -> int:
         differences = parity_gate(config, plan)
     except ParityError as e:
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        return e.exit_code
     print(f"adpredict nightly {date}: parity gate passed (largest difference "
           f"{max(differences.values()):.3g})", flush=True)  # fmt: skip
     return EXIT_OK
 
 
 def run_date(
-    config: NightlyConfig, date: datetime.date, force: bool = False, extra=(), parity_only=False
+    config: NightlyConfig, date: datetime.date, force: bool = False, extra=(), parity_only=False, ran=None
 ) -> int:
     """Scores one date (or, with `parity_only`, only runs its parity gate); returns its exit code.
 
@@ -204,6 +211,8 @@ def run_date(
         raise ConfigError("--parity_only needs transform_dir in the nightly config")
     freeze_imported_objects()
     plan = predict.plan(CachedViewOptions(predict_argv(config, date, list(extra))))
+    if ran is not None:  # for the date's hook: which run.json is this run's
+        ran.update(output_dir=plan.output_dir, run_id=plan.run.info["run_id"])
     if parity_only:
         return gate(config, date, plan)
     if not force:
@@ -211,17 +220,75 @@ def run_date(
         if reason:
             print(f"adpredict nightly {date}: skipped: {reason}", flush=True)
             return EXIT_SKIPPED
-    if config.transform_dir and gate(config, date, plan) != EXIT_OK:
-        return EXIT_FAILED
+    if config.transform_dir:
+        gated = gate(config, date, plan)
+        if gated != EXIT_OK:
+            return gated
     started, prog = time.monotonic(), f"adpredict nightly {date}"
     try:
         manifest = predict.execute(plan)
     except RunFailed as e:  # the run said so in run.json
         print_pipeline_summary(prog, e.manifest, time.monotonic() - started)
         print(f"adpredict nightly {date}: failed: {e}", file=sys.stderr, flush=True)
-        return EXIT_ERROR_RATE if isinstance(e, ErrorRateExceeded) else EXIT_FAILED
+        return e.exit_code
     print_pipeline_summary(prog, manifest, time.monotonic() - started)
     return EXIT_OK
+
+
+def night(config: NightlyConfig, date: datetime.date, args, extra) -> int:
+    """One date: its run (or parity gate), the one line of a failure, then its hook."""
+    ran: dict = {}
+    codes = []
+    try:
+        code = run_reporting_errors(
+            lambda _: codes.append(run_date(config, date, args.force, extra, args.parity_only, ran)), None
+        )
+    except ConfigError as e:
+        print(f"adpredict nightly: error: {e}", file=sys.stderr, flush=True)
+        code = EXIT_USAGE
+    code = code or (codes[0] if codes else EXIT_OK)
+    if not args.parity_only:
+        run_hook(config, date, code, ran)
+    return code
+
+
+def run_hook(config: NightlyConfig, date: datetime.date, code: int, ran: dict) -> None:
+    """Runs `on_success` (the date scored) or `on_failure` (anything else but a skip) with the
+    run's date, status, exit code and run.json in its environment; a hook that fails or
+    hangs is reported on stderr, and the night's exit code stays the run's."""
+    import os
+    import subprocess
+
+    from pipeline.run.manifest import manifest_of_run
+
+    hook = {EXIT_OK: config.on_success, EXIT_SKIPPED: None}.get(code, config.on_failure)
+    if not hook:
+        return
+    output_dir = ran.get("output_dir") or render(config.output_dir, date)
+    wrote = ran.get("run_id") and manifest_of_run(output_dir, ran["run_id"])
+    env = {
+        **os.environ,
+        "ADPREDICT_DATE": date.isoformat(),
+        "ADPREDICT_STATUS": EXIT_NAMES.get(code, str(code)),
+        "ADPREDICT_EXIT_CODE": str(code),
+        "ADPREDICT_OUTPUT_DIR": output_dir,
+        "ADPREDICT_RUN_JSON": f"{output_dir.rstrip('/')}/{RUN_MANIFEST}" if wrote else "",
+    }
+    which = "on_success" if code == EXIT_OK else "on_failure"
+    try:
+        done = subprocess.run(hook, shell=True, env=env, timeout=config.hook_timeout, check=False)
+    except subprocess.TimeoutExpired:
+        problem = f"did not end within hook_timeout {config.hook_timeout:g} s and was stopped"
+    except OSError as e:
+        problem = f"could not be started: {e}"
+    else:
+        problem = f"exited {done.returncode}" if done.returncode else None
+    if problem:
+        print(
+            f"adpredict nightly {date}: warning: the {which} hook {problem}: {hook}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def dates(start: datetime.date, end: datetime.date) -> list[datetime.date]:
@@ -240,7 +307,11 @@ def _parser():
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="adpredict nightly", description=__doc__.split("\n\n")[0], allow_abbrev=False
+        prog="adpredict nightly",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("--config", required=True, help="Nightly config file (YAML).")
     when = parser.add_mutually_exclusive_group()
@@ -257,6 +328,12 @@ def _parser():
     return parser
 
 
+EXIT_CODES_HELP = (
+    "exit codes (a scheduler retries only those that say 'retry later'; hooks: see the README):\n"
+    + exit_code_table()
+)
+
+
 def _main(argv: list[str]) -> int:
     parser = _parser()
     predict_flags = declared_flags([PredictOptions])
@@ -266,34 +343,25 @@ def _main(argv: list[str]) -> int:
         print(f"adpredict: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     args, extra = parser.parse_known_args(argv)
-    codes = []
-
-    def run(_):
+    try:
         config = load_config(args.config)
         try:
             check_argv(config.pipeline_args, predict_flags)
         except OptionsError as e:
             raise ConfigError(f"{args.config}: pipeline_args: {e}") from None
-        if args.backfill:
-            todo = dates(*args.backfill)
-        else:
-            todo = [args.date or yesterday(config.timezone)]
-        for date in todo:
-            codes.append(run_date(config, date, args.force, extra, args.parity_only))
-            if codes[-1] not in (EXIT_OK, EXIT_SKIPPED):
-                print(f"adpredict nightly: stopped at {date}; later dates were not run", file=sys.stderr)
-                break
-
-    try:
-        code = run_reporting_errors(run, None)
+        todo = dates(*args.backfill) if args.backfill else [args.date or yesterday(config.timezone)]
     except ConfigError as e:
         print(f"adpredict nightly: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if code:
-        return code
+    codes = []
+    for date in todo:
+        codes.append(night(config, date, args, extra))
+        if codes[-1] not in SUCCESS_EXIT_CODES:
+            print(f"adpredict nightly: stopped at {date}; later dates were not run", file=sys.stderr)
+            break
     if all(c == EXIT_SKIPPED for c in codes):
         return EXIT_SKIPPED
-    return next((c for c in codes if c not in (EXIT_OK, EXIT_SKIPPED)), EXIT_OK)
+    return next((c for c in codes if c not in SUCCESS_EXIT_CODES), EXIT_OK)
 
 
 if __name__ == "__main__":

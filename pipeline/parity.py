@@ -15,13 +15,14 @@ import pyarrow as pa
 from pipeline.blocks import RecordLayout
 from pipeline.inference.model import ModelConfig
 from pipeline.io import format_for
+from pipeline.run_contract import GateFailed
 from pipeline.validation import validate_block
 
 DEFAULT_SAMPLE = 256
 DEFAULT_TOLERANCE = 1e-5
 
 
-class ParityError(RuntimeError):
+class ParityError(GateFailed):
     """The model's transform and the transform artifacts disagree (or cannot be compared)."""
 
 

@@ -47,7 +47,7 @@ from pipeline.run.staging import staging_dir
 from pipeline.run_contract import ERRORS, PREDICTIONS
 from pipeline.runners import DATAFLOW_RUNNERS
 from pipeline.runners.dataflow import is_dry_run
-from pipeline.runners.launch import launch, make_pipeline
+from pipeline.runners.launch import launch_run, make_pipeline
 from pipeline.runners.local import ends_with_launch
 from pipeline.startup import freeze_imported_objects
 from pipeline.write import BigQueryTarget, Outputs, WriteErrors, WritePredictions
@@ -172,11 +172,11 @@ def execute(plan: PredictPlan, test_pipeline=None) -> dict:
             plan.output_dir, run.info["run_id"], ends_with_launch(options), force, options
         )
     with holding:
-        launched = launch(pipeline, options)
+        launched = launch_run(pipeline, options, plan.output_dir, run)
     if launched:  # a dry run, or submitted without waiting
         return {**launched, "output_dir": plan.output_dir}
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.
-    return finished_run(plan.output_dir, plan.run.max_error_rate)
+    return finished_run(plan.output_dir, run)
 
 
 def run(argv=None, test_pipeline=None) -> dict:

@@ -20,7 +20,7 @@ from pipeline.io import bigquery as bq
 from pipeline.io import format_for, is_bigquery, splitting
 from pipeline.io.files import ReadFiles, check_file_head
 from pipeline.io.text import DEFAULT_BLOCK_BYTES
-from pipeline.run_contract import InputError
+from pipeline.run_contract import InputError, InputNotReady
 from pipeline.validation import COUNTS, RECORDS, CheckedRecords
 
 BLOCKS = "blocks"
@@ -80,7 +80,7 @@ def check_inputs(inputs: Inputs | list[str], input_format: str | None, layout: R
                 "and that you may read it"
             ) from None
         if not matched:
-            raise InputError(f"input pattern {pattern!r} matches no file; check the path and the glob")
+            raise InputNotReady(f"input pattern {pattern!r} matches no file; check the path and the glob")
         paths = sorted(m.path for m in matched)
         formats = {path: format_for(path, input_format).name for path in paths}
         if len(set(formats.values())) > 1:

@@ -9,6 +9,8 @@ from here, so this module imports nothing but the standard library: no Beam, no 
 
 from __future__ import annotations
 
+import dataclasses
+
 # --- What a run leaves in its output directory --------------------------------------------
 
 RUN_MANIFEST = "run.json"
@@ -66,13 +68,59 @@ def judge(
     return (SUCCEEDED if error_rate <= max_error_rate else FAILED_ERROR_RATE), []
 
 
-# --- Exit codes: one per way a command ends (a scheduler acts on them) ----------------------
+# --- Exit codes: one per way a command ends, and whether running again can help ----------
 
-EXIT_OK = 0
-EXIT_FAILED = 1  # lost records, a failed parity gate, a crash
-EXIT_USAGE = 2  # a flag, path, input, schema or config the user can fix
-EXIT_ERROR_RATE = 3  # more errors than --max_error_rate allows (everything still written)
-EXIT_SKIPPED = 4  # nightly: the date was done already
+
+@dataclasses.dataclass(frozen=True)
+class ExitCode:
+    """How a command ended, as its exit status: `retry` says whether a scheduler should run it
+    again later (the same command may succeed then) or stop and tell a person."""
+
+    code: int
+    name: str
+    meaning: str
+    retry: bool
+
+
+EXIT_CODES = (
+    ExitCode(0, "ok", "done: outputs published, _SUCCESS written", retry=False),
+    ExitCode(1, "failed", "failed unexpectedly (a crash, a lost worker, a cloud error)", retry=True),
+    ExitCode(2, "usage", "a flag, config, path, schema or model directory is wrong: fix it", retry=False),
+    ExitCode(
+        3, "error_rate", "more error records than --max_error_rate (all written, no _SUCCESS)", retry=False
+    ),
+    ExitCode(4, "skipped", "the date was done already (same model and inputs): nothing to do", retry=False),
+    ExitCode(5, "input_not_ready", "the input is not there yet (no file matches, no such table)", retry=True),
+    ExitCode(
+        6, "records_lost", "records read != predictions + errors: a bug, run.json says where", retry=False
+    ),
+    ExitCode(7, "gate", "a gate stopped the run before scoring (parity, golden records)", retry=False),
+)
+# 8 is kept for the data-quality gate's block.
+_BY_NAME = {exit_code.name: exit_code.code for exit_code in EXIT_CODES}
+EXIT_OK = _BY_NAME["ok"]
+EXIT_FAILED = _BY_NAME["failed"]
+EXIT_USAGE = _BY_NAME["usage"]
+EXIT_ERROR_RATE = _BY_NAME["error_rate"]
+EXIT_SKIPPED = _BY_NAME["skipped"]
+EXIT_INPUT_NOT_READY = _BY_NAME["input_not_ready"]
+EXIT_RECORDS_LOST = _BY_NAME["records_lost"]
+EXIT_GATE = _BY_NAME["gate"]
+RETRYABLE_EXIT_CODES = tuple(e.code for e in EXIT_CODES if e.retry)
+# Not a failure for a scheduler: systemd's SuccessExitStatus, Airflow's skip.
+SUCCESS_EXIT_CODES = (EXIT_OK, EXIT_SKIPPED)
+
+
+def exit_code_summary() -> str:
+    """The exit codes on one line, as the deploy files' comments give them."""
+    return ", ".join(f"{e.code} {e.name}" + (" (retry later)" if e.retry else "") for e in EXIT_CODES)
+
+
+def exit_code_table() -> str:
+    """The exit codes as text, for --help, the README and the deploy files' comments."""
+    return "\n".join(
+        f"  {e.code}  {e.name:<16} {e.meaning}{'; retry later' if e.retry else ''}" for e in EXIT_CODES
+    )
 
 
 class OptionsError(ValueError):
@@ -83,9 +131,27 @@ class InputError(ValueError):
     """An input or output location a user gave cannot be used (matches nothing, is not in the
     format it claims, is locked by another run); the message says which and what to do."""
 
+    exit_code = EXIT_USAGE
+
+
+class InputNotReady(InputError):
+    """The input is not there yet: a file pattern matches nothing, a table does not exist.
+    Tonight's files may still be on their way, so a scheduler retries later."""
+
+    exit_code = EXIT_INPUT_NOT_READY
+
+
+class GateFailed(RuntimeError):
+    """A check before scoring stopped the run: the model's transform disagrees with the
+    transform artifacts, or the model no longer gives its own golden records' outputs."""
+
+    exit_code = EXIT_GATE
+
 
 class RunFailed(RuntimeError):
     """A run ended and wrote everything, but failed; `manifest` is its run.json."""
+
+    exit_code = EXIT_FAILED
 
     def __init__(self, message: str, manifest: dict | None = None):
         super().__init__(message)
@@ -95,6 +161,27 @@ class RunFailed(RuntimeError):
 class ErrorRateExceeded(RunFailed):
     """More records failed than --max_error_rate allows (everything was still written)."""
 
+    exit_code = EXIT_ERROR_RATE
+
 
 class RecordsLost(RunFailed):
     """The run's counts do not add up: read != scored + errors (a bug; run.json says where)."""
+
+    exit_code = EXIT_RECORDS_LOST
+
+
+def run_failure(manifest: dict, records: str = "records", after: str = "") -> RunFailed | None:
+    """The failure a finished run's run.json records (None when it succeeded), with its one
+    line: `records` names what was counted ("training records"), `after` what the failure
+    means for the outputs."""
+    if manifest.get("status") == FAILED_LOST:
+        return RecordsLost("; ".join(manifest["problems"]), manifest)
+    if manifest.get("status") == FAILED_ERROR_RATE:
+        counts, limit = manifest["counts"], manifest["max_error_rate"]
+        stats = f"{str(manifest.get('output_dir', '')).rstrip('/')}/{errors_stats_file(manifest)}"
+        return ErrorRateExceeded(
+            f"{counts['errors']} of {counts['read']} {records} failed ({counts['error_rate']:.2%}), above "
+            f"--max_error_rate {limit:.2%}{after}; see {stats}",
+            manifest,
+        )
+    return None

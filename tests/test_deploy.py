@@ -1,16 +1,30 @@
 """Scheduling recipes in deploy/: each checked as far as this machine allows (no cron, systemd,
 Cloud Scheduler or Airflow here; see the README for what each one needs)."""
 
-import ast
 import configparser
 import json
 import os
 import re
 
+import pytest
 import yaml
 
 from pipeline.nightly import load_config, predict_argv
-from pipeline.run_contract import EXIT_SKIPPED
+from pipeline.run_contract import (
+    EXIT_CODES,
+    EXIT_ERROR_RATE,
+    EXIT_FAILED,
+    EXIT_GATE,
+    EXIT_INPUT_NOT_READY,
+    EXIT_OK,
+    EXIT_RECORDS_LOST,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+    RETRYABLE_EXIT_CODES,
+    SUCCESS_EXIT_CODES,
+    exit_code_summary,
+    exit_code_table,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -68,25 +82,146 @@ def test_cloud_scheduler_body_launches_the_flex_template_with_real_parameters():
     assert "--input=gs://my-bucket/ads/dt=2026-11-26/*.jsonl" in argv
 
 
-def test_airflow_dag_defines_the_gate_then_predict_tasks():
-    """Airflow and its Beam provider install beside the stack, but the Beam operator needs the
-    Google provider, which needs google-api-python-client>=2 while tfx-bsl 1.21 needs <2: the
-    DAG cannot be imported here, so its task graph is checked in its source."""
-    tree = ast.parse(open(os.path.join(DEPLOY, "airflow_dag.py")).read())
-    calls = {
-        node.func.id: {kw.arg: kw.value for kw in node.keywords}
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+class _Stand_ins:
+    """Just enough of Airflow's names to import the DAG file: Airflow's Google provider and
+    adpredict's stack cannot share an environment here (google-api-python-client >=2 vs <2)."""
+
+    @staticmethod
+    def modules() -> dict:
+        import types
+
+        class AirflowException(Exception):
+            pass
+
+        class AirflowFailException(AirflowException):
+            pass
+
+        class Task:
+            made = []
+
+            def __init__(self, **kwargs):
+                self.kwargs, self.downstream = kwargs, []
+                Task.made.append(self)
+
+            def __rshift__(self, other):
+                self.downstream.append(other)
+                return other
+
+        class DAG:
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        def task(**kwargs):
+            def decorate(fn):
+                return lambda: Task(python_callable=fn, **kwargs)
+
+            return decorate
+
+        exceptions = types.ModuleType("airflow.exceptions")
+        exceptions.AirflowException, exceptions.AirflowFailException = AirflowException, AirflowFailException
+        beam = types.ModuleType("airflow.providers.apache.beam.operators.beam")
+        beam.BeamRunPythonPipelineOperator = lambda **kwargs: Task(**kwargs)
+        sdk = types.ModuleType("airflow.sdk")
+        sdk.DAG, sdk.task = DAG, task
+        modules = {name: types.ModuleType(name) for name in (
+            "airflow", "airflow.providers", "airflow.providers.apache", "airflow.providers.apache.beam",
+            "airflow.providers.apache.beam.operators")}  # fmt: skip
+        modules.update({"airflow.exceptions": exceptions, beam.__name__: beam, "airflow.sdk": sdk})
+        return modules, Task
+
+
+def _load_dag(monkeypatch, **settings):
+    import importlib.util
+    import sys
+
+    modules, task_class = _Stand_ins.modules()
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv("ADPREDICT_HOME", ROOT)
+    for key, value in settings.items():
+        monkeypatch.setenv(f"ADPREDICT_{key.upper()}", value)
+    spec = importlib.util.spec_from_file_location("adpredict_dag", os.path.join(DEPLOY, "airflow_dag.py"))
+    dag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dag)
+    return dag, {t.kwargs["task_id"]: t for t in task_class.made}
+
+
+def test_airflow_dag_gates_then_predicts_and_retries_only_the_retryable_codes(monkeypatch):
+    import sys
+
+    dag, tasks = _load_dag(monkeypatch)
+    assert dag.dag.kwargs["dag_id"] == "adpredict_nightly"
+    gate, predict = tasks["parity_gate"], tasks["predict"]
+    assert gate.downstream == [predict] and predict.kwargs["retries"] == 0 and gate.kwargs["retries"] > 0
+    assert predict.kwargs["py_file"].endswith("flex_template/launch.py")
+    assert predict.kwargs["pipeline_options"]["run_date"] == "{{ ds }}"
+    exceptions = sys.modules["airflow.exceptions"]
+    for code in (EXIT_OK, EXIT_SKIPPED):  # done: the task succeeds
+        dag.run_adpredict([sys.executable, "-c", f"raise SystemExit({code})"])
+    for code in (EXIT_INPUT_NOT_READY, EXIT_FAILED):  # retried
+        with pytest.raises(exceptions.AirflowException) as raised:
+            dag.run_adpredict([sys.executable, "-c", f"raise SystemExit({code})"])
+        assert not isinstance(raised.value, exceptions.AirflowFailException), code
+    for code in (EXIT_USAGE, EXIT_ERROR_RATE, EXIT_RECORDS_LOST, EXIT_GATE):  # failed, no retries
+        with pytest.raises(exceptions.AirflowFailException, match=f"exited {code} "):
+            dag.run_adpredict([sys.executable, "-c", f"raise SystemExit({code})"])
+
+
+def test_a_night_over_the_error_threshold_fails_the_launcher_and_the_dags_predict_task(
+    trained_ads, tmp_path, monkeypatch
+):
+    """flex_template/launch.py always adds --no_wait_until_finish; the pipeline itself fails
+    when its run failed, so the launcher exits non-zero on the DirectRunner, and the command
+    Beam's Airflow operator runs (interpreter, py_file, --key=value options) turns the task red."""
+    import subprocess
+    import sys
+
+    lines = open(trained_ads["data"]).read().splitlines()[:100]
+    night = tmp_path / "ads" / "dt=2026-12-03"
+    night.mkdir(parents=True)
+    (night / "part-0.jsonl").write_text("\n".join(lines + ['{"id": "no-fields"}'] * 10) + "\n")
+    _, tasks = _load_dag(
+        monkeypatch,
+        model_dir=trained_ads["model"],
+        input=str(tmp_path / "ads" / "dt={date}" / "*.jsonl"),
+        output_dir=str(tmp_path / "out" / "dt={date}"),
+    )
+    operator = tasks["predict"].kwargs
+    options = {
+        key: value.replace("{{ ds }}", "2026-12-03") for key, value in operator["pipeline_options"].items()
     }
-    assert ast.literal_eval(calls["DAG"]["dag_id"]) == "adpredict_nightly"
-    assert ast.literal_eval(calls["BashOperator"]["task_id"]) == "parity_gate"
-    assert "--parity_only" in ast.unparse(calls["BashOperator"]["bash_command"])
-    assert ".venv/bin/python" in ast.unparse(calls["BeamRunPythonPipelineOperator"]["py_interpreter"])
-    assert ast.literal_eval(calls["BeamRunPythonPipelineOperator"]["task_id"]) == "predict"
-    edges = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.RShift)]
-    assert [(e.left.id, e.right.id) for e in edges] == [("gate", "predict")]
-    options = ast.literal_eval(calls["BeamRunPythonPipelineOperator"]["pipeline_options"].values[-1])
-    assert options == "{{ ds }}"
+    command = [sys.executable, operator["py_file"], f"--runner={operator['runner']}"]
+    command += [f"--{key}={value}" for key, value in options.items()]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    out = tmp_path / "out" / "dt=2026-12-03"
+    assert done.returncode == EXIT_ERROR_RATE, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(("_", "run"))) == ["run.json"]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"]["errors"] == 10 and manifest["status"].startswith("failed")
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("adpredict: run failed: 10 of 110 records failed (9.09%)"), last
+    assert "Traceback" not in done.stderr
+
+
+def test_deploy_files_and_the_readme_give_the_run_contracts_exit_codes():
+    summary = exit_code_summary()
+    assert f"# Exit codes: {summary}" in open(os.path.join(DEPLOY, "crontab")).read()
+    unit = open(os.path.join(DEPLOY, "adpredict-nightly.service")).read()
+    assert f"# Exit codes: {summary}" in unit
+    service = configparser.ConfigParser(strict=False)
+    service.read(os.path.join(DEPLOY, "adpredict-nightly.service"))
+    not_retried = sorted(
+        e.code for e in EXIT_CODES if e.code not in SUCCESS_EXIT_CODES and e.code not in RETRYABLE_EXIT_CODES
+    )
+    assert service["Service"]["RestartPreventExitStatus"].split() == [str(c) for c in not_retried]
+    assert service["Service"]["Restart"] == "on-failure"
+    assert exit_code_table() in open(os.path.join(ROOT, "README.md")).read()
 
 
 def test_readme_documents_every_recipe():

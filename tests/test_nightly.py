@@ -7,7 +7,14 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, EXIT_USAGE
+from pipeline.run_contract import (
+    EXIT_ERROR_RATE,
+    EXIT_GATE,
+    EXIT_INPUT_NOT_READY,
+    EXIT_OK,
+    EXIT_SKIPPED,
+    EXIT_USAGE,
+)
 from pipeline.sampledata.generate import generate_file
 
 DATES = ("2026-11-24", "2026-11-25", "2026-11-26")
@@ -120,11 +127,11 @@ def test_the_parity_gate_fails_a_night_whose_model_and_transform_disagree(nightl
     settings = {**nightly["settings"], "transform_dir": other_transform}
     with open(nightly["config"], "w") as f:
         yaml.safe_dump(settings, f)
-    assert night(nightly, "--date", DATES[0]) == EXIT_FAILED
+    assert night(nightly, "--date", DATES[0]) == EXIT_GATE
     err = capsys.readouterr().err
     assert "training/serving skew: feature '" in err and "differs by up to" in err
     assert not (nightly["dir"] / "out" / f"dt={DATES[0]}").exists()  # nothing scored
-    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_FAILED
+    assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_GATE
 
 
 @pytest.mark.parametrize(
@@ -231,3 +238,100 @@ def test_the_parity_gate_reads_the_files_as_the_run_does(nightly, capsys):
         yaml.safe_dump({**settings, "input_format": "jsonl"}, f)
     assert night(nightly, "--date", DATES[0], "--parity_only") == EXIT_OK
     assert "parity gate passed" in capsys.readouterr().out
+
+
+def _with_settings(nightly, **settings) -> None:
+    with open(nightly["config"], "w") as f:
+        yaml.safe_dump({**nightly["settings"], **settings}, f)
+
+
+def _hook(tmp_path, name: str) -> str:
+    """A hook command that writes its environment's ADPREDICT_* variables to `name`.json."""
+    import sys
+
+    script = tmp_path / "hook.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "json.dump({k: v for k, v in os.environ.items() if k.startswith('ADPREDICT_')},"
+        " open(sys.argv[1], 'w'))\n"
+    )
+    return f"{sys.executable} {script} {tmp_path / (name + '.json')}"
+
+
+def test_hooks_get_the_date_status_exit_code_and_run_json(nightly, tmp_path, capsys):
+    _with_settings(
+        nightly,
+        max_error_rate=0.0,
+        on_success=_hook(tmp_path, "success"),
+        on_failure=_hook(tmp_path, "failure"),
+    )
+    assert night(nightly, "--date", DATES[1]) == EXIT_OK
+    success = json.loads((tmp_path / "success.json").read_text())
+    out = nightly["dir"] / "out" / f"dt={DATES[1]}"
+    assert success == {
+        "ADPREDICT_DATE": DATES[1],
+        "ADPREDICT_STATUS": "ok",
+        "ADPREDICT_EXIT_CODE": str(EXIT_OK),
+        "ADPREDICT_RUN_JSON": f"{out}/run.json",
+        "ADPREDICT_OUTPUT_DIR": str(out),
+    }
+    assert not (tmp_path / "failure.json").exists()
+
+    (tmp_path / "success.json").unlink()
+    assert night(nightly, "--date", DATES[1]) == EXIT_SKIPPED  # nothing ran: no hook
+    assert not (tmp_path / "success.json").exists() and not (tmp_path / "failure.json").exists()
+
+    with open(nightly["dir"] / "ads" / f"dt={DATES[0]}" / "part-0.jsonl", "a") as f:
+        f.write('{"id": "broken", "age": \n')
+    assert night(nightly, "--date", DATES[0]) == EXIT_ERROR_RATE
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    assert failure["ADPREDICT_STATUS"] == "error_rate" and failure["ADPREDICT_EXIT_CODE"] == str(
+        EXIT_ERROR_RATE
+    )
+    assert failure["ADPREDICT_RUN_JSON"].endswith(f"dt={DATES[0]}/run.json")
+    assert json.loads(open(failure["ADPREDICT_RUN_JSON"]).read())["status"].startswith("failed")
+
+
+def test_a_night_whose_input_has_not_arrived_exits_5_and_its_hook_says_so(nightly, tmp_path, capsys):
+    _with_settings(nightly, on_failure=_hook(tmp_path, "failure"))
+    assert night(nightly, "--date", "2026-11-27") == EXIT_INPUT_NOT_READY
+    err = capsys.readouterr().err
+    assert "adpredict: input not there yet: input pattern" in err and "dt=2026-11-27" in err
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    assert failure["ADPREDICT_STATUS"] == "input_not_ready" and failure["ADPREDICT_RUN_JSON"] == ""
+    assert failure["ADPREDICT_EXIT_CODE"] == str(EXIT_INPUT_NOT_READY)
+
+
+def test_a_failing_or_hanging_hook_is_reported_and_not_fatal(nightly, tmp_path, capsys):
+    import sys
+
+    _with_settings(nightly, on_success="exit 9")
+    assert night(nightly, "--date", DATES[2]) == EXIT_OK
+    assert (
+        f"adpredict nightly {DATES[2]}: warning: the on_success hook exited 9: exit 9"
+        in capsys.readouterr().err
+    )
+    _with_settings(nightly, on_success=f"{sys.executable} -c 'import time; time.sleep(30)'", hook_timeout=1)
+    assert night(nightly, "--date", DATES[2], "--force") == EXIT_OK
+    assert "hook did not end within hook_timeout 1 s and was stopped" in capsys.readouterr().err
+
+
+def test_a_retried_last_step_finds_its_run_json_and_fails_the_same_way(tmp_path):
+    """Beam retries a failing bundle: the last step, run again, rewrites nothing."""
+    from pipeline.run.finalize import RunConfig, RunFailedInPipeline, _FinishRunFn
+    from pipeline.run_contract import PREDICTIONS
+
+    out = tmp_path / "out"
+    (out / ".adpredict-staging").mkdir(parents=True)
+    (out / ".adpredict-staging" / "prediction.results-00000-of-00001").write_text('{"key": "a"}\n')
+    fn = _FinishRunFn(str(out), RunConfig({"run_id": "r1", "output_dir": str(out)}, 0.1), None, PREDICTIONS)
+    counts = {"read": 10, "predictions": 5, "errors": 5}
+    with pytest.raises(
+        RunFailedInPipeline, match=r"^adpredict: run failed: 5 of 10 records failed \(50.00%\)"
+    ):
+        list(fn.process(None, counts, ["w"], "{}"))
+    first = (out / "run.json").read_text()
+    assert json.loads(first)["files_published"] == 1 and (out / "prediction.results-00000-of-00001").exists()
+    with pytest.raises(RunFailedInPipeline, match=r"^adpredict: run failed: 5 of 10 records failed"):
+        list(fn.process(None, counts, ["w"], "{}"))
+    assert (out / "run.json").read_text() == first and not (out / "_SUCCESS").exists()

@@ -195,7 +195,9 @@ def test_a_run_that_fails_before_its_last_step_removes_its_lock(trained_ads, rec
         assert os.path.exists(lock_path(str(tmp_path / "out")))
         raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(predict, "launch", crashes)
+    from pipeline.runners import launch
+
+    monkeypatch.setattr(launch, "launch", crashes)
     with pytest.raises(RuntimeError, match="worker lost"):
         predict.run(predict_argv(trained_ads, records, tmp_path / "out"))
     assert not (tmp_path / "out" / RUN_LOCK).exists()

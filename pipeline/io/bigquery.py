@@ -35,7 +35,7 @@ from pipeline import counters
 from pipeline.blocks import RecordStream, conform
 from pipeline.io import BIGQUERY_SCHEME
 from pipeline.io.base import SHARD_TEMPLATE, PredictionColumns, scored_table
-from pipeline.run_contract import InputError
+from pipeline.run_contract import InputError, InputNotReady
 
 _TABLE = re.compile(r"^bq://([A-Za-z0-9_.:-]+)[.:]([A-Za-z0-9_]+)\.([A-Za-z0-9_$-]+)$")
 _BQ_TYPES = {pa.int64(): "INT64", pa.float64(): "FLOAT64", pa.float32(): "FLOAT64", pa.string(): "STRING"}
@@ -178,7 +178,8 @@ def check_read(connection: Connection, spec: ReadSpec) -> dict:
             if spec.table
             else "a table or --query_dataset of --input_query"
         )
-        raise InputError(
+        not_there = InputNotReady if spec.table else InputError  # tonight's table may be early
+        raise not_there(
             f"{what} does not exist: {_first_line(e)}; check its project, dataset and table names"
         ) from None
     except exceptions.GoogleAPICallError as e:

@@ -29,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.reporting.page import render_report
 from pipeline.reporting.summaries import CountErrorsFn, OutputSummariesFn, ThroughputFn
 from pipeline.run.lock import release_run_lock
-from pipeline.run.manifest import utc, write_manifest
+from pipeline.run.manifest import manifest_of_run, utc, write_manifest
 from pipeline.run.staging import publish_staged
 from pipeline.run_contract import (
     DEFAULT_MAX_ERROR_RATE,
@@ -38,9 +38,13 @@ from pipeline.run_contract import (
     READ,
     REPORT,
     SUCCEEDED,
+    RunFailed,
     errors_stats_file,
     judge,
+    run_failure,
 )
+
+_LOGGER = logging.getLogger(__name__)
 
 # FinalizeRun inputs that are summarized (with a CombineFn each), not writes to wait for.
 COUNTS = "counts"  # (name, number) pairs, summed per name
@@ -53,10 +57,17 @@ REPORT_INPUTS = (OUTPUT_SUMMARIES, THROUGHPUT)
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What the last step records and judges a run by: run.json's fields known at launch
-    (`info`: run_id, started, inputs, model, ...) and the error threshold."""
+    (`info`: run_id, started, inputs, model, ...) and the error threshold; how its failure
+    line names the records ("training records") and what a failure means for the outputs."""
 
     info: dict = dataclasses.field(default_factory=dict)
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
+    records: str = "records"
+    failed_means: str = ""
+
+    def failure(self, manifest: dict) -> RunFailed | None:
+        """The failure `manifest` (this run's run.json) records, with its one line, or None."""
+        return run_failure(manifest, self.records, self.failed_means)
 
 
 def summed_counts(counts: dict, scored: str, loaded_names: dict | None) -> tuple[dict, dict | None]:
@@ -115,6 +126,10 @@ class _FinishRunFn(beam.DoFn):
         """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, and
         the report's summaries (None: no report, as for analyze)."""
         output_dir, info = self._output_dir, self._run.info
+        earlier = manifest_of_run(output_dir, info.get("run_id"))
+        if earlier is not None:  # Beam retries a failed bundle: the run was finished already
+            yield self._ended(earlier)
+            return
         counts, loaded = summed_counts(counts, self._scored, self._loaded_names)
         status, lost = judge(counts, self._run.max_error_rate, loaded, self._scored)
         published = publish_staged(output_dir)
@@ -123,6 +138,7 @@ class _FinishRunFn(beam.DoFn):
         started = info.get("started", finished)
         manifest = {
             **{k: v for k, v in info.items() if k != "started"},
+            "output_dir": output_dir,
             "status": status,
             "problems": lost,
             "counts": counts,
@@ -139,7 +155,37 @@ class _FinishRunFn(beam.DoFn):
             manifest["report"] = write_report(output_dir, manifest, error_kinds, output_summaries, throughput)
         write_manifest(output_dir, manifest, success=status == SUCCEEDED)
         release_run_lock(output_dir, info.get("run_id"))
-        yield manifest
+        yield self._ended(manifest)
+
+    def _ended(self, manifest: dict) -> dict:
+        """`manifest` if the run succeeded; else the pipeline itself fails, with the one line
+        run.json's status stands for, so that whoever launched it sees the job fail (a Dataflow
+        job's state is FAILED, a Flex Template's or a launcher's that does not wait too)."""
+        failure = self._run.failure(manifest)
+        if failure is None:
+            return manifest
+        line = f"adpredict: run failed: {failure}"
+        _LOGGER.error("%s", line)  # the job's log: one line to find, before Beam's traceback
+        raise RunFailedInPipeline(line)
+
+
+class RunFailedInPipeline(RuntimeError):
+    """Raised by a run's last step after it wrote run.json (and no _SUCCESS) for a failed run."""
+
+
+class QuietRunFailure(logging.Filter):
+    """Drops the log records of a run's deliberate failure (its one line and Beam's traceback
+    of it), for a launcher that prints that line itself from run.json."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        raised = record.exc_info[0] if record.exc_info else None
+        if raised is not None and issubclass(raised, RunFailedInPipeline):
+            return False
+        return record.name != _LOGGER.name or not record.getMessage().startswith("adpredict: run failed:")
+
+
+# Where the failure is logged: here, and where Beam logs a DoFn's exception.
+FAILURE_LOGGERS = (__name__, "apache_beam.runners.common")
 
 
 def summary_side_input(pcoll, label: str, fn: beam.CombineFn):

@@ -13,15 +13,7 @@ import platform
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.run_contract import (
-    FAILED_ERROR_RATE,
-    FAILED_LOST,
-    RUN_MANIFEST,
-    SUCCESS_MARKER,
-    ErrorRateExceeded,
-    RecordsLost,
-    errors_stats_file,
-)
+from pipeline.run_contract import RUN_MANIFEST, SUCCESS_MARKER
 from transforms import model_contract
 
 PACKAGES = ("adpredict", "apache-beam", "tensorflow", "tensorflow-transform", "pyarrow")
@@ -69,24 +61,27 @@ def write_manifest(output_dir: str, manifest: dict, success: bool) -> str:
 
 
 def read_manifest(output_dir: str) -> dict:
+    """The run.json in `output_dir`."""
     with FileSystems.open(FileSystems.join(output_dir, RUN_MANIFEST)) as f:
         return json.loads(f.read().decode("utf-8"))
 
 
-def finished_run(output_dir: str, max_error_rate: float, records: str = "records", after: str = "") -> dict:
-    """The run.json the pipeline wrote, read by the launcher; raises (with it) when the run failed.
+def manifest_of_run(output_dir: str, run_id: str | None) -> dict | None:
+    """The run.json run `run_id` wrote in `output_dir`, or None (none yet, another run's)."""
+    if not run_id or not FileSystems.exists(FileSystems.join(output_dir, RUN_MANIFEST)):
+        return None
+    try:
+        manifest = read_manifest(output_dir)
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("run_id") == run_id else None
 
-    `records` names what was counted in the message ("training records"), `after` says what
-    the failure means for the outputs."""
+
+def finished_run(output_dir: str, run) -> dict:
+    """The run.json the pipeline wrote, read by the launcher; raises (with it) when the run
+    failed. `run` is the run's `RunConfig`."""
     manifest = read_manifest(output_dir)
-    if manifest["status"] == FAILED_LOST:
-        raise RecordsLost("; ".join(manifest["problems"]), manifest)
-    if manifest["status"] == FAILED_ERROR_RATE:
-        counts = manifest["counts"]
-        stats = FileSystems.join(output_dir, errors_stats_file(manifest))
-        raise ErrorRateExceeded(
-            f"{counts['errors']} of {counts['read']} {records} failed ({counts['error_rate']:.2%}), above "
-            f"--max_error_rate {max_error_rate:.2%}{after}; see {stats}",
-            manifest,
-        )
+    failure = run.failure(manifest)
+    if failure is not None:
+        raise failure
     return manifest

@@ -8,11 +8,14 @@ launch returns, since the pipeline's own last step finishes the run (`pipeline.r
 from __future__ import annotations
 
 import json
+import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.reporting.terminal import console_url
+from pipeline.run.finalize import FAILURE_LOGGERS, QuietRunFailure, RunConfig
+from pipeline.run.manifest import manifest_of_run
 from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
 from pipeline.runners.dataflow import finish_dry_run, is_dry_run
 from pipeline.runners.local import waits
@@ -52,6 +55,28 @@ def launch(pipeline, options) -> dict | None:
         return _run_and_wait(pipeline, options)
     with reporter:  # the FnApiRunner runs the whole pipeline inside pipeline.run()
         return _run_and_wait(pipeline, options)
+
+
+def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | None:
+    """`launch`, for a pipeline that ends with `pipeline.run.finalize`: its last step fails the
+    pipeline when the run failed, after writing run.json, so a launch that raises with this
+    run's failed run.json there raises that failure (`RunFailed`, with the run.json) instead.
+    The failure's own log lines are left out here: the caller prints its one line."""
+    quiet = QuietRunFailure()
+    loggers = [logging.getLogger(name) for name in FAILURE_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        return launch(pipeline, options)
+    except Exception:
+        manifest = manifest_of_run(output_dir, run.info.get("run_id"))
+        failure = manifest and run.failure(manifest)
+        if not failure:
+            raise
+        raise failure from None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def _run_and_wait(pipeline, options) -> dict | None:
