@@ -84,7 +84,7 @@ class ExitCode:
 
 EXIT_CODES = (
     ExitCode(0, "ok", "done: outputs published, _SUCCESS written", retry=False),
-    ExitCode(1, "failed", "failed unexpectedly (a crash, a lost worker, a cloud error)", retry=True),
+    ExitCode(1, "failed", "failed: a crash, a lost worker, a cloud or write error (full disk)", retry=True),
     ExitCode(2, "usage", "a flag, config, path, schema or model directory is wrong: fix it", retry=False),
     ExitCode(
         3, "error_rate", "more error records than --max_error_rate (all written, no _SUCCESS)", retry=False
@@ -168,6 +168,11 @@ class RecordsLost(RunFailed):
     """The run's counts do not add up: read != scored + errors (a bug; run.json says where)."""
 
     exit_code = EXIT_RECORDS_LOST
+
+
+class WriteFailed(RunFailed):
+    """A sink or the run's last step could not write (a full disk, no permission): nothing
+    was published, and the message names the path and the OS error."""
 
 
 def run_failure(manifest: dict, records: str = "records", after: str = "") -> RunFailed | None:

@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import cli, predict
 from pipeline.run.lock import OutputDirLocked, acquire_run_lock, lock_path
-from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_USAGE, RUN_LOCK, STAGING_DIR
+from pipeline.run_contract import EXIT_ERROR_RATE, EXIT_FAILED, EXIT_USAGE, RUN_LOCK, STAGING_DIR
 from pipeline.sampledata.generate import generate_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,3 +267,61 @@ def test_the_force_unlock_flag_runs_over_a_lock_held_elsewhere(trained_ads, reco
     write_lock(out, host="another-host", pid=1)
     assert cli.main(["predict", *predict_argv(trained_ads, records, out, "--force_unlock")]) == 0
     assert_complete(out, json.loads((out / "run.json").read_text()))
+
+
+def _limited_file_size(limit: int):
+    """For a child process: files may grow to `limit` bytes, then a write fails with EFBIG
+    ("File too large"), the OS error a full disk gives as ENOSPC, without a disk to fill."""
+    import resource
+    import signal
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the writer
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_a_sink_that_cannot_write_is_one_line_naming_the_path_and_nothing_is_published(
+    trained_ads, tmp_path, output_format
+):
+    data = tmp_path / "in" / "ads.jsonl"
+    generate_file(str(data), 2_000, seed=5, first_id=80_000)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "pipeline.predict", *predict_argv(trained_ads, str(data), out)]
+    done = subprocess.run(
+        [*argv, "--output_format", output_format],
+        capture_output=True,
+        text=True,
+        preexec_fn=_limited_file_size(16_000),
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert done.returncode == EXIT_FAILED, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("adpredict")]
+    assert lines == [
+        f"adpredict: run failed: cannot write {out}/{STAGING_DIR} (step WritePredictions): [Errno 27] File too "
+        "large; nothing was published and the staging folder was cleared; free space or fix the permissions, "
+        "then run again"
+    ], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert os.listdir(out) == []  # no shard, no run.json, no _SUCCESS, no staging, no lock
+
+
+def test_a_write_error_reported_as_text_by_a_remote_runner_is_recognised(tmp_path):
+    from pipeline.run.staging import sink_write_failure
+
+    out = tmp_path / "out"
+    (out / STAGING_DIR / "beam-temp-x").mkdir(parents=True)
+    remote = RuntimeError(
+        "Error message from worker: Traceback ...\nOSError: [Errno 28] No space left on device: "
+        "'/var/lib/worker/tmp/part-1' [while running 'WriteErrors/WriteJsonl/Write/WriteImpl/WriteBundles']"
+    )
+    failure = sink_write_failure(remote, str(out))
+    assert str(failure).startswith(
+        "cannot write /var/lib/worker/tmp/part-1 (step WriteErrors): [Errno 28] No space left on device; "
+        "nothing was published and the staging folder was cleared"
+    )
+    assert failure.exit_code == EXIT_FAILED and not (out / STAGING_DIR).exists()
+    reading = RuntimeError("OSError: [Errno 5] Input/output error [while running 'ReadAdRecords/Read']")
+    assert sink_write_failure(reading, str(out)) is None  # not a write: a crash, told as it came

@@ -173,18 +173,7 @@ class RunFailedInPipeline(RuntimeError):
     """Raised by a run's last step after it wrote run.json (and no _SUCCESS) for a failed run."""
 
 
-class QuietRunFailure(logging.Filter):
-    """Drops the log records of a run's deliberate failure (its one line and Beam's traceback
-    of it), for a launcher that prints that line itself from run.json."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        raised = record.exc_info[0] if record.exc_info else None
-        if raised is not None and issubclass(raised, RunFailedInPipeline):
-            return False
-        return record.name != _LOGGER.name or not record.getMessage().startswith("adpredict: run failed:")
-
-
-# Where the failure is logged: here, and where Beam logs a DoFn's exception.
+# Where a run's failure is logged: here (its one line), and where Beam logs a step's exception.
 FAILURE_LOGGERS = (__name__, "apache_beam.runners.common")
 
 

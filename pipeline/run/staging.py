@@ -4,12 +4,14 @@ Every sink writes into `.adpredict-staging/` under the output directory (Hadoop 
 skip names starting with `.` or `_`, and `prediction.results-*`, even as a Cloud Storage
 prefix, does not reach in); the run's last step moves the files into place before `run.json`
 and `_SUCCESS`. A run killed before its end leaves nothing in the output directory that
-looks like results, and the next run clears what it left (`clear_previous_outputs`).
+looks like results, and the next run clears what it left (`clear_previous_outputs`). A run
+whose sink could not write clears it at once and says where and why (`sink_write_failure`).
 """
 
 from __future__ import annotations
 
 import glob
+import re
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -21,6 +23,7 @@ from pipeline.run_contract import (
     RUN_MANIFEST,
     STAGING_DIR,
     SUCCESS_MARKER,
+    WriteFailed,
 )
 
 BEAM_TEMP_PREFIX = "beam-temp-"  # Beam's file sinks write shards in such folders, then rename
@@ -98,3 +101,48 @@ def clear_previous_outputs(output_dir: str) -> None:
             FileSystems.delete([m.path for m in matched])
     for folder in (STAGING_DIR, *BEAM_TEMP_FOLDERS):
         remove_trees(FileSystems.join(output_dir, folder))
+
+
+# A step's failure as runners report it: "OSError: [Errno 28] No space left on device [while
+# running 'WritePredictions/...']" (a remote runner sends only this text).
+_OS_ERROR = re.compile(r"\[Errno (\d+)\] ([^\[\]]+?)(?::\s*'([^']+)')?\s*\[while running '([^']+)'\]")
+# The steps that write: the sinks (into staging) and the last step (into the output directory).
+WRITE_STEPS = ("Write", "FinalizeRun")
+
+
+def sink_write_failure(error: BaseException, output_dir: str) -> WriteFailed | None:
+    """A run that stopped because a step could not write (a full disk, a file too large, no
+    permission): the failure naming the path and the OS error, after the run's staging
+    folder is cleared (or saying where it is, if that failed too). None for other failures."""
+    found = _os_error(error)
+    if found is None:
+        return None
+    code, problem, path, step = found
+    top = step.split("/", 1)[0]
+    if not top.startswith(WRITE_STEPS):
+        return None
+    where = path or (output_dir if top.startswith("FinalizeRun") else staging_dir(output_dir))
+    try:
+        remove_trees(staging_dir(output_dir))
+        left = "the staging folder was cleared"
+    except OSError as e:
+        left = f"its partial files are in {staging_dir(output_dir)} ({e}): delete it"
+    published = "no _SUCCESS was written" if top.startswith("FinalizeRun") else "nothing was published"
+    return WriteFailed(
+        f"cannot write {where} (step {top}): [Errno {code}] {problem}; {published} and {left}; "
+        "free space or fix the permissions, then run again"
+    )
+
+
+def _os_error(error: BaseException) -> tuple[int, str, str | None, str] | None:
+    """(errno, message, path or None, step) of the OS error behind `error`, if it is one."""
+    step = re.search(r"\[while running '([^']+)'\]", str(error))
+    seen = error
+    while seen is not None:  # in this process the OSError itself is chained
+        if isinstance(seen, OSError) and seen.errno is not None and step:
+            return seen.errno, seen.strerror or str(seen), seen.filename, step.group(1)
+        seen = seen.__cause__ or seen.__context__
+    match = _OS_ERROR.search(str(error))
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2).strip(), match.group(3), match.group(4)

@@ -14,8 +14,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline.reporting.terminal import console_url
-from pipeline.run.finalize import FAILURE_LOGGERS, QuietRunFailure, RunConfig
+from pipeline.run.finalize import FAILURE_LOGGERS, RunConfig
 from pipeline.run.manifest import manifest_of_run
+from pipeline.run.staging import sink_write_failure
 from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
 from pipeline.runners.dataflow import finish_dry_run, is_dry_run
 from pipeline.runners.local import waits
@@ -58,25 +59,52 @@ def launch(pipeline, options) -> dict | None:
 
 
 def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | None:
-    """`launch`, for a pipeline that ends with `pipeline.run.finalize`: its last step fails the
-    pipeline when the run failed, after writing run.json, so a launch that raises with this
-    run's failed run.json there raises that failure (`RunFailed`, with the run.json) instead.
-    The failure's own log lines are left out here: the caller prints its one line."""
-    quiet = QuietRunFailure()
+    """`launch`, for a pipeline that ends with `pipeline.run.finalize`, turning how a failed
+    launch ended into one line a person can act on:
+
+    - the run's last step fails the pipeline when the run failed, after writing run.json:
+      that failure is raised (`RunFailed`, with the run.json);
+    - a sink that could not write (a full disk, no permission) is `WriteFailed`, naming the
+      path and the OS error, once the run's staging folder is cleared.
+
+    Beam's log records of those failures (a traceback per failed step) are held back and
+    dropped; for any other failure, a crash, they are logged as they came."""
+    held = _HoldStepFailures()
     loggers = [logging.getLogger(name) for name in FAILURE_LOGGERS]
     for logger in loggers:
-        logger.addFilter(quiet)
+        logger.addFilter(held)
     try:
         return launch(pipeline, options)
-    except Exception:
+    except Exception as e:
         manifest = manifest_of_run(output_dir, run.info.get("run_id"))
-        failure = manifest and run.failure(manifest)
-        if not failure:
+        explained = (manifest and run.failure(manifest)) or sink_write_failure(e, output_dir)
+        if not explained:
+            held.replay(loggers)
             raise
-        raise failure from None
+        raise explained from None
     finally:
         for logger in loggers:
-            logger.removeFilter(quiet)
+            logger.removeFilter(held)
+
+
+class _HoldStepFailures(logging.Filter):
+    """Keeps back the records a failing step logs (until `replay`), passing all others."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            self.records.append(record)
+            return False
+        return True
+
+    def replay(self, loggers) -> None:
+        for logger in loggers:
+            logger.removeFilter(self)
+        for record in self.records:
+            logging.getLogger(record.name).handle(record)
 
 
 def _run_and_wait(pipeline, options) -> dict | None:
