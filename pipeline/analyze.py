@@ -16,6 +16,7 @@ with any Beam options (e.g. `--runner DataflowRunner`).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -36,7 +37,7 @@ from pipeline.read import BLOCKS, COUNTS, ERRORS, RECORDS, ReadAdRecords, check_
 from pipeline.run import finalize
 from pipeline.run.finalize import FinalizeRun, RunConfig
 from pipeline.run.manifest import finished_run, versions
-from pipeline.run_contract import ANALYZE_JOB, ANALYZED, RUN_MANIFEST, SUCCESS_MARKER
+from pipeline.run_contract import ANALYZE_JOB, ANALYZED, RAW_EVAL_SAMPLE, RUN_MANIFEST, SUCCESS_MARKER
 from pipeline.runners.dataflow import is_dry_run, local_stand_in
 from pipeline.runners.launch import launch_run, make_pipeline
 from pipeline.startup import freeze_imported_objects
@@ -46,6 +47,8 @@ from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
 TRAIN, EVAL = "train", "eval"
+EVAL_SAMPLE = "eval_sample"  # raw eval records, for the exported model's golden records
+EVAL_SAMPLE_SIZE = 32
 TRANSFORMED_DIR = "transformed"
 
 
@@ -186,6 +189,31 @@ class _SplitFn(beam.DoFn):
         for tag, mask in ((TRAIN, ~is_eval), (EVAL, is_eval)):
             if mask.any():
                 yield beam.pvalue.TaggedOutput(tag, batch.filter(pa.array(mask)))
+        if is_eval.any():  # a few raw eval records of each block, as a run would read them
+            raw = block.batch.filter(pa.array(is_eval)).slice(0, EVAL_SAMPLE_SIZE).to_pylist()
+            for record in raw:
+                yield beam.pvalue.TaggedOutput(
+                    EVAL_SAMPLE,
+                    {k: v for k, v in record.items() if v is not None and not k.startswith("__")},
+                )
+
+
+class _WriteEvalSampleFn(beam.DoFn):
+    """Writes the sampled raw eval records as JSON lines (`RAW_EVAL_SAMPLE`)."""
+
+    def __init__(self, output_dir: str):
+        self._path = FileSystems.join(output_dir, RAW_EVAL_SAMPLE)
+
+    def process(self, records: list):
+        lines = "".join(json.dumps(record, sort_keys=True, allow_nan=False) + "\n" for record in records)
+        with FileSystems.create(self._path) as f:
+            f.write(lines.encode("utf-8"))
+        yield self._path
+
+
+def _sample_order(record: dict) -> int:
+    """A stable pick of the sample: the same records whichever blocks they came in."""
+    return zlib.crc32(json.dumps(record, sort_keys=True, default=str).encode())
 
 
 def build_analyze(
@@ -215,7 +243,7 @@ def build_analyze(
         stream = stream | "MapLabels" >> beam.ParDo(_MapLabelsFn(schema, layout))
     records = separate_errors(stream)
     split = records[BLOCKS] | "SplitTrainEval" >> beam.ParDo(_SplitFn(schema, eval_percent)).with_outputs(
-        TRAIN, EVAL
+        TRAIN, EVAL, EVAL_SAMPLE
     )
     config = tensor_adapter_config(schema)
     transform_fn = (split[TRAIN], config) | "AnalyzeDataset" >> tft_beam.AnalyzeDataset(
@@ -238,6 +266,11 @@ def build_analyze(
         )
         outputs[tag] = transformed
     written.append(records[ERRORS] | "WriteErrors" >> WriteErrors(output_dir))
+    written.append(
+        split[EVAL_SAMPLE]
+        | "SampleEval" >> beam.combiners.Top.Of(EVAL_SAMPLE_SIZE, key=_sample_order)
+        | "WriteEvalSample" >> beam.ParDo(_WriteEvalSampleFn(output_dir))
+    )
     counts = (
         read[COUNTS],
         records[BLOCKS] | "CountAnalyzed" >> beam.Map(lambda block: (ANALYZED, len(block))),

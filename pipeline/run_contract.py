@@ -24,7 +24,9 @@ RUN_LOCK = ".adpredict-run.lock"  # one run at a time per output directory
 # Error records counted by (code, field): one file per job, named after it.
 PREDICT_ERRORS_STATS = "prediction.errors_stats"
 ANALYZE_ERRORS_STATS = "analyze.errors_stats"
-ANALYZE_JOB = "analyze"  # run.json's "job" of an analyze run (predict runs have none)
+ANALYZE_JOB = "analyze"
+# analyze: a few raw eval records, which export scores into the model's golden records.
+RAW_EVAL_SAMPLE = "raw_eval_sample.jsonl"  # run.json's "job" of an analyze run (predict runs have none)
 
 
 def errors_stats_file(manifest: dict) -> str:

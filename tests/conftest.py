@@ -17,6 +17,7 @@ CRITEO_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "d
 def trained_ads(tmp_path_factory):
     """Paths of a trained ads model: {"work", "data", "transform", "model", "metrics"}."""
     from pipeline import analyze
+    from pipeline.inference.golden import store_golden_records_from
     from pipeline.sampledata.generate import generate_file
     from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -28,6 +29,7 @@ def trained_ads(tmp_path_factory):
     analyze.run(["--schema", "ads", "--input", data, "--output_dir", transform])
     model = str(work / "model")
     metrics = train_and_export(transform, load_schema("ads"), model, epochs=4, compare_blank_image=False)
+    store_golden_records_from(model, transform)  # so that every run in the tests checks them
     return {"work": work, "data": data, "transform": transform, "model": model, "metrics": metrics}
 
 

@@ -25,6 +25,8 @@ OUTPUT_NAME = "probability"  # the one output of the models adpredict trains
 # What else adpredict's exports carry under assets.extra/ (optional for any other model).
 TUNING_FILE = os.path.join("assets.extra", "batch_size_tuning.json")  # records/s by batch size
 TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")
+# Raw eval records with the outputs the model gave at export: the canary every run checks.
+GOLDEN_RECORDS_FILE = os.path.join("assets.extra", "golden_records.json")
 # The files whose bytes identify a model (run.json's model.fingerprint, `adpredict inspect`).
 FINGERPRINTED_FILES = ("saved_model.pb", "variables/variables.index")
 

@@ -16,6 +16,7 @@ from pipeline import counters
 from pipeline.blocks import RecordBlock, ScoredBlock
 from pipeline.inference.batching import batch_slices, call_slices
 from pipeline.inference.failures import OUT_OF_MEMORY, inference_error, tf_error_reason
+from pipeline.inference.golden import load_checked
 from pipeline.inference.model import LoadedModel, ModelConfig
 from pipeline.validation import record_keys
 
@@ -56,7 +57,10 @@ class RunInferenceFn(beam.DoFn):
         self._halvings = counters.counter(counters.BATCH_SIZE_HALVINGS)
 
     def setup(self):
-        self._model = self._shared_handle.acquire(self._config.load, tag=self._config.model_dir)
+        # Loaded once per process, and checked on its golden records before any record.
+        self._model = self._shared_handle.acquire(
+            lambda: load_checked(self._config), tag=self._config.model_dir
+        )
 
     def start_bundle(self):
         self._in_flight = None

@@ -24,6 +24,7 @@ import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline.inference.batching import DEFAULT_MAX_BATCH_BYTES, RecordBytes, call_slices
+from pipeline.inference.golden import load_checked
 from pipeline.inference.model import LoadedModel, ModelConfig
 from pipeline.io.records import read_records
 from pipeline.validation import validate_block
@@ -85,7 +86,7 @@ class RecordModelHandler(ModelHandler[dict, PredictionResult, LoadedModel]):
         self._config = config
 
     def load_model(self) -> LoadedModel:
-        return self._config.load()
+        return load_checked(self._config)  # the golden records first, as predict's workers do
 
     def run_inference(
         self, batch: Sequence[dict], model: LoadedModel, inference_args: dict | None = None

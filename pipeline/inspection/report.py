@@ -65,6 +65,7 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
             "tuning": _read_json(model_dir, TUNING_FILE),
         },
         "training_metrics": _read_json(model_dir, TRAINING_METRICS_FILE),
+        "golden_records": _golden_records(model_dir),
         "size_bytes": size,
         "files": files,
         "files_problem": files_problem,
@@ -87,6 +88,20 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
         serving_check(signatures, probe, description, example),
     ]
     return report
+
+
+def _golden_records(model_dir: str) -> dict | None:
+    """How many golden records the model holds, from which TensorFlow, and their tolerance."""
+    from pipeline.inference.golden import read_golden_records  # TensorFlow: not on import
+
+    stored = read_golden_records(model_dir)
+    if stored is None:
+        return None
+    return {
+        "count": len(stored["records"]),
+        "tensorflow": stored.get("tensorflow"),
+        "tolerance": stored["tolerance"],
+    }
 
 
 def _files_problem(model_dir: str) -> str | None:

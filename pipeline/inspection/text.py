@@ -75,6 +75,15 @@ def format_report(report: dict) -> str:
     ]
     metrics = ", ".join(f"{k} {number(v)}" for k, v in (report["training_metrics"] or {}).items())
     lines += _wrapped(f"training metrics  {metrics or '(none recorded)'}", 0, 4)
+    golden = report["golden_records"]
+    lines += _wrapped(
+        f"golden records  {golden['count']}, scored at export with TensorFlow {golden['tensorflow']}; every run "
+        f"scores them first and stops if an output moved by more than {golden['tolerance']:g}"
+        if golden
+        else "golden records  none (not trained by adpredict, or exported before it stored them): runs skip the canary",
+        0,
+        4,
+    )
     lines.append(f"model fingerprint  {report['fingerprints']['adpredict']} (run.json model.fingerprint)")
     lines += ["", "portability"]
     for check in report["checks"]:

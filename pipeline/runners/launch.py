@@ -16,7 +16,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from pipeline.reporting.terminal import console_url
 from pipeline.run.finalize import FAILURE_LOGGERS, RunConfig
 from pipeline.run.manifest import manifest_of_run
-from pipeline.run.staging import sink_write_failure
+from pipeline.run.staging import remove_trees, sink_write_failure, staging_dir
+from pipeline.run_contract import GateFailed
 from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
 from pipeline.runners.dataflow import finish_dry_run, is_dry_run
 from pipeline.runners.local import waits
@@ -65,7 +66,8 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
     - the run's last step fails the pipeline when the run failed, after writing run.json:
       that failure is raised (`RunFailed`, with the run.json);
     - a sink that could not write (a full disk, no permission) is `WriteFailed`, naming the
-      path and the OS error, once the run's staging folder is cleared.
+      path and the OS error, once the run's staging folder is cleared;
+    - a worker that stopped on a gate (the model's golden records) raises that `GateFailed`.
 
     Beam's log records of those failures (a traceback per failed step) are held back and
     dropped; for any other failure, a crash, they are logged as they came."""
@@ -77,7 +79,11 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
         return launch(pipeline, options)
     except Exception as e:
         manifest = manifest_of_run(output_dir, run.info.get("run_id"))
-        explained = (manifest and run.failure(manifest)) or sink_write_failure(e, output_dir)
+        explained = (
+            (manifest and run.failure(manifest))
+            or sink_write_failure(e, output_dir)
+            or _gate_failure(e, output_dir)
+        )
         if not explained:
             held.replay(loggers)
             raise
@@ -85,6 +91,18 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
     finally:
         for logger in loggers:
             logger.removeFilter(held)
+
+
+def _gate_failure(error: BaseException, output_dir: str) -> GateFailed | None:
+    """The GateFailed behind `error` (raised in this process; the first one raised, not Beam's
+    copy with the step's name appended), after the staging is cleared."""
+    gate, seen = None, error
+    while seen is not None:
+        gate = seen if isinstance(seen, GateFailed) else gate
+        seen = seen.__cause__ or seen.__context__
+    if gate is not None:
+        remove_trees(staging_dir(output_dir))
+    return gate
 
 
 class _HoldStepFailures(logging.Filter):
