@@ -131,6 +131,7 @@ def test_train_prints_rows_auc_and_where_the_model_went(trained_ads, tmp_path, c
     assert metrics["train_records"] + metrics["eval_records"] == 600
     assert lines["AUC"] == f"{metrics['eval_auc']:.4f} on the held-out rows"
     assert lines["batch size"] == "128 records per model call"
+    assert lines["golden"] == "32 eval records with their outputs; every run checks them first"
     assert lines["model"] == model
 
 

@@ -180,6 +180,16 @@ def train_summary(metrics: dict, model_dir: str, wall_seconds: float | None = No
     ]
     if metrics.get("predict_batch_size"):
         lines.append(_line("batch size", f"{number(metrics['predict_batch_size'])} records per model call"))
+    if "golden_records" in metrics:
+        golden = metrics["golden_records"]
+        lines.append(
+            _line(
+                "golden",
+                f"{golden} eval records with their outputs; every run checks them first"
+                if golden
+                else "none: the analyze output holds no raw eval sample (re-run analyze to get one)",
+            )
+        )
     if wall_seconds is not None:
         lines.append(_line("time", f"{duration(wall_seconds)} in all, {metrics.get('epochs', '?')} epochs"))
     lines.append(_line("model", model_dir))
