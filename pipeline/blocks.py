@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import json
 import pickle
+from collections.abc import Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -257,20 +258,25 @@ def preview(value) -> str:
 
 def conform(
     table: pa.Table | pa.RecordBatch, layout: RecordLayout, source: str, lines: np.ndarray
-) -> tuple[RecordBlock | None, list[dict]]:
+) -> tuple[RecordBlock | None, Iterator[dict]]:
     """Columns of a typed source (Parquet, BigQuery, tf.Example) cast to the layout's types.
 
     A lossless cast is applied to the whole column (int32 -> int64, dictionary -> values,
     a whole-number float -> int); a value that cannot be cast (a string where a number is
     declared, a fraction for an int) makes its row one `wrong_type` error naming the field.
     Absent columns become nulls, which validation reports for required fields.
+
+    Returns the rows that cast (None if none do) and the error records of the others, in
+    row order, made as they are iterated: a failing row costs two bytes until then, so a
+    row group of a million bad rows never holds a million dicts.
     """
     num_rows = table.num_rows
     bad = np.zeros(num_rows, dtype=bool)
-    first_error: dict[int, tuple[str, object]] = {}
+    first_field = np.zeros(num_rows, dtype=np.int16)  # index in layout.all_fields of a bad row's field
+    uncast: dict[int, pa.Array] = {}  # the values as the source gave them, of fields with bad rows
     columns = []
     names = table.schema.names
-    for field in layout.all_fields:
+    for index, field in enumerate(layout.all_fields):
         target = ARROW_TYPES[field.type]
         if field.name not in names:
             columns.append(pa.nulls(num_rows, target))
@@ -283,33 +289,43 @@ def conform(
         if field.name in layout.untyped and _is_number(column.type):
             column = pc.cast(column, pa.string())
         cast, failed = _cast_column(column, target)
-        for row in np.flatnonzero(failed & ~bad):
-            first_error[int(row)] = (field.name, column[int(row)].as_py())
-        bad |= failed
+        new = failed & ~bad
+        if new.any():
+            first_field[new] = index
+            uncast[index] = column
+            bad |= new
         columns.append(cast)
     columns.append(pa.array(lines, pa.int64()))
     batch = pa.RecordBatch.from_arrays(columns, schema=layout.with_lines_schema())
-    failures = []
-    for row, (name, value) in sorted(first_error.items()):
-        field = next(f for f in layout.all_fields if f.name == name)
-        instance = {k: v for k, v in table.slice(row, 1).to_pylist()[0].items() if v is not None}
-        line = int(lines[row])
-        failures.append(
-            errors.error_record(
+    if not bad.any():
+        return RecordBlock(source, batch), iter(())
+    failures = _wrong_types(table, layout, source, lines, np.flatnonzero(bad), first_field, uncast)
+    passing = np.flatnonzero(~bad)
+    if not len(passing):
+        return None, failures
+    return RecordBlock(source, batch.take(pa.array(passing))), failures
+
+
+def _wrong_types(
+    table, layout: RecordLayout, source: str, lines, rows, first_field, uncast
+) -> Iterator[dict]:
+    """The `wrong_type` error records of `rows` of `table`, a list's worth converted at a time."""
+    for first in range(0, len(rows), errors.ERROR_BATCH):
+        chunk = rows[first : first + errors.ERROR_BATCH].tolist()
+        records = table.take(pa.array(chunk, pa.int64())).to_pylist()
+        for row, record in zip(chunk, records, strict=True):
+            field = layout.all_fields[first_field[row]]
+            value = uncast[int(first_field[row])][row].as_py()
+            instance = {k: v for k, v in record.items() if v is not None}
+            line = int(lines[row])
+            yield errors.error_record(
                 source=f"{source}:{line}",
                 code=errors.WRONG_TYPE,
-                field=name,
-                message=f"field {name!r} must be {TYPE_DESCRIPTIONS[field.type]}, got {preview(value)}",
+                field=field.name,
+                message=f"field {field.name!r} must be {TYPE_DESCRIPTIONS[field.type]}, got {preview(value)}",
                 key=layout.record_key(source, line, instance),
                 instance=instance,
             )
-        )
-    if failures:
-        passing = np.flatnonzero(~bad)
-        if not len(passing):
-            return None, failures
-        batch = batch.take(pa.array(passing))
-    return RecordBlock(source, batch), failures
 
 
 def _cast_column(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:

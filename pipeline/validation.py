@@ -18,6 +18,7 @@ few hundred bytes decoded per image.
 from __future__ import annotations
 
 import binascii
+from collections.abc import Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -42,7 +43,25 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # width x height declared by an image's header
 
 
 def validate_block(block: RecordBlock, layout: RecordLayout) -> tuple[RecordBlock | None, list[dict]]:
-    """Returns (the rows that pass, or None if none do; one error record per failing row)."""
+    """Returns (the rows that pass, or None if none do; one error record per failing row).
+
+    The error records of the whole block in one list: for a few records at a time (a batch
+    of `RecordModelHandler`, tests). A reading step uses `check_block`, whose error records
+    come in bounded lists."""
+    valid, error_lists = check_block(block, layout)
+    return valid, [error for error_list in error_lists for error in error_list]
+
+
+def check_block(
+    block: RecordBlock, layout: RecordLayout, batch_size: int = errors.ERROR_BATCH
+) -> tuple[RecordBlock | None, Iterator[list[dict]]]:
+    """Returns (the rows that pass, or None if none do; the error records of the failing rows,
+    one per row in row order, in lists of up to `batch_size`, made as they are iterated).
+
+    A block may hold millions of rows (8 MiB of `{}` lines is 2.8 million records): what a
+    failing row costs until its list is made is two bytes (which check failed it), so the
+    memory of a block's errors is one list's, however many rows fail.
+    """
     batch = block.batch
     failures = _Failures(batch.num_rows)
     _check_key(batch, layout, failures)
@@ -56,28 +75,51 @@ def validate_block(block: RecordBlock, layout: RecordLayout) -> tuple[RecordBloc
             _check_list(field, column, failures)
         elif field.type == "image":
             _check_image(field, column, failures)
-    if not failures.found:
-        return block, []
-    error_records = [error_for_row(block, layout, *failure) for failure in sorted(failures.found)]
+    if not failures.checks:
+        return block, iter(())
+    error_lists = _error_lists(block, layout, failures, batch_size)
     passing = np.flatnonzero(~failures.failed)
     if not len(passing):
-        return None, error_records
-    return RecordBlock(block.source, batch.take(pa.array(passing))), error_records
+        return None, error_lists
+    return RecordBlock(block.source, batch.take(pa.array(passing))), error_lists
 
 
 class _Failures:
-    """The first failure of each row: which rows failed, and (row, code, field, message) each."""
+    """The first failure of each row: which rows failed and, per row, which check failed it
+    (an index into `checks`: (code, field, message)); a message may be row -> text, made
+    only when the row's error record is."""
 
     def __init__(self, num_rows: int):
         self.failed = np.zeros(num_rows, dtype=bool)
-        self.found: list[tuple[int, str, str, str]] = []
+        self.first_check = np.zeros(num_rows, dtype=np.int16)
+        self.checks: list[tuple[str, str, object]] = []
 
     def flag(self, mask: np.ndarray, code: str, field: str, message) -> None:
         """Fails the rows of `mask` that have not failed yet; `message` is text or row -> text."""
         new = mask & ~self.failed
-        for row in np.flatnonzero(new):
-            self.found.append((int(row), code, field, message(row) if callable(message) else message))
+        if not new.any():
+            return
+        self.first_check[new] = len(self.checks)
+        self.checks.append((code, field, message))
         self.failed[new] = True
+
+    def failure(self, row: int) -> tuple[str, str, str]:
+        """(code, field, message) of a failed row."""
+        code, field, message = self.checks[self.first_check[row]]
+        return code, field, message(row) if callable(message) else message
+
+
+def _error_lists(block: RecordBlock, layout: RecordLayout, failures: _Failures, size: int):
+    """The error records of the failed rows, in lists of up to `size`: one Arrow take and one
+    conversion to Python per list, not per row."""
+    rows = np.flatnonzero(failures.failed)
+    for first in range(0, len(rows), size):
+        chunk = rows[first : first + size].tolist()
+        records = block.batch.take(pa.array(chunk, pa.int64())).to_pylist()
+        yield [
+            _row_error(block.source, layout, record, *failures.failure(row))
+            for row, record in zip(chunk, records, strict=True)
+        ]
 
 
 def _check_key(batch: pa.RecordBatch, layout: RecordLayout, failures: _Failures) -> None:
@@ -224,15 +266,19 @@ def _to_mask(array: pa.Array) -> np.ndarray:
 
 def error_for_row(block: RecordBlock, layout: RecordLayout, row: int, code, field, message) -> dict:
     """The error record of one row of `block`: its source line, key and raw values."""
-    record = block.batch.slice(row, 1).to_pylist()[0]
+    return _row_error(block.source, layout, block.batch.slice(row, 1).to_pylist()[0], code, field, message)
+
+
+def _row_error(source: str, layout: RecordLayout, record: dict, code, field, message) -> dict:
+    """The error record of a row given as a dict of its columns (the line column included)."""
     line = record.pop(LINE_COLUMN)
     instance = {k: v for k, v in record.items() if v is not None}
     return errors.error_record(
-        source=f"{block.source}:{line}",
+        source=f"{source}:{line}",
         code=code,
         field=field,
         message=message,
-        key=layout.record_key(block.source, line, record),
+        key=layout.record_key(source, line, record),
         instance=instance,
     )
 
@@ -252,7 +298,8 @@ class CheckedRecords:
     Validation happens in the reading step itself, so read errors and validation errors
     never need a Flatten: Beam's local runner materialises every multi-input Flatten, which
     held all error records of a run in memory (1.3 KB each; 2.1 GB for a million bad lines).
-    Errors travel in lists of up to `errors.ERROR_BATCH`.
+    Errors travel in lists of at most `errors.ERROR_BATCH`, made as they go: a block whose
+    every record fails (8 MiB of `{}` lines) never holds its error records all at once.
     """
 
     RECORDS, COUNTS = RECORDS, COUNTS  # the output tags of a step that yields from it
@@ -272,18 +319,27 @@ class CheckedRecords:
                 self._malformed.inc(len(unread))
                 counters.add(read=len(unread), errors=len(unread))
                 failed += unread
-            else:
-                read += len(item)
-                valid, failures = validate_block(item, self._layout)
-                self._invalid.inc(len(failures))
-                counters.add(read=len(item), errors=len(failures))
-                failed += failures
-                if valid is not None:
-                    yield valid
-            if len(failed) >= errors.ERROR_BATCH:
-                yield failed
-                failed = []
+                failed = yield from _full_lists(failed)
+                continue
+            read += len(item)
+            counters.add(read=len(item))
+            valid, error_lists = check_block(item, self._layout)
+            if valid is not None:
+                yield valid
+            for error_list in error_lists:
+                self._invalid.inc(len(error_list))
+                counters.add(errors=len(error_list))
+                failed += error_list
+                failed = yield from _full_lists(failed)
         if failed:
             yield failed
         self._read.inc(read)
         yield beam.pvalue.TaggedOutput(COUNTS, (READ, read))
+
+
+def _full_lists(failed: list[dict]):
+    """Yields lists of exactly `errors.ERROR_BATCH` error records from `failed`; returns the rest."""
+    while len(failed) >= errors.ERROR_BATCH:
+        yield failed[: errors.ERROR_BATCH]
+        failed = failed[errors.ERROR_BATCH :]
+    return failed

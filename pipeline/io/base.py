@@ -166,19 +166,36 @@ def read_ahead(items: Iterator, depth: int = 1) -> Iterator:
 
 
 class Prepended:
-    """A read-only stream: `head` (bytes already read to check the format), then `stream`."""
+    """A read-only stream: `head` (bytes already read to check the format), then `stream`.
+
+    A read that gets part of the head and then fails in `stream` (a .gz file cut short)
+    returns the head's bytes and raises on the next read, so no record before the failure
+    is lost.
+    """
 
     def __init__(self, head: bytes, stream):
         self._head = head
         self._stream = stream
+        self._error: Exception | None = None
 
     def read(self, size: int = -1) -> bytes:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         if not self._head:
             return self._stream.read(size)
         if size is None or size < 0:
-            data, self._head = self._head + self._stream.read(), b""
-            return data
+            data, self._head = self._head, b""
+            return data + self._rest(-1)
         data, self._head = self._head[:size], self._head[size:]
         if len(data) < size:
-            data += self._stream.read(size - len(data))
+            data += self._rest(size - len(data))
         return data
+
+    def _rest(self, size: int) -> bytes:
+        """`stream`'s bytes after the head's; a failure is kept for the next read."""
+        try:
+            return self._stream.read(size)
+        except Exception as e:  # noqa: BLE001 - raised again on the next read
+            self._error = e
+            return b""

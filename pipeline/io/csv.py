@@ -130,6 +130,9 @@ def _csv_reason(error: csv.Error) -> str:
     return str(error)
 
 
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+
+
 def parse_header(text: bytes) -> list[str]:
     rows = list(csv.reader(io.StringIO(text.decode("utf-8-sig"))))
     return rows[0] if rows else []
@@ -183,8 +186,8 @@ def head_problem(head: bytes, layout) -> str | None:
     """
     if b"\x00" in head:
         return "it holds binary data (NUL bytes)"
-    if layout.csv_columns:
-        return None
+    if layout.csv_columns or not head.lstrip(BYTE_ORDER_MARK).strip(b" \t\r\n"):
+        return None  # an empty file (or one of blank lines) is no records, as in every format
     first_line = head.split(b"\n", 1)[0]
     try:
         names = set(parse_header(first_line))

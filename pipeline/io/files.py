@@ -52,8 +52,14 @@ _GZIP_FAILURES = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 class _GzipStream:
-    """A .gz file read in small pieces, so the data before a cut is returned; the cut then
-    raises on the next read (Python's gzip raises it, where Beam's reader ends silently)."""
+    """A .gz file read in small pieces, so every byte before a cut is returned; the cut then
+    raises on the next read (Python's gzip raises it, where Beam's reader ends silently).
+
+    Pieces come from `GzipFile.read1`: one decompression step each. `GzipFile.read(n)` loops
+    over such steps inside its buffered reader and, when a step raises, drops the bytes the
+    earlier steps of that call produced (up to n: a whole 64 KiB piece of records, or all of a
+    small file's records after its first 4 KiB).
+    """
 
     PIECE = 1 << 16
 
@@ -65,7 +71,7 @@ class _GzipStream:
         parts, wanted = [], size if size is not None and size >= 0 else None
         while self._error is None and (wanted is None or wanted > 0):
             try:
-                piece = self._gzip.read(self.PIECE if wanted is None else min(self.PIECE, wanted))
+                piece = self._gzip.read1(self.PIECE if wanted is None else min(self.PIECE, wanted))
             except _GZIP_FAILURES as e:
                 self._error = e
                 break

@@ -34,6 +34,8 @@ def read(
     try:
         parquet_file = pq.ParquetFile(stream)
     except (pa.ArrowException, OSError) as e:
+        if _is_empty(stream):  # no rows, as an empty file of any format
+            return
         yield errors.error_record(
             source=f"{source}:0",
             code=errors.MALFORMED_RECORD,
@@ -63,6 +65,15 @@ def read(
             yield block
         yield from failures
         first_row += table.num_rows
+
+
+def _is_empty(stream) -> bool:
+    """Whether the file holds no byte at all (not even Parquet's magic)."""
+    try:
+        stream.seek(0)
+        return not stream.read(1)
+    except (OSError, ValueError):
+        return False
 
 
 def head_problem(head: bytes, layout) -> str | None:

@@ -33,6 +33,11 @@ DEFAULT_BLOCK_BYTES = 8 << 20
 PARSE_CHUNK_BYTES = 1 << 20
 # A quoted CSV field still open after this many bytes is taken as an unbalanced quote.
 MAX_RECORD_BYTES = 64 << 20
+# Records in one block at most. A block costs memory per record besides its bytes (Arrow
+# columns, line numbers, validation masks: 150 bytes a record and more), so 8 MiB of `{}`
+# lines, 2.8 million records, cost 0.4 GB; capped, a block of tiny records costs what a block
+# of real ones (150 bytes to kilobytes each) does.
+MAX_RECORDS_PER_BLOCK = 1 << 17
 
 _NEWLINE, _QUOTE, _OPEN_BRACE = 10, 34, 123
 _BLANKS = (32, 9, 13)  # space, tab, carriage return
@@ -162,16 +167,17 @@ def split_records(
         if not quoted or b'"' not in carry:  # every newline ends a record
             cut = carry.rfind(b"\n")
             if cut >= 0:
-                data, carry = carry[: cut + 1], carry[cut + 1 :]
-                count = data.count(b"\n")
-                if quoted:  # CSV: a line holds one row at most; empty lines take the slow path
-                    records = Records(data, np.arange(line, line + count, dtype=np.int64))
-                else:  # JSONL: `{..}{..}` on one line must not pass for one record per line
-                    records = _exact_lines(data, line)
-                records = screen_utf8(records)
-                if len(records) or records.rejected:
-                    yield records
-                line += count
+                whole, carry = carry[: cut + 1], carry[cut + 1 :]
+                for data in _line_pieces(whole):
+                    count = data.count(b"\n")
+                    if quoted:  # CSV: a line holds one row at most; empty lines take the slow path
+                        records = Records(data, np.arange(line, line + count, dtype=np.int64))
+                    else:  # JSONL: `{..}{..}` on one line must not pass for one record per line
+                        records = _exact_lines(data, line)
+                    records = screen_utf8(records)
+                    if len(records) or records.rejected:
+                        yield records
+                    line += count
             continue
         array = np.frombuffer(carry, np.uint8)
         newlines = np.flatnonzero(array == _NEWLINE)
@@ -184,13 +190,35 @@ def split_records(
                 yield UnterminatedRecord(line, carry[:cut])
                 carry, line = carry[cut:], line + 1
             continue
-        consumed = int(newlines[newlines_seen[-1]]) + 1
-        records = _without_empty_lines(carry[:consumed], newlines_seen, line, newlines)
-        records.has_quotes = True
-        carry, line = carry[consumed:], line + int(newlines_seen[-1]) + 1
-        records = screen_utf8(records)
-        if len(records) or records.rejected:
-            yield records
+        start = 0
+        for first in range(0, len(newlines_seen), MAX_RECORDS_PER_BLOCK):
+            seen = newlines_seen[first : first + MAX_RECORDS_PER_BLOCK]
+            before = int(newlines_seen[first - 1]) + 1 if first else 0  # newlines before the piece
+            end = int(newlines[seen[-1]]) + 1
+            records = _without_empty_lines(
+                carry[start:end], seen - before, line + before, newlines[before : seen[-1] + 1] - start
+            )
+            records.has_quotes = True
+            records = screen_utf8(records)
+            if len(records) or records.rejected:
+                yield records
+            start = end
+        carry, line = carry[start:], line + int(newlines_seen[-1]) + 1
+
+
+def _line_pieces(data: bytes) -> Iterator[bytes]:
+    """`data` (whole lines) in pieces of at most MAX_RECORDS_PER_BLOCK lines."""
+    if data.count(b"\n") <= MAX_RECORDS_PER_BLOCK:
+        yield data
+        return
+    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == _NEWLINE)
+    ends = (newlines[MAX_RECORDS_PER_BLOCK - 1 :: MAX_RECORDS_PER_BLOCK] + 1).tolist()
+    if ends[-1] != len(data):
+        ends.append(len(data))
+    start = 0
+    for end in ends:
+        yield data[start:end]
+        start = end
 
 
 def _exact_lines(data: bytes, line: int) -> Records:
@@ -287,13 +315,16 @@ class BlockParser(abc.ABC):
         if table is not None and table.num_rows == len(records):
             yield self._block(table, records.lines.astype(np.int64))
             return
-        tables, line_arrays, failures = [], [], []
-        self._bisect(records.numbered(), tables, line_arrays, failures)
+        # The error records go out as they are found, not kept to the end: a block whose every
+        # record is bad would otherwise hold one dict per record.
+        tables, line_arrays = [], []
+        yield from self._bisect(records.numbered(), tables, line_arrays)
         if tables:
             yield self._block(pa.concat_tables(tables), np.concatenate(line_arrays))
-        yield from failures
 
-    def _bisect(self, numbered, tables, line_arrays, failures):
+    def _bisect(self, numbered, tables, line_arrays) -> Iterator[dict]:
+        """Appends the tables of the parts of `numbered` that parse; yields an error record for
+        each record that does not."""
         if not numbered:
             return
         try:
@@ -305,11 +336,11 @@ class BlockParser(abc.ABC):
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             pass
         if len(numbered) == 1:
-            failures.append(self.diagnose(*numbered[0]))
+            yield self.diagnose(*numbered[0])
             return
         middle = len(numbered) // 2
-        self._bisect(numbered[:middle], tables, line_arrays, failures)
-        self._bisect(numbered[middle:], tables, line_arrays, failures)
+        yield from self._bisect(numbered[:middle], tables, line_arrays)
+        yield from self._bisect(numbered[middle:], tables, line_arrays)
 
     def _block(self, table: pa.Table, lines: np.ndarray) -> RecordBlock:
         table = self.normalize(table)

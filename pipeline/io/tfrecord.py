@@ -247,6 +247,12 @@ def read(stream, source: str, layout, block_bytes: int):
             instance=None,
         )
         return
+    except Exception:
+        # The stream itself failed (a .gz file cut short): the records before are scored, the
+        # caller reports the failure (pipeline.io.files).
+        if pending:
+            yield from decoder.decode(pending)
+        raise
     if pending:
         yield from decoder.decode(pending)
 
