@@ -150,6 +150,9 @@ class RecordLayout:
     key_type: str = "string"
     passthrough: tuple[InputField, ...] = ()
     csv_columns: tuple[str, ...] | None = None
+    # The column order of the headerless CSV files the model was trained on: used for a CSV
+    # file whose first row names none of the fields (a header row still wins).
+    trained_csv_columns: tuple[str, ...] | None = None
     # Pass-through fields of no declared type: read as text, numbers included where the
     # source is typed (Parquet, BigQuery, tf.Example).
     untyped: frozenset[str] = frozenset()

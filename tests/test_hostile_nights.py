@@ -292,3 +292,40 @@ def test_an_empty_file_is_a_run_of_no_records_in_every_format(case, trained_ads,
     assert manifest["status"] == SUCCEEDED
     assert (counts["read"], counts["predictions"], counts["errors"]) == (0, 0, 0)
     assert error_records(out) == [] and (out / "_SUCCESS").exists()
+
+
+def test_predict_reads_headerless_csv_in_the_column_order_the_model_was_trained_with(tmp_path, capsys):
+    """A schema's `csv_columns` goes into the model's description: the same headerless files
+    score without --csv_columns, and a CSV with a header row is still read by its header."""
+    import json as json_
+
+    import yaml as yaml_
+
+    from pipeline import analyze, cli
+    from pipeline.sampledata.generate import generate_file
+    from pipeline.trainer.train import train_and_export
+    from transforms.schema import load_schema
+
+    with_header = tmp_path / "ads.csv"
+    generate_file(str(with_header), 300, seed=11, fmt="csv")
+    header, *rows = with_header.read_text().splitlines(keepends=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    schema_doc = yaml_.safe_load(open(os.path.join(root, "transforms", "schemas", "ads.yaml")))
+    schema_doc["csv_columns"] = header.strip().split(",")
+    schema_path = tmp_path / "ads_headerless.yaml"
+    schema_path.write_text(yaml_.safe_dump(schema_doc))
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text("".join(rows))
+    transform, model = str(tmp_path / "transform"), str(tmp_path / "model")
+    analyze.run(["--schema", str(schema_path), "--input", str(headerless), "--output_dir", transform])
+    train_and_export(transform, load_schema(str(schema_path)), model, epochs=1, compare_blank_image=False)
+    assert (
+        json_.load(open(os.path.join(model, "assets.extra", "adpredict_model.json")))["csv_columns"]
+        == (schema_doc["csv_columns"])
+    )
+    for source in (headerless, with_header):
+        out = tmp_path / f"out-{source.stem}"
+        argv = ["predict", "--model_dir", model, "--input", str(source), "--output_dir", str(out)]
+        assert cli.main(argv) == 0, capsys.readouterr().err
+        counts = json_.load(open(out / "run.json"))["counts"]
+        assert (counts["read"], counts["predictions"], counts["errors"]) == (300, 300, 0), source

@@ -34,7 +34,7 @@ FINGERPRINTED_FILES = ("saved_model.pb", "variables/variables.index")
 # "signatures" was written by adpredict 0.x exports and is ignored.
 _DESCRIPTION_KEYS = {
     "format_version", "inputs", "outputs", "key_field", "key_type", "label", "schema_name",
-    "batch_size", "signature", "example_input", "signatures",
+    "batch_size", "signature", "example_input", "signatures", "csv_columns",
 }  # fmt: skip
 
 
@@ -92,6 +92,9 @@ class ModelDescription:
     # None: the signature takes one tensor per input field. A name: its only input, a batch
     # of serialized tf.Examples holding the input fields (how TFX exports models).
     example_input: str | None = None
+    # The column order of the headerless CSV files the model was trained on (the schema's
+    # `csv_columns`): predict reads such files the same way without --csv_columns.
+    csv_columns: tuple[str, ...] | None = None
     # Where this description came from (not written): the file, or how it was derived.
     origin: str = dataclasses.field(default=DESCRIPTION_PATH, compare=False)
 
@@ -133,6 +136,7 @@ class ModelDescription:
                 batch_size=int(doc.get("batch_size", 256)),
                 signature=doc.get("signature", RAW_SIGNATURE),
                 example_input=doc.get("example_input"),
+                csv_columns=tuple(doc["csv_columns"]) if doc.get("csv_columns") else None,
                 origin=where,
             )
         except ModelDirectoryError:
@@ -207,6 +211,7 @@ def description_from_schema(schema, outputs=(OUTPUT_NAME,), batch_size=256) -> M
         label=schema.label,
         schema_name=schema.name,
         batch_size=batch_size,
+        csv_columns=schema.csv_columns,
     )
 
 

@@ -80,6 +80,7 @@ def prediction_layout(
         description.key_type,
         passthrough=fields,
         csv_columns=tuple(c.strip() for c in csv_columns.split(",")) if csv_columns else None,
+        trained_csv_columns=description.csv_columns,
         untyped=frozenset(f.name for f in fields if f.name not in declared | model_fields),
         require_key=bool(description.key_field),
     )

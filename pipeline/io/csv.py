@@ -1,7 +1,8 @@
 """CSV (RFC 4180, also `.gz`): quoted fields may hold commas, doubled quotes and newlines.
 
 In: the first record is the header, unless the layout declares the column order (schema
-file `csv_columns:`, or `predict --csv_columns`) for files without one. A newline inside
+file `csv_columns:`, or `predict --csv_columns`) for files without one; a model trained on such
+files remembers their order, used when a first row names no field. A newline inside
 quotes does not end a record (see `pipeline.io.text`), an empty cell, quoted or not, is a
 missing value, and a `string_list` cell is split on its separator (`sports|travel`).
 Out: a header row `key,<outputs>,<pass-through fields>`, then one row per prediction; an
@@ -150,7 +151,12 @@ def read(stream, source: str, layout, block_bytes: int, first_line: int = 1, hea
                 yield from parser.parse_records(records)  # the header line itself is broken
                 return
             header_end = int(records.ends[0])
-            parser = CsvParser(layout, source, parse_header(records.data[:header_end]))
+            header = parse_header(records.data[:header_end])
+            if layout.trained_csv_columns and not names_a_field(header, layout):
+                parser = CsvParser(layout, source, list(layout.trained_csv_columns))  # no header row
+                yield from parser.parse_records(records)
+                continue
+            parser = CsvParser(layout, source, header)
             records = Records(
                 records.data[header_end:],
                 records.lines[1:],
@@ -163,6 +169,11 @@ def read(stream, source: str, layout, block_bytes: int, first_line: int = 1, hea
         yield from parser.parse_records(records)
 
 
+def names_a_field(header, layout) -> bool:
+    """Whether a first row names any of the layout's fields (a header, not a data row)."""
+    return bool(set(header) & {f.name for f in layout.all_fields})
+
+
 def file_header(path: str, layout) -> list[str] | None:
     """The column names of a CSV file (its first record), for a reader that starts mid-file."""
     from apache_beam.io.filesystem import CompressionTypes
@@ -173,7 +184,10 @@ def file_header(path: str, layout) -> list[str] | None:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         for records in split_records(f, 1 << 20, quoted=True):
             if isinstance(records, Records) and len(records):
-                return parse_header(records.data[: int(records.ends[0])])
+                header = parse_header(records.data[: int(records.ends[0])])
+                if layout.trained_csv_columns and not names_a_field(header, layout):
+                    return list(layout.trained_csv_columns)  # a headerless file, in the trained order
+                return header
             return None
     return None
 
@@ -193,8 +207,8 @@ def head_problem(head: bytes, layout) -> str | None:
         names = set(parse_header(first_line))
     except (csv.Error, UnicodeDecodeError):
         return "its first line is not a CSV header in UTF-8 (re-encode the file as UTF-8)"
-    if names & {f.name for f in layout.all_fields}:
-        return None
+    if names_a_field(names, layout) or layout.trained_csv_columns:
+        return None  # a header, or a headerless file in the column order the model was trained on
     return (
         f"its first row {first_line[:80].decode('utf-8', 'replace')!r} names none of the fields "
         f"{[f.name for f in layout.fields][:8]}; if the file has no header row, declare the column "
