@@ -47,7 +47,7 @@ def store_golden_records(model_dir: str, records: list[dict], tensorflow_version
     block, kept = _scorable(model, records[:GOLDEN_RECORDS])
     if block is None:
         return 0
-    outputs = model.predict(block.batch)
+    outputs = model.outputs(block.batch)
     stored = {
         "format_version": FORMAT_VERSION,
         "tolerance": GOLDEN_TOLERANCE,
@@ -100,7 +100,7 @@ def check_golden_records(model: LoadedModel) -> float | None:
             f"model {model.model_dir}: its golden records ({GOLDEN_RECORDS_FILE}) no longer read as "
             "valid records here; export the model again"
         )
-    outputs = model.predict(block.batch)
+    outputs = model.outputs(block.batch)
     worst = None
     for name, values in outputs.items():
         expected = np.asarray([entry["outputs"][name] for entry in stored["records"]], dtype=np.float64)
