@@ -31,6 +31,10 @@ def _copy_with_moved_output(model: str, tmp_path, by: float = 0.01) -> tuple[str
     return copy, stored["records"][5]["record"]["id"]
 
 
+def _predict_argv(model: str, data: str, out) -> list[str]:
+    return ["predict", "--model_dir", model, "--input", data, "--output_dir", str(out)]
+
+
 def test_export_stores_raw_eval_records_with_the_models_own_outputs(trained_ads):
     stored = read_golden_records(trained_ads["model"])
     assert len(stored["records"]) == GOLDEN_RECORDS and stored["tolerance"] == GOLDEN_TOLERANCE
@@ -62,15 +66,7 @@ def test_a_run_whose_model_moved_stops_before_scoring_in_one_line(trained_ads, t
 
 def test_a_difference_within_the_tolerance_passes(trained_ads, tmp_path, capsys):
     model, _ = _copy_with_moved_output(trained_ads["model"], tmp_path, by=GOLDEN_TOLERANCE / 2)
-    argv = [
-        "predict",
-        "--model_dir",
-        model,
-        "--input",
-        trained_ads["data"],
-        "--output_dir",
-        str(tmp_path / "o"),
-    ]
+    argv = _predict_argv(model, trained_ads["data"], tmp_path / "o")
     assert cli.main(argv) == EXIT_OK
 
 
@@ -87,15 +83,7 @@ def test_a_model_without_golden_records_skips_the_canary_and_inspect_says_so(tra
     shutil.copytree(trained_ads["model"], model)
     os.remove(os.path.join(model, GOLDEN_RECORDS_FILE))
     assert check_golden_records(LoadedModel(model)) is None
-    argv = [
-        "predict",
-        "--model_dir",
-        model,
-        "--input",
-        trained_ads["data"],
-        "--output_dir",
-        str(tmp_path / "o"),
-    ]
+    argv = _predict_argv(model, trained_ads["data"], tmp_path / "o")
     assert cli.main(argv) == EXIT_OK
     capsys.readouterr()
     assert cli.main(["inspect", model]) == EXIT_OK
