@@ -329,7 +329,7 @@ def _parser():
 
 
 EXIT_CODES_HELP = (
-    "exit codes (a scheduler retries only those that say 'retry later'; hooks: see the README):\n"
+    "exit codes (a scheduler retries only those that say 'retry later'; hooks: see docs/nightly.md):\n"
     + exit_code_table()
 )
 

@@ -119,7 +119,7 @@ def exit_code_summary() -> str:
 
 
 def exit_code_table() -> str:
-    """The exit codes as text, for --help, the README and the deploy files' comments."""
+    """The exit codes as text, for --help, docs/nightly.md and the deploy files' comments."""
     return "\n".join(
         f"  {e.code}  {e.name:<16} {e.meaning}{'; retry later' if e.retry else ''}" for e in EXIT_CODES
     )

@@ -1,5 +1,5 @@
 """Scheduling recipes in deploy/: each checked as far as this machine allows (no cron, systemd,
-Cloud Scheduler or Airflow here; see the README for what each one needs)."""
+Cloud Scheduler or Airflow here; see docs/nightly.md for what each one needs)."""
 
 import configparser
 import json
@@ -221,11 +221,11 @@ def test_deploy_files_and_the_readme_give_the_run_contracts_exit_codes():
     )
     assert service["Service"]["RestartPreventExitStatus"].split() == [str(c) for c in not_retried]
     assert service["Service"]["Restart"] == "on-failure"
-    assert exit_code_table() in open(os.path.join(ROOT, "README.md")).read()
+    assert exit_code_table() in open(os.path.join(ROOT, "docs", "nightly.md")).read()
 
 
-def test_readme_documents_every_recipe():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+def test_the_nightly_docs_document_every_recipe():
+    readme = open(os.path.join(ROOT, "docs", "nightly.md")).read()
     for needle in ("deploy/crontab", "adpredict-nightly.timer", "cloud_scheduler_predict.json", "airflow_dag.py",
                    "gcloud scheduler jobs create http"):  # fmt: skip
         assert needle in readme, needle

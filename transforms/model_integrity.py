@@ -281,7 +281,7 @@ def _read(model_dir: str, name: str) -> bytes:
 def _problem(
     model_dir: str, what: str, state="incomplete", todo="copy the model again"
 ) -> ModelDirectoryError:
-    """The one line: `model directory DIR is STATE: WHAT; TODO`."""
+    """The one line: `model directory DIR is STATE: WHAT; WHAT TO DO`."""
     return ModelDirectoryError(f"model directory {model_dir} is {state}: {what}; {todo}")
 
 
