@@ -8,6 +8,8 @@ runs `AnalyzeDataset` on the training split, and writes:
 - `OUTPUT/transformed/{train,eval}-*.tfrecord.gz`: `TransformDataset` output as tf.Examples,
   what the trainer reads;
 - `OUTPUT/errors-*`, `OUTPUT/analyze.errors_stats`: records that were left out, and why;
+- `OUTPUT/data_profile.json`: the training records' profile, which export completes into the
+  model's training profile (what every run's data-quality gate compares with);
 - `OUTPUT/run.json`, then `OUTPUT/_SUCCESS` when at most --max_error_rate of the records failed.
 
 Run it as `python -m pipeline.analyze --schema ads --input 'data/*.jsonl' --output_dir OUT`
@@ -33,16 +35,25 @@ from pipeline import errors
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.entrypoint import pipeline_main
+from pipeline.quality.profiling import ProfileRecordsFn
 from pipeline.read import BLOCKS, COUNTS, ERRORS, RECORDS, ReadAdRecords, check_inputs, separate_errors
 from pipeline.run import finalize
 from pipeline.run.finalize import FinalizeRun, RunConfig
 from pipeline.run.manifest import finished_run, versions
-from pipeline.run_contract import ANALYZE_JOB, ANALYZED, RAW_EVAL_SAMPLE, RUN_MANIFEST, SUCCESS_MARKER
+from pipeline.run_contract import (
+    ANALYZE_JOB,
+    ANALYZED,
+    DATA_PROFILE,
+    RAW_EVAL_SAMPLE,
+    RUN_MANIFEST,
+    SUCCESS_MARKER,
+)
 from pipeline.runners.dataflow import is_dry_run, local_stand_in
 from pipeline.runners.launch import launch_run, make_pipeline
 from pipeline.startup import freeze_imported_objects
 from pipeline.validation import error_for_row
 from pipeline.write import WriteErrors
+from transforms.data_profile import with_training_vocabularies
 from transforms.model_contract import InputField, description_from_schema
 from transforms.schema import Schema, load_schema
 
@@ -211,6 +222,21 @@ class _WriteEvalSampleFn(beam.DoFn):
         yield self._path
 
 
+class _WriteProfileFn(beam.DoFn):
+    """Writes the training records' profile (`DATA_PROFILE`), with each categorical feature's
+    vocabulary as tf.Transform keeps it (its top_k values); export adds the model's outputs."""
+
+    def __init__(self, output_dir: str, schema: Schema):
+        self._path = FileSystems.join(output_dir, DATA_PROFILE)
+        self._top_k = {f.name: f.top_k for f in schema.features if f.encoding in ("one_hot", "multi_hot")}
+
+    def process(self, profile: dict):
+        profile = with_training_vocabularies(profile, self._top_k)
+        with FileSystems.create(self._path, mime_type="application/json") as f:
+            f.write(json.dumps(profile, indent=1).encode("utf-8"))
+        yield self._path
+
+
 def _sample_order(record: dict) -> int:
     """A stable pick of the sample: the same records whichever blocks they came in."""
     return zlib.crc32(json.dumps(record, sort_keys=True, default=str).encode())
@@ -270,6 +296,12 @@ def build_analyze(
         split[EVAL_SAMPLE]
         | "SampleEval" >> beam.combiners.Top.Of(EVAL_SAMPLE_SIZE, key=_sample_order)
         | "WriteEvalSample" >> beam.ParDo(_WriteEvalSampleFn(output_dir))
+    )
+    inputs_profiled = [(f.name, f.type) for f in description_from_schema(schema).inputs]
+    written.append(
+        records[BLOCKS]
+        | "ProfileTraining" >> beam.CombineGlobally(ProfileRecordsFn(inputs_profiled))
+        | "WriteProfile" >> beam.ParDo(_WriteProfileFn(output_dir, schema))
     )
     counts = (
         read[COUNTS],

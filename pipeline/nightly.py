@@ -12,6 +12,11 @@ output templates where `{date}` becomes YYYY-MM-DD and `{date_nodash}` YYYYMMDD:
     input: gs://my-bucket/ads/dt={date}/*.jsonl       # or bq://p.d.t with input_filter
     output_dir: gs://my-bucket/predictions/dt={date}
 
+Each run's data-quality gate compares the date's records with the model's training profile
+and with the latest earlier night that published (within `drift_lookback_days`), and keeps a
+gross shift from being published (exit 8; `accept_drift: true` or `--accept_drift` publishes
+a reviewed night; limits in `quality_thresholds`, see docs/data_quality.md).
+
 A date whose `_SUCCESS` exists with the same model and input fingerprints in its run.json
 is skipped (`--force` re-runs it). A crashed run's half-written outputs are cleared before
 its date is scored again, so predictions are never duplicated or mixed. With
@@ -78,6 +83,11 @@ class NightlyConfig:
     on_success: str | None = None  # a shell command run after a date scored (see the module doc)
     on_failure: str | None = None  # ... after a date failed, whatever failed
     hook_timeout: float = 300.0  # seconds a hook may take before it is stopped and reported
+    # The data-quality gate (docs/data_quality.md): limits by check or feature ("WARN:BLOCK"),
+    # whether blocked nights publish anyway, and how far back the previous night is looked for.
+    quality_thresholds: dict = dataclasses.field(default_factory=dict)
+    accept_drift: bool = False
+    drift_lookback_days: int = 7
     pipeline_args: tuple[str, ...] = ()  # Beam flags for every run, e.g. [--runner, DataflowRunner]
 
 
@@ -112,11 +122,38 @@ def load_config(path: str) -> NightlyConfig:
             doc[key] = [doc[key]]
         if key in doc:
             doc[key] = tuple(str(v) for v in doc[key])
+    _check_quality_keys(path, doc)
     try:
         zoneinfo.ZoneInfo(doc.get("timezone", "UTC"))
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"{path}: unknown timezone {doc.get('timezone')!r} (e.g. Europe/Berlin)") from None
     return NightlyConfig(**doc)
+
+
+def _check_quality_keys(path: str, doc: dict) -> None:
+    from pipeline.quality.thresholds import parse_policy
+
+    thresholds = doc.get("quality_thresholds") or {}
+    if not isinstance(thresholds, dict):
+        raise ConfigError(f'{path}: quality_thresholds must be a mapping, e.g. {{distance: "0.1:0.3"}}')
+    try:
+        parse_policy(thresholds, where=f"{path}: quality_thresholds")
+    except OptionsError as e:
+        raise ConfigError(str(e)) from None
+    for name, value in thresholds.items():
+        if not isinstance(value, str):  # YAML reads 1:2 unquoted as a number (62)
+            raise ConfigError(
+                f'{path}: quality_thresholds: {name}: write "WARN:BLOCK" in quotes, e.g. {name}: "0.1:0.3" '
+                f"(YAML read {value!r})"
+            )
+    doc["quality_thresholds"] = {str(k): v for k, v in thresholds.items()}
+    if not isinstance(doc.get("accept_drift", False), bool):
+        raise ConfigError(f"{path}: accept_drift must be true or false")
+    lookback = doc.get("drift_lookback_days", 7)
+    if not isinstance(lookback, int) or isinstance(lookback, bool) or lookback < 0:
+        raise ConfigError(
+            f"{path}: drift_lookback_days must be a whole number of days >= 0, got {lookback!r}"
+        )
 
 
 def render(template: str | None, date: datetime.date) -> str | None:
@@ -145,7 +182,33 @@ def predict_argv(config: NightlyConfig, date: datetime.date, extra: list[str]) -
     }
     argv += [arg for name, value in optional.items() if value for arg in (f"--{name}", value)]
     argv += ["--output_format", config.output_format, "--max_error_rate", str(config.max_error_rate)]
+    for name, limits in config.quality_thresholds.items():
+        argv += ["--quality_threshold", f"{name}={limits}"]
+    if config.accept_drift:
+        argv.append("--accept_drift")
+    given = any(arg == "--drift_baseline" or arg.startswith("--drift_baseline=") for arg in extra)
+    baseline = None if given else previous_night_dir(config, date)
+    if baseline:
+        argv += ["--drift_baseline", baseline]
     return [*argv, "--run_date", date.isoformat(), *config.pipeline_args, *extra]
+
+
+def previous_night_dir(config: NightlyConfig, date: datetime.date) -> str | None:
+    """The output directory of the latest night before `date` (within drift_lookback_days)
+    that published its predictions (_SUCCESS): what tonight's drift is measured against.
+    A blocked or failed night is skipped, so one bad night does not become the baseline."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if "{date" not in config.output_dir:
+        return None  # one output directory (BigQuery tables) for every date: no night to find
+    for days in range(1, config.drift_lookback_days + 1):
+        output_dir = render(config.output_dir, date - datetime.timedelta(days=days))
+        try:
+            if FileSystems.exists(FileSystems.join(output_dir, SUCCESS_MARKER)):
+                return output_dir
+        except Exception:  # noqa: BLE001 - an unreachable night is one not found; the run says so
+            return None
+    return None
 
 
 def already_done(plan) -> str | None:
@@ -320,6 +383,12 @@ def _parser():
                       help="Every date from START to END, in order, skipping those already done.")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="Re-run dates that are already done.")
     parser.add_argument(
+        "--accept_drift",
+        action="store_true",
+        help="Publish a date the data-quality gate blocked, after a person reviewed its report.html "
+        "(passed to predict; the verdict is recorded as accepted).",
+    )
+    parser.add_argument(
         "--parity_only", action="store_true", help="Only run the parity gate (exit 0 when it passes)."
     )
     parser.add_argument(
@@ -343,6 +412,8 @@ def _main(argv: list[str]) -> int:
         print(f"adpredict: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     args, extra = parser.parse_known_args(argv)
+    if args.accept_drift:  # predict's flag, listed in nightly's --help
+        extra = [*extra, "--accept_drift"]
     try:
         config = load_config(args.config)
         try:

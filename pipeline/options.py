@@ -200,6 +200,36 @@ class PredictOptions(PipelineOptions):
             default=False,
             help="Do not show progress (records read / scored / errors) on stderr during a local run.",
         )
+        parser.add_argument(
+            "--quality_gate",
+            choices=("on", "off"),
+            default="on",
+            help="The data-quality gate: profile the records and predictions, compare them with the "
+            "model's training profile and --drift_baseline, and keep a gross shift from being "
+            "published (default on; see docs/data_quality.md).",
+        )
+        parser.add_argument(
+            "--quality_threshold",
+            action="append",
+            default=None,
+            metavar="NAME=WARN:BLOCK",
+            help="A limit of the gate, repeatable: distance (L-infinity / Jensen-Shannon, default "
+            "0.1:0.3), missing (0.1:0.3), volume (0.2:0.4), prediction (mean shift in std, 0.5:1), "
+            "or feature.NAME for one feature's distance; off turns a level off.",
+        )
+        parser.add_argument(
+            "--accept_drift",
+            action="store_true",
+            default=False,
+            help="Publish the run even if the gate would block it (a night a person reviewed); the "
+            "verdict is recorded as accepted.",
+        )
+        parser.add_argument(
+            "--drift_baseline",
+            default=None,
+            help="Output directory (or run.json) of an earlier run to check drift against; "
+            "`adpredict nightly` passes the previous night's.",
+        )
 
 
 class AnalyzeOptions(PipelineOptions):
@@ -254,6 +284,17 @@ def validate_predict(options: PipelineOptions) -> None:
         raise OptionsError(
             f"--output_table needs --output_format bigquery, got --output_format {predict.output_format}"
         )
+    quality_policy(options)  # a wrong --quality_threshold fails here
+
+
+def quality_policy(options: PipelineOptions):
+    """The data-quality gate's policy from the flags."""
+    from pipeline.quality.thresholds import parse_policy
+
+    predict = options.view_as(PredictOptions)
+    return parse_policy(
+        predict.quality_threshold, accept=predict.accept_drift, enabled=predict.quality_gate == "on"
+    )
 
 
 def validate_analyze(options: PipelineOptions) -> None:

@@ -36,11 +36,14 @@ from pipeline.inference.dofn import RunInferenceFn
 from pipeline.inference.model import ModelConfig
 from pipeline.io import BIGQUERY
 from pipeline.io import bigquery as bq
+from pipeline.quality.gate import QualityConfig
+from pipeline.quality.profiling import CountDuplicateKeys
+from pipeline.quality.references import previous_night, training_profile
 from pipeline.read import COUNTS, RECORDS, Inputs, ReadAdRecords, check_inputs, input_fingerprint
 from pipeline.read import ERRORS as ERROR_RECORDS
 from pipeline.reporting.summaries import scored_at
 from pipeline.run import finalize
-from pipeline.run.finalize import FinalizeRun, RunConfig
+from pipeline.run.finalize import FinalizeRun, JudgeQuality, RunConfig
 from pipeline.run.lock import output_dir_lock
 from pipeline.run.manifest import finished_run, model_fingerprint, versions
 from pipeline.run.staging import staging_dir
@@ -78,10 +81,24 @@ def build_predict(
     # (the local runner would hold every error record of the run in memory).
     scored, errors = inference[SCORED], inference[RunInferenceFn.ERRORS]
     staged = staging_dir(outputs.output_dir)  # published by FinalizeRun: a killed run shows no results
+    quality = None
+    if run is not None and run.quality is not None:  # profiled and judged before the writes end
+        judged = {
+            finalize.QUALITY_RECORDS: records[RECORDS],
+            finalize.QUALITY_OUTPUTS: scored,
+            finalize.READ_COUNTS: records[COUNTS],
+        }
+        if model.layout.key_field:
+            judged[finalize.DUPLICATE_KEYS] = records[RECORDS] | "DuplicateKeys" >> CountDuplicateKeys(
+                model.layout.key_field
+            )
+        quality = judged | "JudgeQuality" >> JudgeQuality(
+            run.quality, ((f.name, f.type) for f in model.layout.fields)
+        )
     predictions_written = scored | "WritePredictions" >> WritePredictions(
-        staged, model.prediction_columns(), outputs.output_format, outputs.bigquery
+        staged, model.prediction_columns(), outputs.output_format, outputs.bigquery, quality
     )
-    errors_written = errors | "WriteErrors" >> WriteErrors(staged, outputs.bigquery)
+    errors_written = errors | "WriteErrors" >> WriteErrors(staged, outputs.bigquery, quality)
     counts = [
         records[COUNTS],
         inference[RunInferenceFn.COUNTS],
@@ -96,6 +113,7 @@ def build_predict(
             ERRORS: counters.BIGQUERY_ERRORS_LOADED,
         }
     manifest = {
+        **({finalize.QUALITY: quality} if quality is not None else {}),
         finalize.COUNTS: tuple(counts) | "AllCounts" >> beam.Flatten(),
         "written_0": predictions_written,
         "written_1": errors_written,
@@ -154,7 +172,24 @@ def plan(options: PipelineOptions) -> PredictPlan:
     bigquery = bigquery_target(options, check=not offline) if predict.output_format == BIGQUERY else None
     outputs = Outputs(io.output_dir, predict.output_format, bigquery)
     info = run_info(options, inputs, model, outputs, files, offline)
-    return PredictPlan(options, inputs, model, outputs, RunConfig(info, io.max_error_rate), offline)
+    run = RunConfig(info, io.max_error_rate, quality=quality_config(options, offline))
+    return PredictPlan(options, inputs, model, outputs, run, offline)
+
+
+def quality_config(options, offline: bool) -> QualityConfig | None:
+    """The data-quality gate of a run: its limits, the model's training profile (skew) and
+    --drift_baseline's profile (drift); None with --quality_gate off."""
+    policy = opts.quality_policy(options)
+    if not policy.enabled:
+        return None
+    predict = options.view_as(opts.PredictOptions)
+    training, training_why = training_profile(predict.model_dir)
+    previous, previous_why = None, "no previous night to compare with (adpredict nightly gives the last one)"
+    if predict.drift_baseline:
+        previous, previous_why = (
+            (None, "not read in a dry run") if offline else previous_night(predict.drift_baseline)
+        )
+    return QualityConfig(policy, training, previous, training_why, previous_why)
 
 
 def execute(plan: PredictPlan, test_pipeline=None) -> dict:

@@ -27,6 +27,8 @@ ANALYZE_ERRORS_STATS = "analyze.errors_stats"
 ANALYZE_JOB = "analyze"
 # analyze: a few raw eval records, which export scores into the model's golden records.
 RAW_EVAL_SAMPLE = "raw_eval_sample.jsonl"  # run.json's "job" of an analyze run (predict runs have none)
+# analyze: the training records' profile, which export completes into the model's training profile.
+DATA_PROFILE = "data_profile.json"
 
 
 def errors_stats_file(manifest: dict) -> str:
@@ -44,6 +46,7 @@ ANALYZED = "analyzed"  # analyze's count of valid records analyzed, where predic
 SUCCEEDED = "succeeded"
 FAILED_ERROR_RATE = "failed: error rate above --max_error_rate"
 FAILED_LOST = "failed: records lost"
+BLOCKED = "failed: blocked by the data-quality gate"  # written to staging, nothing published
 
 # A run fails when more than this share of its records are errors: the odd bad record
 # passes, a systematic problem (schema drift, the wrong file) is loud.
@@ -68,6 +71,14 @@ def judge(
         return FAILED_LOST, lost
     error_rate = errors / read if read else 0.0
     return (SUCCEEDED if error_rate <= max_error_rate else FAILED_ERROR_RATE), []
+
+
+# --- The data-quality gate's words in run.json's `quality` (pipeline.quality judges, the
+# report and the summary show) --------------------------------------------------------------
+
+QUALITY_PASSED, QUALITY_WARNED, QUALITY_BLOCKED, QUALITY_ACCEPTED = "pass", "warn", "block", "accepted"
+CHECK_OK, CHECK_WARN, CHECK_BLOCK = "ok", "warn", "block"  # each check's level
+AGAINST_TRAINING, AGAINST_PREVIOUS = "training", "previous night"  # what a check compares with
 
 
 # --- Exit codes: one per way a command ends, and whether running again can help ----------
@@ -97,8 +108,14 @@ EXIT_CODES = (
         6, "records_lost", "records read != predictions + errors: a bug, run.json says where", retry=False
     ),
     ExitCode(7, "gate", "a gate stopped the run before scoring (parity, golden records)", retry=False),
+    ExitCode(
+        8,
+        "blocked",
+        "the data-quality gate blocked a gross shift: nothing published, no _SUCCESS; "
+        "review report.html, then re-run with --accept_drift",
+        retry=False,
+    ),
 )
-# 8 is kept for the data-quality gate's block.
 _BY_NAME = {exit_code.name: exit_code.code for exit_code in EXIT_CODES}
 EXIT_OK = _BY_NAME["ok"]
 EXIT_FAILED = _BY_NAME["failed"]
@@ -108,6 +125,7 @@ EXIT_SKIPPED = _BY_NAME["skipped"]
 EXIT_INPUT_NOT_READY = _BY_NAME["input_not_ready"]
 EXIT_RECORDS_LOST = _BY_NAME["records_lost"]
 EXIT_GATE = _BY_NAME["gate"]
+EXIT_BLOCKED = _BY_NAME["blocked"]
 RETRYABLE_EXIT_CODES = tuple(e.code for e in EXIT_CODES if e.retry)
 # Not a failure for a scheduler: systemd's SuccessExitStatus, Airflow's skip.
 SUCCESS_EXIT_CODES = (EXIT_OK, EXIT_SKIPPED)
@@ -172,6 +190,13 @@ class RecordsLost(RunFailed):
     exit_code = EXIT_RECORDS_LOST
 
 
+class DataQualityBlocked(RunFailed):
+    """The data-quality gate found a gross shift: everything was written to staging, nothing
+    published; re-running with --accept_drift publishes a night a person reviewed."""
+
+    exit_code = EXIT_BLOCKED
+
+
 class WriteFailed(RunFailed):
     """A sink or the run's last step could not write (a full disk, no permission): nothing
     was published, and the message names the path and the OS error."""
@@ -191,4 +216,23 @@ def run_failure(manifest: dict, records: str = "records", after: str = "") -> Ru
             f"--max_error_rate {limit:.2%}{after}; see {stats}",
             manifest,
         )
+    if manifest.get("status") == BLOCKED:
+        return DataQualityBlocked(blocked_line(manifest), manifest)
     return None
+
+
+def blocked_line(manifest: dict) -> str:
+    """Why the gate blocked a run, what it kept back, what to do: one line."""
+    checks = [c for c in manifest.get("quality", {}).get("checks", []) if c.get("level") == CHECK_BLOCK]
+    shown = "; ".join(
+        f"{c['subject']}: {c['measure']} {c['value']:.3g} against {c['against']} "
+        f"(block above {c['block']:g} + {c['allowance']:.2g} for sample size)"
+        for c in checks[:3]
+    )
+    more = f" and {len(checks) - 3} more" if len(checks) > 3 else ""
+    output_dir = str(manifest.get("output_dir", "")).rstrip("/")
+    return (
+        f"the data-quality gate blocked publishing: {shown}{more}; the outputs stay in "
+        f"{output_dir}/{STAGING_DIR}, see {output_dir}/{REPORT}; if the shift is real, re-run with "
+        "--accept_drift to publish"
+    )

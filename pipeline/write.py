@@ -59,7 +59,8 @@ class _CountPredictionsFn(beam.DoFn):
 
 class WritePredictions(beam.PTransform):
     """ScoredBlocks -> sharded prediction files of `output_format` under `output_dir`, or a
-    BigQuery table when `bigquery` is given."""
+    BigQuery table when `bigquery` is given; with `quality` (the data-quality verdict as one
+    element) a blocked run's rows are not loaded (files are held back by the run's last step)."""
 
     def __init__(
         self,
@@ -67,11 +68,13 @@ class WritePredictions(beam.PTransform):
         columns: base.PredictionColumns,
         output_format: str = "jsonl",
         bigquery: BigQueryTarget | None = None,
+        quality=None,
     ):
         super().__init__()
         self._output_dir = output_dir
         self._columns = columns
         self._bigquery = bigquery
+        self._quality = quality  # the data-quality verdict (one element): a blocked run loads nothing
         self._format = None if bigquery else FILE_FORMATS[output_format]
 
     def expand(self, scored):
@@ -81,7 +84,12 @@ class WritePredictions(beam.PTransform):
         if self._bigquery:
             target = self._bigquery
             return counted | "WriteBigQuery" >> bq.WriteToBigQuery(
-                target.connection, target.table, self._columns, target.staging_dir, target.disposition
+                target.connection,
+                target.table,
+                self._columns,
+                target.staging_dir,
+                target.disposition,
+                self._quality,
             )
         prefix = FileSystems.join(self._output_dir, PREDICTIONS_PREFIX)
         return counted | f"Write{self._format.name.title()}" >> self._format.write_predictions(
@@ -114,17 +122,18 @@ class WriteErrors(beam.PTransform):
     the write wrote. Their counts by kind are written by the run's last step,
     `pipeline.run.finalize.FinalizeRun`, which summarizes the same lists."""
 
-    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None):
+    def __init__(self, output_dir: str, bigquery: BigQueryTarget | None = None, quality=None):
         super().__init__()
         self._output_dir = output_dir
         self._bigquery = bigquery
+        self._quality = quality
 
     def expand(self, errors):
         counted = errors | "CountErrors" >> beam.ParDo(CountErrors())
         if self._bigquery:
             target = self._bigquery
             return counted | "WriteBigQuery" >> bq.WriteErrorsToBigQuery(
-                target.connection, target.errors_table, target.staging_dir, target.disposition
+                target.connection, target.errors_table, target.staging_dir, target.disposition, self._quality
             )
         return (
             counted

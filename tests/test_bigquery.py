@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import analyze, cli, predict
 from pipeline.io.bigquery import Connection
-from pipeline.run_contract import EXIT_INPUT_NOT_READY, EXIT_USAGE
+from pipeline.run_contract import BLOCKED, EXIT_BLOCKED, EXIT_INPUT_NOT_READY, EXIT_USAGE
 
 DATASET = "ads"
 
@@ -173,3 +173,28 @@ def test_missing_table_bad_query_and_missing_dataset_stop_before_the_run(
     assert cli.main(argv) == (EXIT_INPUT_NOT_READY if message == "does not exist" else EXIT_USAGE)
     err = capsys.readouterr().err
     assert message in err and not os.path.exists(tmp_path / "run.json")
+
+
+def test_a_night_the_quality_gate_blocks_loads_nothing_into_the_tables(bigquery, trained_ads, tmp_path):
+    from tests.test_quality_gate import NIGHT, bid_in_cents, write_night
+
+    project, client = bigquery["project"], bigquery["client"]
+    table = bq(project, "predictions_gated")
+    clean = write_night(tmp_path / "clean.jsonl", NIGHT, seed=120)
+    shifted = write_night(tmp_path / "shifted.jsonl", NIGHT, seed=121, change=bid_in_cents)
+
+    def run(data, out):
+        return cli.main(["predict", "--model_dir", trained_ads["model"], "--input", data, "--output_dir",
+                         str(tmp_path / out), "--output_format", "bigquery", "--output_table", table,
+                         *bigquery["flags"]])  # fmt: skip
+
+    assert run(clean, "clean") == 0
+    before = sorted(row["key"] for row in table_rows(client, f"{project}.{DATASET}.predictions_gated"))
+    assert len(before) == NIGHT
+    assert run(shifted, "shifted") == EXIT_BLOCKED  # the default disposition would truncate the table
+    after = sorted(row["key"] for row in table_rows(client, f"{project}.{DATASET}.predictions_gated"))
+    assert after == before  # last night's rows stay; tonight's were not loaded
+    manifest = json.loads((tmp_path / "shifted" / "run.json").read_text())
+    assert manifest["status"] == BLOCKED and not (tmp_path / "shifted" / "_SUCCESS").exists()
+    assert manifest["counts"]["bigquery_rows_loaded"] == {"predictions": 0, "errors": 0}
+    assert manifest["counts"]["predictions"] == NIGHT and manifest["problems"] == []

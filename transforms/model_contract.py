@@ -27,6 +27,9 @@ TUNING_FILE = os.path.join("assets.extra", "batch_size_tuning.json")  # records/
 TRAINING_METRICS_FILE = os.path.join("assets.extra", "training_metrics.json")
 # Raw eval records with the outputs the model gave at export: the canary every run checks.
 GOLDEN_RECORDS_FILE = os.path.join("assets.extra", "golden_records.json")
+# The training data's profile and the model's outputs on the eval split: what the data-quality
+# gate compares every run with (`transforms.data_profile`).
+TRAINING_PROFILE_FILE = os.path.join("assets.extra", "training_profile.json")
 # The files whose bytes identify a model (run.json's model.fingerprint, `adpredict inspect`).
 FINGERPRINTED_FILES = ("saved_model.pb", "variables/variables.index")
 

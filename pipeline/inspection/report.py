@@ -15,6 +15,7 @@ from transforms.model_contract import (
     DESCRIPTION_PATH,
     RAW_SIGNATURE,
     TRAINING_METRICS_FILE,
+    TRAINING_PROFILE_FILE,
     TRANSFORM_SIGNATURE,
     TUNING_FILE,
     ModelDescription,
@@ -66,6 +67,7 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
         },
         "training_metrics": _read_json(model_dir, TRAINING_METRICS_FILE),
         "golden_records": _golden_records(model_dir),
+        "training_profile": _training_profile(model_dir),
         "size_bytes": size,
         "files": files,
         "files_problem": files_problem,
@@ -101,6 +103,18 @@ def _golden_records(model_dir: str) -> dict | None:
         "count": len(stored["records"]),
         "tensorflow": stored.get("tensorflow"),
         "tolerance": stored["tolerance"],
+    }
+
+
+def _training_profile(model_dir: str) -> dict | None:
+    """What the data-quality gate compares runs with: records and features profiled, outputs."""
+    profile = _read_json(model_dir, TRAINING_PROFILE_FILE)
+    if not profile:
+        return None
+    return {
+        "records": profile.get("records"),
+        "features": sorted(profile.get("features", {})),
+        "outputs": sorted(profile.get("outputs", {})),
     }
 
 

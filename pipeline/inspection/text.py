@@ -84,6 +84,16 @@ def format_report(report: dict) -> str:
         0,
         4,
     )
+    profile = report.get("training_profile")
+    lines += _wrapped(
+        f"training profile  {number(profile['records'])} records, {len(profile['features'])} features"
+        f"{', outputs on the eval split' if profile['outputs'] else ''}; every run's data-quality gate checks "
+        "skew against it"
+        if profile
+        else "training profile  none (not trained by adpredict): runs skip skew checks; nightly still checks drift",
+        0,
+        4,
+    )
     lines.append(f"model fingerprint  {report['fingerprints']['adpredict']} (run.json model.fingerprint)")
     lines += ["", "portability"]
     for check in report["checks"]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import uuid
 
@@ -35,7 +36,7 @@ from pipeline import counters
 from pipeline.blocks import RecordStream, conform
 from pipeline.io import BIGQUERY_SCHEME
 from pipeline.io.base import SHARD_TEMPLATE, PredictionColumns, scored_table
-from pipeline.run_contract import InputError, InputNotReady
+from pipeline.run_contract import QUALITY_BLOCKED, InputError, InputNotReady
 
 _TABLE = re.compile(r"^bq://([A-Za-z0-9_.:-]+)[.:]([A-Za-z0-9_]+)\.([A-Za-z0-9_$-]+)$")
 _BQ_TYPES = {pa.int64(): "INT64", pa.float64(): "FLOAT64", pa.float32(): "FLOAT64", pa.string(): "STRING"}
@@ -401,10 +402,21 @@ class _LoadFilesFn(beam.DoFn):
         self._counter_name = counter
         self._loaded = counters.counter(counter)
 
-    def process(self, paths: list[str]):
+    def process(self, paths: list[str], quality: dict | None = None):
+        """`quality`: the run's data-quality verdict (run.json's `quality`), when the gate
+        runs: a blocked run loads nothing, and its staged files stay for a person to read."""
         from apache_beam.io.filesystems import FileSystems
         from google.cloud import bigquery
 
+        if quality is not None and quality.get("verdict") == QUALITY_BLOCKED:
+            logging.warning(
+                "the data-quality gate blocked the run: %s not loaded; its %d staged files stay in %s",
+                self._table.uri,
+                len(paths),
+                paths[0].rsplit("/", 2)[0] if paths else "(none)",
+            )
+            yield self._counter_name, 0
+            return
         client = self._connection.client(self._table.project)
         client.create_table(bigquery.Table(self._table.spec, schema=self._schema), exists_ok=True)
         all_paths = sorted(paths)
@@ -457,23 +469,38 @@ class _StageAndLoad(beam.PTransform):
     """Elements -> files written by `stage(prefix)` -> one load of them into `table`."""
 
     def __init__(
-        self, connection, table: TableRef, staging_dir: str, disposition: str, stage, schema, fmt, counter
+        self,
+        connection,
+        table: TableRef,
+        staging_dir: str,
+        disposition: str,
+        stage,
+        schema,
+        fmt,
+        counter,
+        quality=None,
     ):
         super().__init__()
         self._stage = stage(f"{staging_dir.rstrip('/')}/{uuid.uuid4().hex}/{table.table}")
         self._load = _LoadFilesFn(connection, table, schema, fmt, disposition, counter)
+        self._quality = quality
 
     def expand(self, pcoll):
+        side = {}
+        if self._quality is not None:  # the load waits for the data-quality verdict
+            side["quality"] = beam.pvalue.AsSingleton(self._quality)
         return (
             pcoll
             | "Stage" >> self._stage
             | "AllStagedFiles" >> beam.combiners.ToList()
-            | "LoadTable" >> beam.ParDo(self._load)
+            | "LoadTable" >> beam.ParDo(self._load, **side)
         )
 
 
-def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, staging_dir: str, disposition):  # noqa: N802 - a PTransform factory
-    """ScoredBlocks -> Parquet files in `staging_dir` -> one load into the predictions table."""
+def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, staging_dir: str, disposition,  # noqa: N802 - a PTransform factory
+                    quality=None):  # fmt: skip
+    """ScoredBlocks -> Parquet files in `staging_dir` -> one load into the predictions table
+    (none when `quality`, the data-quality verdict as one element, blocks the run)."""
     schema = _load_schema(columns.arrow_schema())
 
     def stage(prefix):
@@ -490,11 +517,13 @@ def WriteToBigQuery(connection, table: TableRef, columns: PredictionColumns, sta
         prediction_schema(columns),
         "PARQUET",
         counters.BIGQUERY_PREDICTIONS_LOADED,
+        quality,
     )
 
 
-def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposition):  # noqa: N802 - a PTransform factory
-    """Lists of error records -> NDJSON files in `staging_dir` -> one load into the errors table."""
+def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposition, quality=None):  # noqa: N802 - a PTransform factory
+    """Lists of error records -> NDJSON files in `staging_dir` -> one load into the errors table
+    (none when `quality` blocks the run)."""
 
     def stage(prefix):
         return beam.Map(lambda errors: "\n".join(map(error_row, errors))) | beam.io.WriteToText(
@@ -510,4 +539,5 @@ def WriteErrorsToBigQuery(connection, table: TableRef, staging_dir: str, disposi
         error_schema(),
         "NEWLINE_DELIMITED_JSON",
         counters.BIGQUERY_ERRORS_LOADED,
+        quality,
     )

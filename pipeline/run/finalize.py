@@ -26,15 +26,19 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.quality.gate import QualityConfig
+from pipeline.quality.profiling import DuplicateKeysFn, ProfileOutputsFn, ProfileRecordsFn
 from pipeline.reporting.page import render_report
 from pipeline.reporting.summaries import CountErrorsFn, OutputSummariesFn, ThroughputFn
 from pipeline.run.lock import release_run_lock
 from pipeline.run.manifest import manifest_of_run, utc, write_manifest
 from pipeline.run.staging import publish_staged
 from pipeline.run_contract import (
+    BLOCKED,
     DEFAULT_MAX_ERROR_RATE,
     ERRORS,
     PREDICTIONS,
+    QUALITY_BLOCKED,
     READ,
     REPORT,
     SUCCEEDED,
@@ -52,6 +56,13 @@ ERROR_LISTS = "errors"  # lists of error records -> CountErrorsFn -> the errors_
 OUTPUT_SUMMARIES = "output_summaries"  # ScoredBlocks -> OutputSummariesFn
 THROUGHPUT = "throughput"  # (time, records) stamps -> ThroughputFn
 REPORT_INPUTS = (OUTPUT_SUMMARIES, THROUGHPUT)
+# The data-quality gate (with RunConfig.quality): JudgeQuality's inputs, profiled then judged,
+# and FinalizeRun's input of its verdict.
+QUALITY_RECORDS = "quality_records"  # the record stream -> ProfileRecordsFn
+QUALITY_OUTPUTS = "quality_outputs"  # ScoredBlocks -> ProfileOutputsFn
+DUPLICATE_KEYS = "duplicate_keys"  # per key part, its repeats -> DuplicateKeysFn
+READ_COUNTS = "read_counts"  # the reading step's (name, number) pairs: tonight's volume
+QUALITY = "quality"  # JudgeQuality's output: run.json's `quality`, one element
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +75,7 @@ class RunConfig:
     max_error_rate: float = DEFAULT_MAX_ERROR_RATE
     records: str = "records"
     failed_means: str = ""
+    quality: QualityConfig | None = None  # None: no data-quality gate (analyze, --quality_gate off)
 
     def failure(self, manifest: dict) -> RunFailed | None:
         """The failure `manifest` (this run's run.json) records, with its one line, or None."""
@@ -121,18 +133,30 @@ class _FinishRunFn(beam.DoFn):
         self._scored = scored
 
     def process(
-        self, _, counts: dict, written: list, error_kinds: str, output_summaries=None, throughput=None
+        self,
+        _,
+        counts: dict,
+        written: list,
+        error_kinds: str,
+        output_summaries=None,
+        throughput=None,
+        quality=None,
     ):
-        """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, and
-        the report's summaries (None: no report, as for analyze)."""
+        """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, the
+        report's summaries (None: no report, as for analyze) and the data-quality verdict
+        (None: no gate)."""
         output_dir, info = self._output_dir, self._run.info
         earlier = manifest_of_run(output_dir, info.get("run_id"))
         if earlier is not None:  # Beam retries a failed bundle: the run was finished already
             yield self._ended(earlier)
             return
         counts, loaded = summed_counts(counts, self._scored, self._loaded_names)
-        status, lost = judge(counts, self._run.max_error_rate, loaded, self._scored)
-        published = publish_staged(output_dir)
+        held_back = quality is not None and quality["verdict"] == QUALITY_BLOCKED
+        # A blocked run's BigQuery loads loaded nothing, by design: not records lost.
+        status, lost = judge(counts, self._run.max_error_rate, None if held_back else loaded, self._scored)
+        if held_back and status == SUCCEEDED:
+            status = BLOCKED
+        published = [] if held_back else publish_staged(output_dir)
         write_errors_stats(output_dir, errors_stats_file(info), error_kinds)
         finished = time.time()
         started = info.get("started", finished)
@@ -151,6 +175,8 @@ class _FinishRunFn(beam.DoFn):
                 "seconds": round(finished - started, 3),
             },
         }
+        if quality is not None:
+            manifest["quality"] = quality
         if output_summaries is not None:
             manifest["report"] = write_report(output_dir, manifest, error_kinds, output_summaries, throughput)
         write_manifest(output_dir, manifest, success=status == SUCCEEDED)
@@ -204,6 +230,8 @@ class FinalizeRun(beam.PTransform):
     `output_names`: the model's outputs, in the report's order.
     `loaded_names` maps "predictions"/"errors" to the counts of rows BigQuery loaded;
     `scored` names the count of records that made it ("predictions"; analyze: "analyzed").
+    `QUALITY`: the data-quality verdict (`JudgeQuality`); a run it blocks publishes nothing
+    and ends `BLOCKED`.
     """
 
     def __init__(
@@ -231,10 +259,12 @@ class FinalizeRun(beam.PTransform):
                 inputs[OUTPUT_SUMMARIES], "SummarizeOutputs", OutputSummariesFn(self._output_names)
             )
             summaries["throughput"] = summary_side_input(inputs[THROUGHPUT], "Throughput", ThroughputFn())
+        if QUALITY in inputs:
+            summaries["quality"] = beam.pvalue.AsSingleton(inputs[QUALITY])
         written = [
             pcoll
             for name, pcoll in sorted(inputs.items())
-            if name not in (COUNTS, ERROR_LISTS, *REPORT_INPUTS)
+            if name not in (COUNTS, ERROR_LISTS, QUALITY, *REPORT_INPUTS)
         ]
         totals = counts | "SumCounts" >> beam.CombinePerKey(sum)
         writes = tuple(written) | "AllWrites" >> beam.Flatten()
@@ -243,4 +273,61 @@ class FinalizeRun(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "WriteManifest"
             >> beam.ParDo(self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsList(writes), **summaries)
+        )
+
+
+class _JudgeQualityFn(beam.DoFn):
+    """The data-quality verdict, once every profile is complete: run.json's `quality`."""
+
+    def __init__(self, quality: QualityConfig):
+        self._quality = quality
+
+    def process(self, _, read_counts: dict, profile: dict, output_profile: dict, duplicate_keys=None):
+        tonight = {
+            "records": int(read_counts.get(READ, 0)),
+            "features": profile["features"],
+            "outputs": output_profile["features"],
+        }
+        quality = self._quality.judge(tonight)
+        quality["profile"] = tonight  # the next night's drift baseline
+        quality["duplicate_keys"] = duplicate_keys
+        yield quality
+
+
+class JudgeQuality(beam.PTransform):
+    """{QUALITY_RECORDS: the record stream, QUALITY_OUTPUTS: ScoredBlocks, READ_COUNTS: the
+    reading step's counts, DUPLICATE_KEYS (optional): `CountDuplicateKeys`' parts} -> one
+    element, run.json's `quality`: the run profiled (`fields`: (name, type) of the inputs)
+    and judged by `quality` (a `QualityConfig`).
+
+    A separate step before the writes' end, so that a BigQuery load can wait for the verdict
+    and load nothing for a blocked run; `FinalizeRun` holds back a blocked run's files."""
+
+    def __init__(self, quality: QualityConfig, fields):
+        super().__init__()
+        self._quality = quality
+        self._fields = tuple(fields)
+
+    def expand(self, inputs: dict):
+        side = {
+            "read_counts": beam.pvalue.AsDict(
+                inputs[READ_COUNTS] | "SumReadCounts" >> beam.CombinePerKey(sum)
+            ),
+            "profile": summary_side_input(
+                inputs[QUALITY_RECORDS],
+                "ProfileRecords",
+                ProfileRecordsFn(self._fields, self._quality.vocabularies),
+            ),
+            "output_profile": summary_side_input(
+                inputs[QUALITY_OUTPUTS], "ProfileOutputs", ProfileOutputsFn()
+            ),
+        }
+        if DUPLICATE_KEYS in inputs:
+            side["duplicate_keys"] = summary_side_input(
+                inputs[DUPLICATE_KEYS], "DuplicateKeys", DuplicateKeysFn()
+            )
+        return (
+            inputs[QUALITY_RECORDS].pipeline
+            | "OnceProfiled" >> beam.Create([None])
+            | "Judge" >> beam.ParDo(_JudgeQualityFn(self._quality), **side)
         )

@@ -20,10 +20,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 
-from pipeline.run_contract import RUN_MANIFEST, SUCCEEDED, InputError, errors_stats_file
+from pipeline.run_contract import DATA_PROFILE, RUN_MANIFEST, SUCCEEDED, InputError, errors_stats_file
 from pipeline.trainer.model import build_model
+from transforms.data_profile import outputs_profile
 from transforms.export import export_model
-from transforms.model_contract import TRAINING_METRICS_FILE
+from transforms.model_contract import OUTPUT_NAME, TRAINING_METRICS_FILE, TRAINING_PROFILE_FILE
 from transforms.schema import IMAGE, Schema, load_schema, parse_schema
 
 # Predict batch size recorded when none is given; `adpredict train` then times the exported
@@ -37,6 +38,7 @@ class TrainingResult:
     eval_auc: float
     eval_records: int
     train_records: int
+    eval_scores: np.ndarray  # the model's outputs on the eval split
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -174,7 +176,7 @@ def train_model(
     model.fit(train.shuffle(64, seed=seed), epochs=epochs, verbose=0)
     scores = model.predict(evaluation, verbose=0).reshape(-1)
     train_records = sum(int(y.shape[0]) for _, y in train)
-    return TrainingResult(model, roc_auc(labels, scores), len(labels), train_records)
+    return TrainingResult(model, roc_auc(labels, scores), len(labels), train_records, scores)
 
 
 def train_and_export(
@@ -211,4 +213,21 @@ def train_and_export(
     export_model(result.model, transform_dir, schema, export_dir, batch_size=batch_size or DEFAULT_BATCH_SIZE)
     with tf.io.gfile.GFile(os.path.join(export_dir, TRAINING_METRICS_FILE), "w") as f:
         f.write(json.dumps(metrics, indent=2))
+    write_training_profile(transform_dir, export_dir, result.eval_scores)
     return metrics
+
+
+def write_training_profile(transform_dir: str, export_dir: str, eval_scores: np.ndarray) -> bool:
+    """Stores analyze's profile of the training records, plus the model's outputs on the eval
+    split, as the model's training profile (what every run's data-quality gate compares
+    with); returns False when analyze wrote no profile (output of an older analyze)."""
+    path = os.path.join(transform_dir, DATA_PROFILE)
+    if not tf.io.gfile.exists(path):
+        logging.warning("%s does not exist: the model gets no training profile (runs skip skew checks)", path)
+        return False
+    with tf.io.gfile.GFile(path) as f:
+        profile = json.loads(f.read())
+    profile["outputs"] = outputs_profile({OUTPUT_NAME: np.asarray(eval_scores).reshape(-1)})
+    with tf.io.gfile.GFile(os.path.join(export_dir, TRAINING_PROFILE_FILE), "w") as f:
+        f.write(json.dumps(profile, indent=1))
+    return True

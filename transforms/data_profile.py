@@ -1,0 +1,353 @@
+"""A data profile: what a set of ad records looks like, feature by feature, in a few kilobytes.
+
+The training profile (`TRAINING_PROFILE_FILE` in a model directory: `adpredict analyze`
+profiles the training records, the trainer adds the model's outputs on the eval split) and
+every run's profile (in its `run.json`, for the next night to compare with) have this one
+format, so a run's data-quality gate (`pipeline.quality`) compares like with like.
+
+Per feature: how many records had it and how many lacked it; numbers as a `Grid` histogram
+(with sum and sum of squares); categories as Misra-Gries top values (tfx_bsl's sketch, the
+one TFDV uses) and, given the model's vocabulary, how many values fall outside it; string
+lists as a length histogram plus value counts; images as a histogram of their encoded
+sizes. Every accumulator stays the same size however many records it sees and merges in
+any order (the grid exactly, the top values within the sketch's bound), and takes whole
+Arrow columns: no Python per record.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+NUMBER = "number"
+CATEGORY = "category"
+LIST = "list"
+IMAGE = "image"
+KIND_OF_TYPE = {"int": NUMBER, "float": NUMBER, "string": CATEGORY, "string_list": LIST, "image": IMAGE}
+
+PROFILE_BINS = 256  # grid bins per number, list length or image size
+TOP_VALUES = 128  # Misra-Gries buckets per category: a value under 1/129 of them may be left out
+FORMAT_VERSION = 1
+
+
+class Grid:
+    """Counts of numbers in bins of width 2**exponent aligned at 0: at most `cap` bins from
+    the smallest number to the largest.
+
+    The width is the finest that spans [min, max] in `cap` bins (never finer than
+    `min_exponent`, nor finer than float64 tells apart), so it depends on the extremes only:
+    merging grids re-bins each by an integer shift and gives exactly what one grid over all
+    the numbers gives, in whatever order and grouping Beam combines them. Memory: `cap`
+    counters.
+    """
+
+    def __init__(self, cap: int, min_exponent: int | None = None):
+        self.cap = cap
+        self.min_exponent = min_exponent
+        self.exponent = 0
+        self.start = 0  # bin index of counts[0]
+        self.counts = np.zeros(0, np.int64)
+        self.lo, self.hi = math.inf, -math.inf
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, values: np.ndarray, weights: np.ndarray | None = None) -> None:
+        values = np.asarray(values, np.float64).ravel()
+        if not len(values):
+            return
+        lo, hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
+        self._rebin(lo, hi)
+        index = np.floor(np.ldexp(values, -self.exponent)).astype(np.int64) - self.start
+        if weights is None:
+            self.counts += np.bincount(index, minlength=len(self.counts))
+        else:
+            np.add.at(self.counts, index, np.asarray(weights, np.int64).ravel())
+
+    def merge(self, other: Grid) -> None:
+        if not len(other.counts):
+            return
+        self._rebin(min(self.lo, other.lo), max(self.hi, other.hi))
+        index = _shifted(other.start + np.arange(len(other.counts)), self.exponent - other.exponent)
+        np.add.at(self.counts, index - self.start, other.counts)
+
+    def at_exponent(self, exponent: int) -> tuple[int, np.ndarray]:
+        """(first bin index, counts) re-binned at 2**exponent wide bins (exponent >= own)."""
+        if not len(self.counts):
+            return 0, np.zeros(0, np.int64)
+        index = _shifted(self.start + np.arange(len(self.counts)), exponent - self.exponent)
+        first = int(index[0])
+        counts = np.zeros(int(index[-1]) - first + 1, np.int64)
+        np.add.at(counts, index - first, self.counts)
+        return first, counts
+
+    def bins(self, max_bins: int | None = None) -> list[tuple[float, float, int]]:
+        """(low edge, high edge, count) from the lowest bin to the highest, in at most
+        `max_bins` bins of a power-of-two number of grid bins each (edges stay round)."""
+        if not len(self.counts):
+            return []
+        shift = 0
+        if max_bins and len(self.counts) > max_bins:
+            shift = math.ceil(math.log2(len(self.counts) / max_bins))
+        first, grouped = self.at_exponent(self.exponent + shift)
+        width = self.exponent + shift
+        return [
+            (math.ldexp(first + i, width), math.ldexp(first + i + 1, width), int(count))
+            for i, count in enumerate(grouped)
+        ]
+
+    def to_json(self) -> dict:
+        return {
+            "exponent": self.exponent,
+            "start": self.start,
+            "counts": self.counts.tolist(),
+            "min": self.lo if len(self.counts) else None,
+            "max": self.hi if len(self.counts) else None,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict, cap: int = PROFILE_BINS) -> Grid:
+        grid = cls(cap)
+        if doc and doc.get("counts"):
+            grid.exponent, grid.start = int(doc["exponent"]), int(doc["start"])
+            grid.counts = np.asarray(doc["counts"], np.int64)
+            grid.lo, grid.hi = float(doc["min"]), float(doc["max"])
+        return grid
+
+    def _exponent_for(self, lo: float, hi: float) -> int:
+        exponent = math.frexp(max(abs(lo), abs(hi)))[1] - 53  # finer tells nothing apart
+        if self.min_exponent is not None:
+            exponent = max(exponent, self.min_exponent)
+        half_span = hi / 2 - lo / 2  # (hi - lo) / 2 without overflow
+        if half_span > 0:  # every exponent up to this one needs more than `cap` bins
+            exponent = max(exponent, math.floor(math.log2(half_span / (self.cap + 1))))
+        while math.floor(math.ldexp(hi, -exponent)) - math.floor(math.ldexp(lo, -exponent)) >= self.cap:
+            exponent += 1
+        return exponent
+
+    def _rebin(self, lo: float, hi: float) -> None:
+        exponent = self._exponent_for(lo, hi)
+        start = math.floor(math.ldexp(lo, -exponent))
+        size = math.floor(math.ldexp(hi, -exponent)) - start + 1
+        counts = np.zeros(size, np.int64)
+        if len(self.counts):
+            index = _shifted(self.start + np.arange(len(self.counts)), exponent - self.exponent)
+            np.add.at(counts, index - start, self.counts)
+        self.exponent, self.start, self.counts, self.lo, self.hi = exponent, start, counts, lo, hi
+
+
+def _shifted(index: np.ndarray, shift: int) -> np.ndarray:
+    """floor(index / 2**shift): the bins of a grid `shift` steps coarser (shift >= 0)."""
+    # Bin indexes are below 2**54 in magnitude, so a shift of 60 already maps them to 0 or -1.
+    return np.right_shift(index.astype(np.int64), min(shift, 60))
+
+
+class TopValues:
+    """Counts of the most frequent values of a string column: tfx_bsl's Misra-Gries sketch
+    (C++, fed whole Arrow arrays), which undercounts any value by at most total/(buckets+1)
+    and is exact while there are no more distinct values than buckets. Pickles as bytes."""
+
+    def __init__(self, buckets: int = TOP_VALUES):
+        from tfx_bsl import sketches
+
+        self.buckets = buckets
+        self.total = 0  # values added (nulls excluded)
+        self._sketch = sketches.MisraGriesSketch(buckets)
+
+    def add(self, values: pa.Array) -> None:
+        values = values.drop_null()
+        if len(values):
+            self.total += len(values)
+            self._sketch.AddValues(values)
+
+    def merge(self, other: TopValues) -> None:
+        self.total += other.total
+        self._sketch.Merge(other._sketch)
+
+    def counts(self) -> list[tuple[str, float]]:
+        """(value, estimated count), most frequent first (ties by value)."""
+        found = self._sketch.Estimate().to_pylist()
+        pairs = [(_text(item["values"]), float(item["counts"])) for item in found]
+        return sorted(pairs, key=lambda pair: (-pair[1], pair[0]))
+
+    def __getstate__(self):
+        return {"buckets": self.buckets, "total": self.total, "sketch": self._sketch.Serialize()}
+
+    def __setstate__(self, state):
+        from tfx_bsl import sketches
+
+        self.buckets, self.total = state["buckets"], state["total"]
+        self._sketch = sketches.MisraGriesSketch.Deserialize(state["sketch"])
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class FeatureProfile:
+    """One feature's (or model output's) profile; `kind` is one of NUMBER, CATEGORY, LIST, IMAGE.
+
+    `vocabulary` (categories and lists): the values the model knows, to count the rest as
+    out of vocabulary."""
+
+    def __init__(self, kind: str, vocabulary: frozenset | tuple = ()):
+        self.kind = kind
+        self.records = 0  # rows seen
+        self.missing = 0  # rows without a value (null; NaN for numbers)
+        self.errors = 0  # error records that named this field (shown, not judged)
+        self.sum = self.sum_squares = 0.0  # numbers: of the finite values
+        self.grid = Grid(PROFILE_BINS, min_exponent=None if kind == NUMBER else 0)
+        self.top = TopValues() if kind in (CATEGORY, LIST) else None
+        self.vocabulary = tuple(sorted(vocabulary))
+        self.out_of_vocabulary = 0  # values (not rows) outside `vocabulary`, when one is given
+        self._value_set = None
+
+    def add(self, column: pa.Array) -> None:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        self.records += len(column)
+        missing = column.null_count
+        if self.kind == NUMBER:
+            values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+            finite = np.isfinite(values)
+            if not finite.all():
+                missing += int((~finite).sum())
+                values = values[finite]
+            self.sum += float(values.sum())
+            self.sum_squares += float(np.dot(values, values))
+            self.grid.add(values)
+        elif self.kind == CATEGORY:
+            self.top.add(column)
+            self._count_out_of_vocabulary(column)
+        elif self.kind == LIST:
+            present = column.drop_null()
+            self.grid.add(pc.list_value_length(present).to_numpy(zero_copy_only=False))
+            flat = pc.list_flatten(present)
+            self.top.add(flat)
+            self._count_out_of_vocabulary(flat)
+        elif self.kind == IMAGE:
+            present = column.drop_null()
+            if len(present):  # base64 text of n characters holds about 3n/4 bytes
+                self.grid.add((pc.binary_length(present).to_numpy(zero_copy_only=False) * 3) // 4)
+        self.missing += missing
+
+    def _count_out_of_vocabulary(self, values: pa.Array) -> None:
+        if not self.vocabulary:
+            return
+        if self._value_set is None:
+            self._value_set = pa.array(self.vocabulary, pa.string())
+        known = pc.is_in(values.drop_null(), value_set=self._value_set)
+        self.out_of_vocabulary += len(known) - int(pc.sum(known).as_py() or 0)
+
+    def merge(self, other: FeatureProfile) -> None:
+        self.records += other.records
+        self.missing += other.missing
+        self.errors += other.errors
+        self.sum += other.sum
+        self.sum_squares += other.sum_squares
+        self.grid.merge(other.grid)
+        if self.top is not None and other.top is not None:
+            self.top.merge(other.top)
+        self.out_of_vocabulary += other.out_of_vocabulary
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_value_set"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _value_set=None)
+
+    def to_json(self) -> dict:
+        doc = {"kind": self.kind, "records": self.records, "missing": self.missing, "errors": self.errors}
+        present = self.records - self.missing
+        if self.kind == NUMBER:
+            mean = self.sum / present if present else None
+            variance = max(self.sum_squares / present - mean * mean, 0.0) if present else None
+            doc.update(mean=mean, std=math.sqrt(variance) if present else None)
+        if self.kind != CATEGORY:
+            doc["histogram"] = self.grid.to_json()  # numbers; list lengths; image bytes
+        if self.top is not None:
+            doc["values"] = self.top.total
+            doc["top_values"] = [[value, count] for value, count in self.top.counts()]
+            if self.vocabulary:
+                doc["vocabulary"] = list(self.vocabulary)
+                doc["out_of_vocabulary"] = self.out_of_vocabulary
+        return doc
+
+
+class DataProfile:
+    """Profiles of the fields of `fields` ((name, type) pairs) over blocks of records; a field
+    a block lacks counts as missing there."""
+
+    def __init__(self, fields, vocabularies: dict | None = None):
+        vocabularies = vocabularies or {}
+        self.records = 0
+        self.features = {
+            name: FeatureProfile(KIND_OF_TYPE[type_], vocabularies.get(name, ())) for name, type_ in fields
+        }
+
+    def add_batch(self, batch: pa.RecordBatch) -> None:
+        self.records += batch.num_rows
+        names = set(batch.schema.names)
+        for name, profile in self.features.items():
+            if name in names:
+                profile.add(batch.column(name))
+            else:
+                profile.records += batch.num_rows
+                profile.missing += batch.num_rows
+
+    def add_errors(self, error_records: list) -> None:
+        for record in error_records:
+            field = record.get("error", {}).get("field")
+            if field in self.features:
+                self.features[field].errors += 1
+
+    def add_outputs(self, outputs: dict) -> None:
+        """Model outputs (name -> array, one row per record): profiled as numbers, flattened."""
+        for name, values in outputs.items():
+            values = np.asarray(values)
+            if values.dtype.kind not in "biuf":
+                continue
+            profile = self.features.setdefault(name, FeatureProfile(NUMBER))
+            profile.add(pa.array(values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values))
+        self.records += len(next(iter(outputs.values()), ()))
+
+    def merge(self, other: DataProfile) -> None:
+        self.records += other.records
+        for name, profile in other.features.items():
+            if name in self.features:
+                self.features[name].merge(profile)
+            else:
+                self.features[name] = profile
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "records": self.records,
+            "features": {name: profile.to_json() for name, profile in self.features.items()},
+        }
+
+
+def with_training_vocabularies(profile: dict, top_k: dict) -> dict:
+    """A training profile with, for each category (and list) feature in `top_k` (name -> the
+    vocabulary size tf.Transform keeps), the values its vocabulary holds and the share of
+    values outside it: the `top_k` most frequent, as the profile's sketch counts them (exact
+    while a feature has at most `TOP_VALUES` distinct values)."""
+    for name, size in top_k.items():
+        doc = profile["features"].get(name)
+        if not doc or "top_values" not in doc:
+            continue
+        kept = doc["top_values"][:size]
+        doc["vocabulary"] = [value for value, _ in kept]
+        doc["out_of_vocabulary"] = max(int(round(doc["values"] - sum(count for _, count in kept))), 0)
+    return profile
+
+
+def outputs_profile(outputs: dict) -> dict:
+    """Model outputs (name -> array of one value per record) as profiles, by name (JSON)."""
+    profile = DataProfile(())
+    profile.add_outputs(outputs)
+    return {name: doc for name, doc in profile.to_json()["features"].items()}
