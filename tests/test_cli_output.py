@@ -60,7 +60,11 @@ def test_predict_prints_what_it_read_predicted_and_rejected(trained_ads, tmp_pat
     assert lines["run.json"] == f"{out}/run.json"
     if manifest.get("report"):  # report.html, when the run wrote one
         assert lines["report"] == f"{out}/{manifest['report']}"
-    assert len(printed.splitlines()) == 8 + bool(manifest.get("report"))
+    checks = len(manifest["quality"]["checks"])  # 40 records: the gate's allowances are wide
+    assert lines["quality"] == (
+        f"passed: {checks} checks against training; drift not checked: no previous night to compare with"
+    )
+    assert len(printed.splitlines()) == 9 + bool(manifest.get("report"))
 
 
 def test_a_run_over_its_error_threshold_prints_the_summary_then_fails(trained_ads, tmp_path, capsys):

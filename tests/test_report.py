@@ -127,8 +127,19 @@ def test_report_counts_errors_and_histograms_match_the_run(run):
 
     figures = dom.having("data-output")
     assert [f["data-output"] for f in figures] == run["outputs"]
-    images = [e for e in dom.found if e["tag"] == "img" and e["src"].startswith("data:image/svg+xml;base64,")]
+    images = [
+        e
+        for e in dom.found
+        if e["tag"] == "img"
+        and e["src"].startswith("data:image/svg+xml;base64,")
+        and e.get("class") != "qplot"
+    ]
     assert len(images) == len(run["outputs"]) + 1  # one histogram per output, and throughput
+    # The data-quality gate's section, before the counts (its plots: tests/test_quality_report.py).
+    (quality,) = dom.having("data-verdict")
+    assert quality["data-verdict"] == manifest["quality"]["verdict"]
+    assert int(quality["data-checks"]) == len(manifest["quality"]["checks"])
+    assert page.index('id="quality"') < page.index('id="counts"')
     for figure in figures:
         assert int(figure["data-records"]) == int(figure["data-values"]) == counts["predictions"]
         assert int(figure["data-binned"]) + int(figure["data-nonfinite"]) == counts["predictions"]

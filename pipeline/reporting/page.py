@@ -1,10 +1,14 @@
 """The run report: `report.html` beside the outputs of every `predict` run.
 
-The page a person opens after a run, and the one to read when a run failed: counts and
-status, errors by code and field, a histogram of each model output, throughput over the run,
-the model, inputs, runner, versions and timings. One self-contained file (styles inline,
-plots as SVG images in `data:` URLs, a Content-Security-Policy that forbids any fetch), so it
-opens the same from a bucket download, a mail attachment or `file://`, with no network.
+The page a person opens after a run, and the one to read when a run failed: the
+data-quality gate's verdict (for a blocked night: that nothing was published, where the
+outputs are held, how to publish a reviewed night) with small plots of each flagged feature
+against training and the previous night (`pipeline.reporting.quality_page` draws that
+section), counts and status, errors by code and field, a histogram of each model output,
+throughput over the run, the model, inputs, runner, versions and timings. One self-contained
+file (styles inline, plots as SVG images in `data:` URLs, a Content-Security-Policy that
+forbids any fetch), so it opens the same from a bucket download, a mail attachment or
+`file://`, with no network.
 
 `render_report` is a pure function of the run's manifest and its summaries
 (`pipeline.reporting.summaries`, computed inside the pipeline: on Dataflow the launcher may
@@ -13,18 +17,32 @@ be gone before the job ends); the run's last step (`pipeline.run.finalize`) call
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
 import json
-import math
 
+from pipeline.reporting.markup import (
+    BAR_COLOR,
+    HEIGHT,
+    THROUGHPUT_COLOR,
+    WIDTH,
+    esc,
+    number,
+    round_ticks,
+    svg_image,
+    svg_open,
+)
+from pipeline.reporting.quality_page import QUALITY_CSS, quality_section
 from pipeline.reporting.summaries import CATEGORY_CAP
-from pipeline.run_contract import ERRORS, ERRORS_PREFIX, PREDICT_ERRORS_STATS, PREDICTIONS, READ, SUCCEEDED
+from pipeline.run_contract import (
+    ERRORS,
+    ERRORS_PREFIX,
+    PREDICT_ERRORS_STATS,
+    PREDICTIONS,
+    READ,
+    SUCCEEDED,
+)
 
 COUNT_NAMES = (READ, PREDICTIONS, ERRORS)
-BAR_COLOR = "#3b6fb6"  # histogram bars (the browser test looks for them)
-THROUGHPUT_COLOR = "#2a9d8f"
 
 
 def render_report(manifest: dict, error_kinds: dict, outputs: list[dict], throughput: dict) -> str:
@@ -42,12 +60,13 @@ def render_report(manifest: dict, error_kinds: dict, outputs: list[dict], throug
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{esc(title)}</title><style>{_CSS}{QUALITY_CSS}</style></head><body>",
         f'<h1>adpredict run report <span class="status {"ok" if ok else "failed"}" '
-        f'data-status="{_e(status)}">{_e(status)}</span></h1>',
-        f'<p class="sub">{_e(manifest.get("output_dir") or "")} · run {_e(manifest.get("run_id") or "")}'
-        + (f" · date {_e(manifest['date'])}" if manifest.get("date") else "")
+        f'data-status="{esc(status)}">{esc(status)}</span></h1>',
+        f'<p class="sub">{esc(manifest.get("output_dir") or "")} · run {esc(manifest.get("run_id") or "")}'
+        + (f" · date {esc(manifest['date'])}" if manifest.get("date") else "")
         + "</p>",
+        quality_section(manifest),
         _counts_section(manifest, counts),
         _errors_section(error_kinds, counts),
         _outputs_section(outputs, counts),
@@ -74,7 +93,7 @@ def _counts_section(manifest: dict, counts: dict) -> str:
     tiles += (
         f'<div class="tile"><div class="label">error rate</div>'
         f'<div class="value" data-count="error_rate" data-value="{rate}">{rate:.2%}</div>'
-        f'<div class="label">max {_e(_percent(manifest.get("max_error_rate")))}</div></div>'
+        f'<div class="label">max {esc(_percent(manifest.get("max_error_rate")))}</div></div>'
     )
     seconds = manifest.get("timings", {}).get("seconds")
     if seconds:
@@ -82,9 +101,9 @@ def _counts_section(manifest: dict, counts: dict) -> str:
             f'<div class="tile"><div class="label">wall time</div><div class="value">{seconds:,.1f} s</div>'
             f'<div class="label">{read / seconds:,.0f} records/s</div></div>'
         )
-    problems = "".join(f"<li>{_e(p)}</li>" for p in manifest.get("problems") or [])
+    problems = "".join(f"<li>{esc(p)}</li>" for p in manifest.get("problems") or [])
     other = {k: v for k, v in counts.items() if k not in (*COUNT_NAMES, "error_rate")}
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_value(v)}</td></tr>" for k, v in sorted(other.items()))
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{_value(v)}</td></tr>" for k, v in sorted(other.items()))
     return (
         '<section id="counts"><h2>Counts</h2>'
         f'<div class="tiles">{tiles}</div>'
@@ -104,10 +123,10 @@ def _errors_section(error_kinds: dict, counts: dict) -> str:
         return '<section id="errors"><h2>Errors</h2><p>No errors.</p></section>'
     total = error_kinds.get("errors") or sum(k["count"] for k in kinds)
     rows = "".join(
-        f'<tr data-error-code="{_e(k["code"])}" data-error-field="{_e(k["field"] or "")}">'
-        f"<td><code>{_e(k['code'])}</code></td><td>{_e(k['field'] or '—')}</td>"
+        f'<tr data-error-code="{esc(k["code"])}" data-error-field="{esc(k["field"] or "")}">'
+        f"<td><code>{esc(k['code'])}</code></td><td>{esc(k['field'] or '—')}</td>"
         f'<td class="num" data-count="{k["count"]}">{k["count"]:,}</td><td class="num">{k["count"] / total:.1%}</td>'
-        f"<td>{_e(k.get('example_message') or '')}</td></tr>"
+        f"<td>{esc(k.get('example_message') or '')}</td></tr>"
         for k in kinds
     )
     return (
@@ -129,26 +148,26 @@ def _output_figure(summary: dict) -> str:
     per_row = f" × {' × '.join(str(d) for d in shape)} per record" if shape else ""
     nonfinite = summary["nonfinite"]
     attributes = (
-        f'data-output="{_e(name)}" data-records="{summary["records"]}" data-values="{summary["values"]}" '
+        f'data-output="{esc(name)}" data-records="{summary["records"]}" data-values="{summary["values"]}" '
         f'data-nonfinite="{sum(nonfinite.values())}"'
     )
     if summary.get("kind") == "text":
         categories = summary["categories"]
         bars = [(value, count) for value, count in categories]
-        image = _svg_image(
+        image = svg_image(
             _category_svg(bars, name) if bars else _empty_svg(f"{name}: more than {CATEGORY_CAP} values"),
             f"counts of each value of {name}",
         )
         caption = f"{summary['values']:,} values ({summary['records']:,} records{per_row})"
-        table = "".join(f"<tr><td>{_e(v)}</td><td class='num'>{c:,}</td></tr>" for v, c in bars)
+        table = "".join(f"<tr><td>{esc(v)}</td><td class='num'>{c:,}</td></tr>" for v, c in bars)
         return (
             f'<figure class="histogram" {attributes} data-binned="{sum(c for _, c in bars)}">{image}'
-            f"<figcaption>{_e(name)}: {caption}</figcaption>"
+            f"<figcaption>{esc(name)}: {caption}</figcaption>"
             f"<details><summary>counts</summary><table>{table}</table></details></figure>"
         )
     bins = summary.get("bins") or []
     binned = sum(count for _, _, count in bins)
-    image = _svg_image(
+    image = svg_image(
         _histogram_svg(bins, name) if bins else _empty_svg(f"{name}: no finite values"),
         f"histogram of {name}",
     )
@@ -156,22 +175,22 @@ def _output_figure(summary: dict) -> str:
     stats = ""
     if summary.get("finite"):
         stats = (
-            f" min {_number(summary['min'])}, mean {_number(summary['mean'])}, max {_number(summary['max'])}."
+            f" min {number(summary['min'])}, mean {number(summary['mean'])}, max {number(summary['max'])}."
         )
     caption = (
         f"{summary['values']:,} values ({summary['records']:,} records{per_row}): "
         f'<span class="binned">{binned:,}</span> in the bars'
-        + (f", non-finite apart: {_e(odd)}" if odd else ", none non-finite")
+        + (f", non-finite apart: {esc(odd)}" if odd else ", none non-finite")
         + f".{stats}"
     )
     table = "".join(
         f'<tr data-low="{lo!r}" data-high="{hi!r}" data-count="{count}">'
-        f"<td>[{_number(lo)}, {_number(hi)})</td><td class='num'>{count:,}</td></tr>"
+        f"<td>[{number(lo)}, {number(hi)})</td><td class='num'>{count:,}</td></tr>"
         for lo, hi, count in bins
     )
     return (
         f'<figure class="histogram" {attributes} data-binned="{binned}">{image}'
-        f"<figcaption><b>{_e(name)}</b>: {caption}</figcaption>"
+        f"<figcaption><b>{esc(name)}</b>: {caption}</figcaption>"
         f'<details><summary>bins</summary><table class="bins">{table}</table></details></figure>'
     )
 
@@ -180,13 +199,13 @@ def _throughput_section(throughput: dict, manifest: dict) -> str:
     buckets = throughput.get("buckets") or []
     started = _epoch(manifest.get("timings", {}).get("started")) or throughput.get("first") or 0.0
     if not buckets:
-        image = _svg_image(_empty_svg("no records scored"), "throughput over the run")
+        image = svg_image(_empty_svg("no records scored"), "throughput over the run")
         caption = "No records scored."
     else:
         width = buckets[0][1] - buckets[0][0]
         bars = [(lo - started, hi - started, count / width) for lo, hi, count in buckets]
         seconds = manifest.get("timings", {}).get("seconds") or 0.0
-        image = _svg_image(
+        image = svg_image(
             _bars_svg(
                 bars,
                 "seconds since the run started",
@@ -201,7 +220,7 @@ def _throughput_section(throughput: dict, manifest: dict) -> str:
         when = f"at {first:,.1f} s" if last - first < 0.05 else f"from {first:,.1f} s to {last:,.1f} s"
         caption = (
             f"{throughput['records']:,} records scored {when} after the start (when blocks left the "
-            f"model), in buckets of {_number(width)} s; peak {max(b[2] for b in bars):,.0f} records/s, "
+            f"model), in buckets of {number(width)} s; peak {max(b[2] for b in bars):,.0f} records/s, "
             f"{throughput['records'] / span:,.0f} records/s over the scoring span."
         )
     return (
@@ -253,7 +272,7 @@ def _details_section(manifest: dict) -> str:
     tables = []
     for heading, rows in sections.items():
         body = "".join(
-            f"<tr><th>{_e(label)}</th><td>{_value(value)}</td></tr>"
+            f"<tr><th>{esc(label)}</th><td>{_value(value)}</td></tr>"
             for label, value in rows
             if value is not None
         )
@@ -265,7 +284,6 @@ def _details_section(manifest: dict) -> str:
 
 # --- SVG plots --------------------------------------------------------------------------------
 
-_W, _H = 560, 280
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 24, 52
 
 
@@ -282,9 +300,9 @@ def _bars_svg(
     if x1 <= x0:
         x1 = x0 + 1
     top = max(b[2] for b in bars) or 1
-    y_ticks = _ticks(0, top)
+    y_ticks = round_ticks(0, top)
     y_max = max(top, y_ticks[-1])
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
 
     def x(v):
         return _LEFT + (v - x0) / (x1 - x0) * plot_w
@@ -292,32 +310,34 @@ def _bars_svg(
     def y(v):
         return _TOP + plot_h - v / y_max * plot_h
 
-    out = [_svg_open()]
+    out = [svg_open()]
     if title:
-        out.append(f'<text x="{_W / 2}" y="16" text-anchor="middle" font-weight="bold">{_e(title)}</text>')
+        out.append(
+            f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-weight="bold">{esc(title)}</text>'
+        )
     for tick in y_ticks:
         out.append(
-            f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e3e3e3"/>'
+            f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e3e3e3"/>'
             f'<text x="{_LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{_tick_label(tick)}</text>'
         )
     for lo, hi, value in bars:
         left, right = x(lo), x(hi)
         out.append(
             f'<rect x="{left:.2f}" y="{y(value):.2f}" width="{max(right - left - 0.5, 0.8):.2f}" '
-            f'height="{y(0) - y(value):.2f}" fill="{color}"><title>[{_number(lo)}, {_number(hi)}): '
-            f"{_number(value)}</title></rect>"
+            f'height="{y(0) - y(value):.2f}" fill="{color}"><title>[{number(lo)}, {number(hi)}): '
+            f"{number(value)}</title></rect>"
         )
-    for tick in _ticks(x0, x1):
+    for tick in round_ticks(x0, x1):
         if x0 <= tick <= x1:
             out.append(
                 f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{y(0)}" y2="{y(0) + 5}" stroke="#444"/>'
                 f'<text x="{x(tick):.1f}" y="{y(0) + 18}" text-anchor="middle">{_tick_label(tick)}</text>'
             )
     out.append(
-        f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y(0)}" y2="{y(0)}" stroke="#444"/>'
+        f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y(0)}" y2="{y(0)}" stroke="#444"/>'
         f'<line x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{y(0)}" stroke="#444"/>'
-        f'<text x="{_LEFT + plot_w / 2}" y="{_H - 8}" text-anchor="middle">{_e(x_label)}</text>'
-        f'<text transform="translate(14 {_TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>'
+        f'<text x="{_LEFT + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle">{esc(x_label)}</text>'
+        f'<text transform="translate(14 {_TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>'
         "</svg>"
     )
     return "".join(out)
@@ -327,59 +347,31 @@ def _category_svg(bars: list, name: str) -> str:
     """Horizontal bars, one per distinct value of a text output (the most frequent first)."""
     shown = bars[:15]
     top = max(count for _, count in shown) or 1
-    row = min(24, (_H - 60) / len(shown))
-    left, width = 150, _W - 150 - 60
+    row = min(24, (HEIGHT - 60) / len(shown))
+    left, width = 150, WIDTH - 150 - 60
     out = [
-        _svg_open(),
-        f'<text x="{_W / 2}" y="16" text-anchor="middle" font-weight="bold">{_e(name)}</text>',
+        svg_open(),
+        f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-weight="bold">{esc(name)}</text>',
     ]
     for i, (value, count) in enumerate(shown):
         top_y = 30 + i * row
         label = value if len(value) <= 20 else value[:19] + "…"
         out.append(
-            f'<text x="{left - 6}" y="{top_y + row * 0.7:.1f}" text-anchor="end">{_e(label)}</text>'
+            f'<text x="{left - 6}" y="{top_y + row * 0.7:.1f}" text-anchor="end">{esc(label)}</text>'
             f'<rect x="{left}" y="{top_y + 2:.1f}" width="{max(count / top * width, 1):.1f}" '
             f'height="{row - 4:.1f}" fill="{BAR_COLOR}"/>'
             f'<text x="{left + count / top * width + 4:.1f}" y="{top_y + row * 0.7:.1f}">{count:,}</text>'
         )
     out.append(
-        f'<text x="{_W / 2}" y="{_H - 8}" text-anchor="middle">values (records per value)</text></svg>'
+        f'<text x="{WIDTH / 2}" y="{HEIGHT - 8}" text-anchor="middle">values (records per value)</text></svg>'
     )
     return "".join(out)
 
 
 def _empty_svg(message: str) -> str:
-    return f'{_svg_open()}<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle">{_e(message)}</text></svg>'
-
-
-def _svg_open() -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
-        'font-family="DejaVu Sans, Liberation Sans, Arial, sans-serif" font-size="11" fill="#222">'
-        f'<rect width="{_W}" height="{_H}" fill="#ffffff"/>'
+        f'{svg_open()}<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">{esc(message)}</text></svg>'
     )
-
-
-def _svg_image(svg: str, alt: str) -> str:
-    encoded = base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    return f'<img src="data:image/svg+xml;base64,{encoded}" width="{_W}" height="{_H}" alt="{_e(alt)}">'
-
-
-def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2 or 5 times a power of ten apart) covering [lo, hi]."""
-    span = hi - lo
-    if not span > 0 or not math.isfinite(span):
-        return [lo]
-    raw = span / count
-    step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
-    first = math.floor(lo / step) * step
-    ticks = []
-    i = 0
-    while first + i * step <= hi + step * 1e-9 or len(ticks) < 2:
-        ticks.append(round(first + i * step, 12))
-        i += 1
-    return ticks
 
 
 def _tick_label(value: float) -> str:
@@ -391,18 +383,10 @@ def _tick_label(value: float) -> str:
 # --- Formatting ---------------------------------------------------------------------------------
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _value(value) -> str:
     if isinstance(value, dict | list | tuple):
-        return f"<code>{_e(json.dumps(value, sort_keys=True, default=str))}</code>"
-    return _e(value)
-
-
-def _number(value) -> str:
-    return "—" if value is None else f"{value:.6g}"
+        return f"<code>{esc(json.dumps(value, sort_keys=True, default=str))}</code>"
+    return esc(value)
 
 
 def _percent(value) -> str:
@@ -429,4 +413,4 @@ table{border-collapse:collapse;margin:6px 0}td,th{border-bottom:1px solid #eee;p
 td{word-break:break-word}code{font-size:12px}.problems{color:#c62828}
 .plots{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;max-width:560px}figcaption{font-size:12px;color:#444}
 .details{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:8px 24px}
-"""
+"""  # the data-quality section's styles follow: QUALITY_CSS

@@ -11,22 +11,32 @@ from __future__ import annotations
 import posixpath
 
 from pipeline.run_contract import (
+    AGAINST_PREVIOUS,
+    AGAINST_TRAINING,
     ANALYZE_ERRORS_STATS,
     ANALYZE_JOB,
     ANALYZED,
+    CHECK_BLOCK,
+    CHECK_WARN,
     ERRORS,
     ERRORS_PREFIX,
     PREDICT_ERRORS_STATS,
     PREDICTIONS,
     PREDICTIONS_PREFIX,
+    QUALITY_ACCEPTED,
+    QUALITY_BLOCKED,
+    QUALITY_PASSED,
+    QUALITY_WARNED,
     READ,
     RUN_MANIFEST,
+    STAGING_DIR,
     SUCCEEDED,
     SUCCESS_MARKER,
 )
 
 TOP_ERROR_KINDS = 3  # error kinds named in the summary; the errors_stats file has them all
 LABEL_WIDTH = 15
+FLAGGED_LINES = 10  # flagged subjects named one a line; report.html shows them all
 
 
 def number(value) -> str:
@@ -112,6 +122,95 @@ def _header(job: str, manifest: dict) -> str:
     return f"{job}: {status}"
 
 
+def held_back(manifest: dict) -> bool:
+    """Whether the data-quality gate kept the run's outputs in staging (nothing published)."""
+    return (manifest.get("quality") or {}).get("verdict") == QUALITY_BLOCKED
+
+
+def _worst(checks: list) -> dict | None:
+    """The check of a flagged subject furthest over its limit (block before warn)."""
+
+    def over(check):
+        limit = check.get(check.get("level")) if check.get("level") in (CHECK_WARN, CHECK_BLOCK) else None
+        value = check.get("value")
+        if not isinstance(value, int | float) or not isinstance(limit, int | float):
+            return 0.0
+        return value / max(limit + (check.get("allowance") or 0.0), 1e-9)
+
+    ranked = [c for c in checks if isinstance(c, dict)]
+    return max(ranked, key=lambda c: (c.get("level") == CHECK_BLOCK, over(c)), default=None)
+
+
+def flagged_line(entry: dict) -> str:
+    """One flagged subject and its worst check, e.g. "bid: Jensen-Shannon 1 against training
+    (block above 0.3 + 0.16 for sample size)"."""
+    subject = entry.get("subject", "?")
+    check = _worst(entry.get("checks") or [])
+    if check is None:
+        return f"{subject}: {entry.get('level', '?')}"
+    level = check.get("level") if check.get("level") in (CHECK_WARN, CHECK_BLOCK) else entry.get("level", "?")
+    value, limit = check.get("value"), check.get(level)
+    shown = f"{value:.3g}" if isinstance(value, int | float) else "not measured"
+    text = f"{subject}: {check.get('measure')} {shown} against {check.get('against')}"
+    if not isinstance(limit, int | float):
+        return f"{text} ({level})"
+    if "usual" in check:  # the volume: tonight's records against the usual count
+        return f"{text} ({level} above {limit:g}: {number(check.get('records'))} records, usual {check['usual']:,.0f})"
+    return f"{text} ({level} above {limit:g} + {check.get('allowance') or 0:.2g} for sample size)"
+
+
+def _checked(quality: dict) -> str:
+    """What the gate compared, e.g. "16 checks against training and 17 against the previous
+    night", or "...; drift not checked: no previous night to compare with"."""
+    counts: dict[str, int] = {}
+    for check in quality.get("checks") or []:
+        counts[check.get("against")] = counts.get(check.get("against"), 0) + 1
+    named = [
+        f"{number(count)}{' checks' if i == 0 else ''} against {'the ' if against == AGAINST_PREVIOUS else ''}{against}"
+        for i, (against, count) in enumerate(sorted(counts.items(), key=lambda a: a[0] != AGAINST_TRAINING))
+    ]
+    text = " and ".join(named) or "no checks"
+    for key in ("skew", "drift"):
+        found = quality.get(key) or {}
+        if not found.get("checked", True):
+            text += f"; {key} not checked: {str(found.get('why') or 'no reference').split(' (')[0]}"
+    return text
+
+
+_VERDICTS = {
+    QUALITY_PASSED: "passed",
+    QUALITY_WARNED: "warnings, published",
+    QUALITY_BLOCKED: "blocked, nothing published",
+    QUALITY_ACCEPTED: "blocked, published by --accept_drift",
+}
+
+
+def quality_lines(manifest: dict) -> list[str]:
+    """The data-quality gate: its verdict and what it compared, one line per flagged subject
+    (its worst check), and the duplicate keys; none for a run without the gate."""
+    quality = manifest.get("quality")
+    if not isinstance(quality, dict):
+        return []
+    verdict = quality.get("verdict")
+    lines = [_line("quality", f"{_VERDICTS.get(verdict, verdict)}: {_checked(quality)}")]
+    flagged = [f for f in quality.get("flagged") or [] if isinstance(f, dict)]
+    lines += [_line("", flagged_line(entry)) for entry in flagged[:FLAGGED_LINES]]
+    if len(flagged) > FLAGGED_LINES:
+        lines.append(_line("", f"+{len(flagged) - FLAGGED_LINES} more flagged: see the report"))
+    duplicates = quality.get("duplicate_keys") or {}
+    if duplicates.get("extra_records"):
+        examples = duplicates.get("examples") or []
+        example = f", e.g. {examples[0][0]} x{examples[0][1]}" if examples else ""
+        lines.append(
+            _line(
+                "duplicates",
+                f"{number(duplicates['extra_records'])} records repeat a key "
+                f"({number(duplicates.get('keys', 0))} keys{example}): an upstream join went wrong?",
+            )
+        )
+    return lines
+
+
 def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: float | None = None,
                     job: str = "adpredict predict") -> str:  # fmt: skip
     """The summary of a predict run from its run.json and its error counts by kind."""
@@ -120,6 +219,10 @@ def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
     if tables:
         predictions = f"{tables['predictions']} (BigQuery)"
         error_records = f"{tables['errors']} (BigQuery)"
+    elif held_back(manifest):  # the gate blocked the run: its outputs stay in staging
+        staging = _join(output_dir, STAGING_DIR)
+        predictions = f"held back in {staging} (not published)"
+        error_records = f"{_join(staging, ERRORS_PREFIX + '-*')} (held back)"
     else:
         predictions = (
             f"{_join(output_dir, PREDICTIONS_PREFIX + '-*')} ({manifest.get('output_format', 'jsonl')})"
@@ -130,6 +233,7 @@ def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
             _header(job, manifest),
             *_counts_lines(manifest, errors_stats, PREDICTIONS, "predicted", "errors"),
             _time_line(manifest, wall_seconds),
+            *quality_lines(manifest),
             _line("predictions", predictions),
             _line("error records", f"{error_records}; by code and field: {PREDICT_ERRORS_STATS}"),
             *([_line("report", _join(output_dir, manifest["report"]))] if manifest.get("report") else []),
