@@ -14,6 +14,14 @@ saw the input, what fails it (error rate, records lost, a corrupt model) needs a
 a run that failed ends its pipeline in failure (launch.py exits non-zero, a Dataflow job's
 state is FAILED), so the task turns red.
 
+The predict run's data-quality gate (docs/data_quality.md) checks skew against the model's
+training profile and drift against the previous date's output directory (`--drift_baseline`;
+a date that did not publish is no baseline, and the run's run.json then says drift was not
+checked). A gross shift blocks the night: exit 8, nothing published, the task red without
+retries. To publish a night a person reviewed, run `adpredict nightly --config CONFIG --date
+DS --accept_drift` and mark the predict task successful. Limits other than the defaults go in
+`pipeline_options` (e.g. "quality_threshold": ["feature.media=0.1:off"], a repeated flag).
+
 adpredict's stack (tfx-bsl needs google-api-python-client<2) cannot share an environment
 with the Google provider the Beam operator needs (>=2), so both tasks run adpredict's own
 virtual environment (ADPREDICT_HOME/.venv): the gate as a command, the pipeline through the
@@ -53,6 +61,18 @@ def _run_contract():
 
 
 CONTRACT = _run_contract()
+
+# The day before the DAG run's date, as Airflow renders it in the operator's options.
+PREVIOUS_DS = "{{ macros.ds_add(ds, -1) }}"
+PREVIOUS_DS_NODASH = "{{ macros.ds_format(macros.ds_add(ds, -1), '%Y-%m-%d', '%Y%m%d') }}"
+
+
+def previous_output_dir(output_dir: str) -> str | None:
+    """The previous date's output directory (the drift baseline), or None when every date
+    writes to the same one (no {date} in it: no earlier night to find)."""
+    if "{date" not in output_dir:
+        return None
+    return output_dir.replace("{date_nodash}", PREVIOUS_DS_NODASH).replace("{date}", PREVIOUS_DS)
 
 
 def run_adpredict(argv: list[str]) -> None:
@@ -101,6 +121,11 @@ with DAG(
             "input": SETTINGS["input"],
             "output_dir": SETTINGS["output_dir"],
             "run_date": "{{ ds }}",
+            **(
+                {"drift_baseline": previous_output_dir(SETTINGS["output_dir"])}
+                if previous_output_dir(SETTINGS["output_dir"])
+                else {}
+            ),
         },
         retries=0,
     )

@@ -11,6 +11,7 @@ import yaml
 
 from pipeline.nightly import load_config, predict_argv
 from pipeline.run_contract import (
+    EXIT_BLOCKED,
     EXIT_CODES,
     EXIT_ERROR_RATE,
     EXIT_FAILED,
@@ -30,14 +31,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEPLOY = os.path.join(ROOT, "deploy")
 
 
-def test_example_nightly_config_loads_and_renders_a_date(tmp_path):
+def test_example_nightly_config_loads_and_renders_a_date(tmp_path, monkeypatch):
     import datetime
 
+    from apache_beam.io.filesystems import FileSystems
+
+    # The bucket as it would look: the 25th was blocked (no _SUCCESS), the 24th published.
+    published = "gs://my-bucket/predictions/dt=2026-11-24/_SUCCESS"
+    monkeypatch.setattr(FileSystems, "exists", lambda path: path == published)
     config = load_config(os.path.join(DEPLOY, "nightly.example.yaml"))
     argv = predict_argv(config, datetime.date(2026, 11, 26), [])
     assert argv[argv.index("--input") + 1] == "gs://my-bucket/ads/dt=2026-11-26/*.jsonl"
     assert argv[argv.index("--output_dir") + 1] == "gs://my-bucket/predictions/dt=2026-11-26"
     assert argv[argv.index("--run_date") + 1] == "2026-11-26" and "--runner" in argv
+    # The data-quality gate: the example's limits, and drift against the last published night.
+    assert argv[argv.index("--drift_baseline") + 1] == "gs://my-bucket/predictions/dt=2026-11-24"
+    limits = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--quality_threshold"]
+    assert "distance=0.1:0.3" in limits and "--accept_drift" not in argv
 
 
 def test_crontab_line_has_five_time_fields_and_runs_nightly():
@@ -161,6 +171,9 @@ def test_airflow_dag_gates_then_predicts_and_retries_only_the_retryable_codes(mo
     assert gate.downstream == [predict] and predict.kwargs["retries"] == 0 and gate.kwargs["retries"] > 0
     assert predict.kwargs["py_file"].endswith("flex_template/launch.py")
     assert predict.kwargs["pipeline_options"]["run_date"] == "{{ ds }}"
+    assert predict.kwargs["pipeline_options"]["drift_baseline"] == (
+        "gs://my-bucket/predictions/dt={{ macros.ds_add(ds, -1) }}"
+    )  # the data-quality gate's drift against the previous date
     exceptions = sys.modules["airflow.exceptions"]
     for code in (EXIT_OK, EXIT_SKIPPED):  # done: the task succeeds
         dag.run_adpredict([sys.executable, "-c", f"raise SystemExit({code})"])
@@ -168,7 +181,8 @@ def test_airflow_dag_gates_then_predicts_and_retries_only_the_retryable_codes(mo
         with pytest.raises(exceptions.AirflowException) as raised:
             dag.run_adpredict([sys.executable, "-c", f"raise SystemExit({code})"])
         assert not isinstance(raised.value, exceptions.AirflowFailException), code
-    for code in (EXIT_USAGE, EXIT_ERROR_RATE, EXIT_RECORDS_LOST, EXIT_GATE):  # failed, no retries
+    # Failed at once, no retries: a person must look (a wrong config, a gate, a blocked night).
+    for code in (EXIT_USAGE, EXIT_ERROR_RATE, EXIT_RECORDS_LOST, EXIT_GATE, EXIT_BLOCKED):
         with pytest.raises(exceptions.AirflowFailException, match=f"exited {code} "):
             dag.run_adpredict([sys.executable, "-c", f"raise SystemExit({code})"])
 
@@ -186,15 +200,16 @@ def test_a_night_over_the_error_threshold_fails_the_launcher_and_the_dags_predic
     night = tmp_path / "ads" / "dt=2026-12-03"
     night.mkdir(parents=True)
     (night / "part-0.jsonl").write_text("\n".join(lines + ['{"id": "no-fields"}'] * 10) + "\n")
-    _, tasks = _load_dag(
+    dag, tasks = _load_dag(
         monkeypatch,
         model_dir=trained_ads["model"],
         input=str(tmp_path / "ads" / "dt={date}" / "*.jsonl"),
         output_dir=str(tmp_path / "out" / "dt={date}"),
     )
     operator = tasks["predict"].kwargs
-    options = {
-        key: value.replace("{{ ds }}", "2026-12-03") for key, value in operator["pipeline_options"].items()
+    options = {  # as Airflow renders them for the DAG run of 2026-12-03
+        key: value.replace("{{ ds }}", "2026-12-03").replace(dag.PREVIOUS_DS, "2026-12-02")
+        for key, value in operator["pipeline_options"].items()
     }
     command = [sys.executable, operator["py_file"], f"--runner={operator['runner']}"]
     command += [f"--{key}={value}" for key, value in options.items()]
