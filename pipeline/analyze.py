@@ -299,7 +299,7 @@ def build_analyze(
     )
     inputs_profiled = [(f.name, f.type) for f in description_from_schema(schema).inputs]
     written.append(
-        records[BLOCKS]
+        stream  # blocks and error lists: the profile counts each feature's rejected records
         | "ProfileTraining" >> beam.CombineGlobally(ProfileRecordsFn(inputs_profiled))
         | "WriteProfile" >> beam.ParDo(_WriteProfileFn(output_dir, schema))
     )

@@ -209,6 +209,14 @@ class PredictOptions(PipelineOptions):
             "published (default on; see docs/data_quality.md).",
         )
         parser.add_argument(
+            "--duplicate_keys",
+            choices=("on", "off"),
+            default="on",
+            help="Count records whose key repeats (exact; shown in the summary, run.json and the "
+            "report). Holds every key once, about its length + 4 bytes, spread over 16 parts; "
+            "off saves that for very large runs.",
+        )
+        parser.add_argument(
             "--quality_threshold",
             action="append",
             default=None,

@@ -88,7 +88,7 @@ def build_predict(
             finalize.QUALITY_OUTPUTS: scored,
             finalize.READ_COUNTS: records[COUNTS],
         }
-        if model.layout.key_field:
+        if model.layout.key_field and run.quality.count_duplicate_keys:
             judged[finalize.DUPLICATE_KEYS] = records[RECORDS] | "DuplicateKeys" >> CountDuplicateKeys(
                 model.layout.key_field
             )
@@ -189,7 +189,8 @@ def quality_config(options, offline: bool) -> QualityConfig | None:
         previous, previous_why = (
             (None, "not read in a dry run") if offline else previous_night(predict.drift_baseline)
         )
-    return QualityConfig(policy, training, previous, training_why, previous_why)
+    duplicates = predict.duplicate_keys == "on"
+    return QualityConfig(policy, training, previous, training_why, previous_why, duplicates)
 
 
 def execute(plan: PredictPlan, test_pipeline=None) -> dict:

@@ -304,3 +304,35 @@ def test_thresholds_parse_with_off_and_per_feature_limits():
     assert policy.to_json()["volume"] == "off:off"
     with pytest.raises(OptionsError, match="warn level 0.4 is above"):
         parse_policy({"missing": "0.4:0.2"}, where="nightly.yaml: quality_thresholds")
+
+
+def test_the_exported_model_carries_the_training_profile(trained_ads):
+    profile = json.loads(open(os.path.join(trained_ads["model"], TRAINING_PROFILE_FILE)).read())
+    features = profile["features"]
+    kinds = {name: doc["kind"] for name, doc in features.items()}
+    assert kinds == {"age": "number", "gender": "category", "media": "category", "interests": "list",
+                     "bid": "number", "hour": "number", "image": "image"}  # fmt: skip
+    assert profile["records"] == 600 and all(doc["records"] == 600 for doc in features.values())
+    assert 0 < features["bid"]["missing"] < 100  # the generator leaves ~5% out
+    media = features["media"]
+    assert sorted(media["vocabulary"]) == ["Facebook", "Instagram", "TikTok", "Twitter", "YouTube"]
+    assert media["out_of_vocabulary"] == 0 and sum(c for _, c in media["top_values"]) == media["values"]
+    probability = profile["outputs"]["probability"]
+    assert probability["records"] == trained_ads["metrics"]["eval_records"]
+    assert 0 < probability["mean"] < 1 and probability["std"] > 0
+
+
+def test_error_records_are_counted_per_field_not_profiled():
+    profile = DataProfile([("image", "image"), ("age", "int")])
+    profile.add_errors(
+        [{"error": {"field": "image"}}, {"error": {"field": "image"}}, {"error": {"field": None}}]
+    )
+    found = profile.to_json()["features"]
+    assert found["image"]["errors"] == 2 and found["image"]["records"] == 0 and found["age"]["errors"] == 0
+
+
+def test_duplicate_keys_can_be_left_uncounted(trained_ads, tmp_path):
+    data = write_night(tmp_path / "night.jsonl", 20, seed=109)
+    code, manifest = predict(trained_ads["model"], data, tmp_path / "out", "--duplicate_keys", "off")
+    assert code == EXIT_OK and manifest["quality"]["duplicate_keys"] is None
+    assert manifest["quality"]["verdict"] == gate.PASSED

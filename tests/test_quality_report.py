@@ -243,7 +243,7 @@ def test_warn_and_accepted_verdicts_say_the_run_was_published():
 def test_no_gate_no_section_and_no_key_field_says_so():
     assert 'id="quality"' not in render(manifest())
     section = quality_html(render(manifest(quality("warn", duplicates=None))))
-    assert "Duplicate keys: not counted (no key field)." in section
+    assert "Duplicate keys: not counted (the records have no key field, or --duplicate_keys off)." in section
 
 
 def test_reporting_takes_the_gates_words_from_the_run_contract_and_keeps_no_copy():

@@ -157,7 +157,7 @@ def feature_checks(name: str, tonight: dict, reference: dict, against: str, poli
     missing = None if missing is None else abs(missing)
     checks = [_check(against, name, "missing share", MISSING, missing, policy, allowance, n, m)]
     kind = tonight["kind"]
-    present, present_ref = n - tonight["missing"], m - reference["missing"]
+    present, present_ref = _profiled(tonight), _profiled(reference)
     if kind in (CATEGORY, LIST):
         distance, values = (None, 1)
         if tonight.get("values") and reference.get("values"):
@@ -196,13 +196,20 @@ def feature_checks(name: str, tonight: dict, reference: dict, against: str, poli
     return checks
 
 
+def _profiled(doc: dict) -> int:
+    """How many of a feature's rows had their values profiled (a sample: see SAMPLE_ROWS)."""
+    if doc["kind"] == CATEGORY:
+        return int(doc.get("values", 0))
+    return Grid.from_json(doc.get("histogram")).total
+
+
 def _rate(doc: dict) -> float:
     return doc["missing"] / doc["records"] if doc["records"] else 0.0
 
 
 def prediction_checks(name: str, tonight: dict, reference: dict, against: str, policy: QualityPolicy) -> list:
     """The shift of an output's mean, in the reference's standard deviations."""
-    n, m = tonight["records"] - tonight["missing"], reference["records"] - reference["missing"]
+    n, m = _profiled(tonight), _profiled(reference)
     shift = None
     if n and m and tonight.get("mean") is not None and reference.get("mean") is not None:
         spread = reference.get("std") or 0.0
@@ -350,8 +357,17 @@ class QualityConfig:
     """What a run's gate compares with and by which limits, fixed before the run starts: the
     training profile and the previous night (profiles, or None with why not)."""
 
-    def __init__(self, policy, training=None, previous=None, training_why="", previous_why=""):
+    def __init__(
+        self,
+        policy,
+        training=None,
+        previous=None,
+        training_why="",
+        previous_why="",
+        count_duplicate_keys=True,
+    ):
         self.policy = policy
+        self.count_duplicate_keys = count_duplicate_keys
         self.training, self.previous = training, previous
         self.training_why, self.previous_why = training_why, previous_why
 

@@ -297,7 +297,7 @@ def _duplicate_records(duplicates) -> int | None:
 def _duplicates_html(duplicates) -> str:
     extra = _duplicate_records(duplicates)
     if extra is None:
-        return '<p class="duplicates" data-duplicates="">Duplicate keys: not counted (no key field).</p>'
+        return '<p class="duplicates" data-duplicates="">Duplicate keys: not counted (the records have no key field, or --duplicate_keys off).</p>'
     if not extra:
         return '<p class="duplicates" data-duplicates="0">No duplicate keys.</p>'
     keys = int(duplicates.get("keys") or 0)
