@@ -488,6 +488,8 @@ def report(results: dict) -> str:
     )
     if results.get("library"):
         lines.append(library_line("light", results["library"], margin["records_per_s"]))
+    if results.get("gate"):
+        lines.append(gate_line(results["gate"]))
     demo = results.get("demo")
     if demo:
         demo_bare = median(demo["bare"]["runs"])
@@ -533,6 +535,11 @@ def report(results: dict) -> str:
         ("light: pipeline >= 5 x naive Beam", ratio(light["pipeline"], light["naive"]), lambda v: v >= 5.0),
         ("RSS(1M) <= 1.3 x RSS(100k)", median(rss["large_mb"]) / median(rss["small_mb"]), lambda v: v <= 1.3),
     ]
+    if results.get("gate"):
+        gate = results["gate"]
+        rate = {label: f["marginal"]["records_per_s"] for label, f in gate.items()}
+        cost = 1 - rate["without duplicate keys"] / rate["off"]
+        checks.append(("light: gate's profiling costs <= 5% of the rate", cost, lambda v: v <= 0.05))
     checks += [
         (f"light {fmt}: marginal >= 0.70 x its stage limit", f["marginal"]["records_per_s"] / f["stage_limit"],
          lambda v: v >= 0.70)
@@ -656,6 +663,8 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
                 model_dir, {"small": small, "large": pattern}, os.path.join(work_dir, name),
                 {"small": n["light_small"], "large": n[name]}, runs, {"small": small_expected, "large": expected},
             )  # fmt: skip
+            print(f"-- light: data-quality gate on and off x{runs}", flush=True)
+            results["gate"] = gate_cost(model_dir, pattern, small, out, n, runs)
             results["memory"] = {
                 "small_records": n["light_small"],
                 "small_mb": small_runs["peak_rss_mb"],
@@ -667,6 +676,78 @@ def run_bench(work_dir: str, runs: int, quick: bool, reuse: bool = False) -> dic
         results[name] = r
     results["demo"] = demo_model(work_dir, n, runs, reuse)
     return results
+
+
+GATE_VARIANTS = {  # label -> predict flags
+    "on": [],
+    "without duplicate keys": ["--duplicate_keys", "off"],
+    "off": ["--quality_gate", "off"],
+}
+
+
+def gate_cost(model_dir: str, large: str, small: str, out: str, n: dict, runs: int) -> dict:
+    """The data-quality gate's cost on the light model: marginal rates and peak RSS with the
+    gate on (the default), on without counting duplicate keys, and off; the runs interleaved
+    so drift of the machine hits all alike."""
+    found: dict = {label: {"small": [], "large": [], "rss_large": []} for label in GATE_VARIANTS}
+    for _ in range(runs):
+        for label, extra in GATE_VARIANTS.items():
+            small_run = pipeline_runs(model_dir, small, out, n["light_small"], 1, extra)
+            large_run = pipeline_runs(model_dir, large, out, n["light"], 1, extra)
+            found[label]["small"] += small_run["runs"]
+            found[label]["large"] += large_run["runs"]
+            found[label]["rss_large"] += large_run["peak_rss_mb"]
+    for f in found.values():
+        f["marginal"] = marginal(n["light_small"], f["small"], n["light"], f["large"])
+    return found
+
+
+def gate_line(gate: dict) -> str:
+    rate = {label: f["marginal"]["records_per_s"] for label, f in gate.items()}
+    fixed = {label: f["marginal"]["fixed_s"] for label, f in gate.items()}
+    rss = {label: median(f["rss_large"]) for label, f in gate.items()}
+    profiling = 1 - rate["without duplicate keys"] / rate["off"]
+    keys = 1 - rate["on"] / rate["without duplicate keys"]
+    return (
+        "data-quality gate on the light model, marginal records/s: off "
+        f"{rate['off']:,.0f}, profiling + verdict {rate['without duplicate keys']:,.0f} "
+        f"(costs {profiling:.1%}), + duplicate keys {rate['on']:,.0f} (costs {keys:.1%} more; "
+        f"{1 - rate['on'] / rate['off']:.1%} in all); fixed cost {fixed['off']:.2f} / "
+        f"{fixed['without duplicate keys']:.2f} / {fixed['on']:.2f} s; peak RSS {rss['off']:,.0f} / "
+        f"{rss['without duplicate keys']:,.0f} / {rss['on']:,.0f} MB"
+    )
+
+
+def gate_only(work_dir: str, runs: int, quick: bool, reuse: bool) -> dict:
+    """Only the gate's cost (`--only gate`): the light model and its data, built or reused."""
+    from bench.models import build_model_dir
+
+    n = sizes(quick)
+    model_dir = os.path.join(work_dir, "light", "model")
+    score_dir, small_dir = (os.path.join(work_dir, "light", d) for d in ("score", "score_small"))
+    if not (reuse and os.path.isdir(model_dir) and os.path.isdir(small_dir)):
+        print("-- light: building the model and its records", flush=True)
+        schema_path, model_dir = build_model_dir(work_dir, "light", 20_000)
+        generate_shards(score_dir, schema_path, n["light"], n["files"], seed=100)
+        generate_shards(small_dir, schema_path, n["light_small"], n["files"], seed=200)
+    print(f"-- light: gate on and off x{runs}", flush=True)
+    found = gate_cost(
+        model_dir,
+        os.path.join(score_dir, "*.jsonl"),
+        os.path.join(small_dir, "*.jsonl"),
+        os.path.join(work_dir, "light", "predictions"),
+        n,
+        runs,
+    )
+    return {"gate": found, "cpu": cpu_name()}
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
 
 
 def other_formats(work_dir: str, model_dir: str, schema_path: str, n: dict, runs: int, reuse: bool) -> dict:
@@ -747,11 +828,22 @@ def main(argv=None) -> int:
         "--quick", action="store_true", help="Small data: checks the script, measures little."
     )
     parser.add_argument("--reuse", action="store_true", help="Reuse models and data left in --work_dir.")
+    parser.add_argument(
+        "--only",
+        choices=("gate",),
+        help="Only one figure: gate = the data-quality gate's cost (light model).",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     started = time.time()
+    if args.only == "gate":
+        found = gate_only(os.path.abspath(args.work_dir), args.runs, args.quick, args.reuse)
+        print(f"CPU: {found['cpu']}")
+        print(gate_line(found["gate"]))
+        return 0
     results = run_bench(os.path.abspath(args.work_dir), args.runs, args.quick, args.reuse)
-    table = report(results)
+    results["cpu"] = cpu_name()
+    table = f"CPU: {results['cpu']}\n" + report(results)
     results["seconds"] = round(time.time() - started, 1)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.json")
