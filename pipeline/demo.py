@@ -69,6 +69,8 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     inputs = [arg for name, _ in SCORE_FILES.values() for arg in ("--input", os.path.join(data_dir, name))]
     manifest = predict.run(["--model_dir", model_dir, *inputs, "--output_dir", predictions_dir])
     counts = manifest["counts"]
+    quality = manifest.get("quality", {})
+    checks = quality.get("checks", [])
     print(
         "\n== adpredict demo summary ==\n"
         f"model:        {model_dir}\n"
@@ -77,6 +79,8 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
         f"errors:       {os.path.join(predictions_dir, 'errors-*')}\n"
         f"manifest:     {os.path.join(predictions_dir, 'run.json')}\n"
         f"records read {counts['read']} = predicted {counts['predictions']} + errors {counts['errors']}\n"
+        f"data quality: {quality.get('verdict', 'off')} ({len(checks)} checks against the training "
+        f"profile; report: {os.path.join(predictions_dir, 'report.html')})\n"
         f"predict took {manifest['timings']['seconds']} s; whole demo {time.time() - started:.1f} s"
     )
     return {"metrics": metrics, "manifest": manifest}
