@@ -136,16 +136,16 @@ def _check_quality_keys(path: str, doc: dict) -> None:
     thresholds = doc.get("quality_thresholds") or {}
     if not isinstance(thresholds, dict):
         raise ConfigError(f'{path}: quality_thresholds must be a mapping, e.g. {{distance: "0.1:0.3"}}')
-    try:
-        parse_policy(thresholds, where=f"{path}: quality_thresholds")
-    except OptionsError as e:
-        raise ConfigError(str(e)) from None
     for name, value in thresholds.items():
         if not isinstance(value, str):  # YAML reads 1:2 unquoted as a number (62)
             raise ConfigError(
                 f'{path}: quality_thresholds: {name}: write "WARN:BLOCK" in quotes, e.g. {name}: "0.1:0.3" '
                 f"(YAML read {value!r})"
             )
+    try:
+        parse_policy(thresholds, where=f"{path}: quality_thresholds")
+    except OptionsError as e:
+        raise ConfigError(str(e)) from None
     doc["quality_thresholds"] = {str(k): v for k, v in thresholds.items()}
     if not isinstance(doc.get("accept_drift", False), bool):
         raise ConfigError(f"{path}: accept_drift must be true or false")
@@ -201,11 +201,14 @@ def previous_night_dir(config: NightlyConfig, date: datetime.date) -> str | None
 
     if "{date" not in config.output_dir:
         return None  # one output directory (BigQuery tables) for every date: no night to find
+    from pipeline.run.manifest import read_manifest
+
     for days in range(1, config.drift_lookback_days + 1):
         output_dir = render(config.output_dir, date - datetime.timedelta(days=days))
         try:
-            if FileSystems.exists(FileSystems.join(output_dir, SUCCESS_MARKER)):
-                return output_dir
+            published = FileSystems.exists(FileSystems.join(output_dir, SUCCESS_MARKER))
+            if published and read_manifest(output_dir).get("quality", {}).get("profile"):
+                return output_dir  # (a night run with the gate off has no profile: look further)
         except Exception:  # noqa: BLE001 - an unreachable night is one not found; the run says so
             return None
     return None

@@ -184,7 +184,13 @@ def quality_config(options, offline: bool) -> QualityConfig | None:
         return None
     predict = options.view_as(opts.PredictOptions)
     training, training_why = training_profile(predict.model_dir)
-    previous, previous_why = None, "no previous night to compare with (adpredict nightly gives the last one)"
+    previous, previous_why = (
+        None,
+        (
+            "no previous night to compare with (nightly: none published with a profile within its "
+            "drift_lookback_days; predict: pass --drift_baseline)"
+        ),
+    )
     if predict.drift_baseline:
         previous, previous_why = (
             (None, "not read in a dry run") if offline else previous_night(predict.drift_baseline)

@@ -18,7 +18,7 @@ from pipeline.quality.profiling import KeyCountsFn, key_partitions
 from pipeline.quality.thresholds import parse_policy
 from pipeline.run_contract import BLOCKED, EXIT_BLOCKED, EXIT_OK, STAGING_DIR, SUCCEEDED, OptionsError
 from pipeline.sampledata.generate import generate_records
-from transforms.data_profile import DataProfile, Grid
+from transforms.data_profile import DataProfile, LogHistogram
 from transforms.model_contract import TRAINING_PROFILE_FILE
 from transforms.schema import load_schema
 
@@ -129,7 +129,7 @@ def test_accept_drift_publishes_a_reviewed_night(trained_ads, tmp_path):
     assert (tmp_path / "out" / "_SUCCESS").exists() and published(tmp_path / "out")
 
 
-def test_a_handful_of_shifted_records_never_trips_the_gate(trained_ads, tmp_path):
+def test_a_handful_of_shifted_records_never_trips_the_gate(trained_ads, tmp_path, capsys):
     data = write_night(tmp_path / "few.jsonl", 10, seed=105, change=bid_in_cents)
     code, manifest = predict(trained_ads["model"], data, tmp_path / "out")
     assert code == EXIT_OK and manifest["quality"]["verdict"] == gate.PASSED
@@ -138,6 +138,8 @@ def test_a_handful_of_shifted_records_never_trips_the_gate(trained_ads, tmp_path
     )
     assert bid["value"] > 0.9 and bid["allowance"] > 1  # measured, but 10 records say nothing
     assert all(c["too_few_records"] == gate.MIN_RECORDS for c in manifest["quality"]["checks"])
+    checks = len(manifest["quality"]["checks"])
+    assert f"{checks} not judged: under {gate.MIN_RECORDS} records" in capsys.readouterr().out
 
 
 def test_the_gate_can_be_turned_off(trained_ads, tmp_path):
@@ -251,7 +253,7 @@ def test_the_allowance_covers_two_samples_of_the_same_data():
     rng = np.random.default_rng(0)
     worst = 0.0
     for _ in range(200):
-        tonight, reference = Grid(256), Grid(256)
+        tonight, reference = LogHistogram(), LogHistogram()
         tonight.add(rng.lognormal(size=400))
         reference.add(rng.lognormal(size=600))
         distance, bins = gate.histogram_distance(tonight, reference)
@@ -260,7 +262,7 @@ def test_the_allowance_covers_two_samples_of_the_same_data():
         )
     assert worst < 1  # never over the allowance (nor close: the bound is conservative)
     assert gate.histogram_allowance(10, 12) > 1 and gate.shares_allowance(10, 5) > 0.5
-    shifted = Grid(256)
+    shifted = LogHistogram()
     shifted.add(rng.lognormal(size=400) * 100)
     distance, bins = gate.histogram_distance(shifted, reference)
     assert distance > 0.3 + gate.histogram_allowance(400, bins) + gate.histogram_allowance(600, bins)
@@ -336,3 +338,38 @@ def test_duplicate_keys_can_be_left_uncounted(trained_ads, tmp_path):
     code, manifest = predict(trained_ads["model"], data, tmp_path / "out", "--duplicate_keys", "off")
     assert code == EXIT_OK and manifest["quality"]["duplicate_keys"] is None
     assert manifest["quality"]["verdict"] == gate.PASSED
+
+
+def test_a_tiny_night_is_judged_on_volume_and_a_zero_usual_is_not_compared():
+    policy = parse_policy([])
+    assert gate.volume_check(50, [1_000_000, 990_000], policy)["level"] == gate.BLOCK
+    assert gate.volume_check(500, [0], policy)["value"] is None
+
+
+def test_blocks_sampled_at_different_strides_add_up_to_all_their_rows():
+    big = pa.RecordBatch.from_pydict({"media": ["old"] * 60_000, "bid": [0.0] * 60_000})
+    small = pa.RecordBatch.from_pydict({"media": ["new"] * 4_000, "bid": [1.0] * 4_000})
+    profile = DataProfile([("media", "string"), ("bid", "float")])
+    profile.add_batch(big)  # sampled: every 15th row
+    profile.add_batch(small)  # whole
+    found = profile.to_json()["features"]
+    shares = dict(found["media"]["top_values"])
+    assert shares["new"] / found["media"]["values"] == pytest.approx(4_000 / 64_000, rel=0.01)
+    assert found["bid"]["mean"] == pytest.approx(4_000 / 64_000, rel=0.01)
+    assert found["bid"]["profiled"] == 4_000 + 4_000  # the sample size the allowance uses
+
+
+def test_one_outlier_does_not_blind_the_histogram_check():
+    rng = np.random.default_rng(2)
+    training, training_with_outlier = LogHistogram(), LogHistogram()
+    training.add(rng.normal(40, 10, 4000))
+    training_with_outlier.add(np.append(rng.normal(40, 10, 3999), 1e7))
+    shifted, shifted_with_outlier = LogHistogram(), LogHistogram()
+    shifted.add(rng.normal(60, 10, 4000))
+    shifted_with_outlier.add(np.append(rng.normal(60, 10, 3999), 1e7))
+    clean = gate.histogram_distance(shifted, training)[0]
+    assert (
+        clean > 0.4
+    )  # a shift of two standard deviations (a grid over [min, max] gave 0.0001 with the outlier)
+    assert gate.histogram_distance(shifted_with_outlier, training)[0] == pytest.approx(clean, abs=0.05)
+    assert gate.histogram_distance(shifted, training_with_outlier)[0] == pytest.approx(clean, abs=0.05)

@@ -4,7 +4,8 @@ previous night's (drift), each check `ok`, `warn` or `block`.
 Measures, as Vertex AI, BigQuery ML and TFDV use them: the L-infinity distance between the
 shares of a category's values; the Jensen-Shannon divergence (base 2, 0..1) between the
 histograms of a number (on ten bins at the reference's deciles, plus one below and one above
-its range, so a unit change lands outside); the change of the missing share; the shift of
+its range, so a unit change lands outside; bins that scale with the values, so an outlier
+does not coarsen them); the change of the missing share; the shift of
 the mean prediction in reference standard deviations; the record count against the median of
 the last nights.
 
@@ -36,7 +37,7 @@ from pipeline.run_contract import (
     QUALITY_PASSED,
     QUALITY_WARNED,
 )
-from transforms.data_profile import CATEGORY, IMAGE, LIST, NUMBER, Grid
+from transforms.data_profile import CATEGORY, IMAGE, LIST, NUMBER, LogHistogram
 
 DELTA = 1e-3  # chance that a clean night's measure passes its allowance
 # Fewer records than this on either side: the check is measured and shown, never judged. The
@@ -69,21 +70,22 @@ def _kl(p: np.ndarray, m: np.ndarray) -> float:
     return float(np.sum(p[kept] * np.log2(p[kept] / m[kept])))
 
 
-def histogram_distance(tonight: Grid, reference: Grid) -> tuple[float, int]:
-    """(Jensen-Shannon divergence, bins compared) of two grids, on the reference's deciles."""
-    exponent = max(tonight.exponent, reference.exponent)
-    t_first, t_counts = tonight.at_exponent(exponent)
-    r_first, r_counts = reference.at_exponent(exponent)
-    cumulative = np.cumsum(r_counts) / r_counts.sum()
-    cuts = np.searchsorted(cumulative, np.arange(1, HISTOGRAM_BINS) / HISTOGRAM_BINS, side="left") + 1
-    edges = np.unique(np.concatenate([[0], cuts, [len(r_counts)]])) + r_first  # bin indexes
-    bins = len(edges) + 1  # below the reference, between edges, above it
+def histogram_distance(tonight: LogHistogram, reference: LogHistogram) -> tuple[float, int]:
+    """(Jensen-Shannon divergence, bins compared) of two histograms, on the reference's
+    deciles (at its bins' resolution) plus one bin below and one above its range."""
+    cumulative = np.cumsum(reference.counts) / reference.counts.sum()
+    at = np.searchsorted(cumulative, np.arange(1, HISTOGRAM_BINS) / HISTOGRAM_BINS, side="left")
+    bounds = np.unique(np.append(reference.keys[np.minimum(at, len(reference.keys) - 1)], reference.keys[-1]))
+    lowest, highest = reference.keys[0], reference.keys[-1]
+    bins = len(bounds) + 2  # below the reference, its segments, above it
 
-    def shares(first, counts):
-        which = np.searchsorted(edges, first + np.arange(len(counts)), side="right")
-        return np.bincount(which, weights=counts, minlength=bins) / counts.sum()
+    def shares(histogram: LogHistogram) -> np.ndarray:
+        keys = histogram.keys
+        inside = 1 + np.searchsorted(bounds, keys, side="left")
+        which = np.where(keys < lowest, 0, np.where(keys > highest, bins - 1, inside))
+        return np.bincount(which, weights=histogram.counts, minlength=bins) / histogram.counts.sum()
 
-    return jensen_shannon(shares(t_first, t_counts), shares(r_first, r_counts)), bins
+    return jensen_shannon(shares(tonight), shares(reference)), bins
 
 
 def category_distance(tonight: dict, reference: dict) -> tuple[float, int]:
@@ -124,11 +126,23 @@ def mean_allowance(records: int) -> float:
 # --- Checks -----------------------------------------------------------------------------------
 
 
-def _check(against, subject, measure, check, value, policy, allowance, records, reference, feature=None):
+def _check(
+    against,
+    subject,
+    measure,
+    check,
+    value,
+    policy,
+    allowance,
+    records,
+    reference,
+    feature=None,
+    minimum=MIN_RECORDS,
+):
     limits = policy.for_check(check, feature)
     allowance = min(allowance, 99.0)  # JSON has no infinity; anything over 1 never trips
     level = OK
-    judged = records >= MIN_RECORDS and (reference is None or reference >= MIN_RECORDS)
+    judged = records >= minimum and (reference is None or reference >= minimum)
     if value is not None and judged:
         if limits.block is not None and value > limits.block + allowance:
             level = BLOCK
@@ -157,50 +171,43 @@ def feature_checks(name: str, tonight: dict, reference: dict, against: str, poli
     missing = None if missing is None else abs(missing)
     checks = [_check(against, name, "missing share", MISSING, missing, policy, allowance, n, m)]
     kind = tonight["kind"]
+    # Sample sizes: the rows whose values were profiled (for a list, rows, not its items,
+    # which are not independent of each other).
     present, present_ref = _profiled(tonight), _profiled(reference)
     if kind in (CATEGORY, LIST):
         distance, values = (None, 1)
         if tonight.get("values") and reference.get("values"):
             distance, values = category_distance(tonight, reference)
-        allowance = shares_allowance(tonight.get("values", 0), values)
-        allowance += shares_allowance(reference.get("values", 0), values)
+        allowance = shares_allowance(present, values) + shares_allowance(present_ref, values)
         measure = "L-infinity" if kind == CATEGORY else "L-infinity of the values"
         checks.append(
             _check(against, name, measure, DISTANCE, distance, policy, allowance, present, present_ref, name)
         )
     if kind in (NUMBER, LIST, IMAGE):
-        grid, grid_ref = Grid.from_json(tonight.get("histogram")), Grid.from_json(reference.get("histogram"))
+        grid = LogHistogram.from_json(tonight.get("histogram"))
+        grid_ref = LogHistogram.from_json(reference.get("histogram"))
         distance, bins = (None, HISTOGRAM_BINS + 2)
         if grid.total and grid_ref.total:
             distance, bins = histogram_distance(grid, grid_ref)
-        allowance = histogram_allowance(grid.total, bins) + histogram_allowance(grid_ref.total, bins)
+        allowance = histogram_allowance(present, bins) + histogram_allowance(present_ref, bins)
         measure = {
             NUMBER: "Jensen-Shannon",
             LIST: "Jensen-Shannon of the lengths",
             IMAGE: "Jensen-Shannon of the sizes",
         }[kind]
         checks.append(
-            _check(
-                against,
-                name,
-                measure,
-                DISTANCE,
-                distance,
-                policy,
-                allowance,
-                grid.total,
-                grid_ref.total,
-                name,
-            )
+            _check(against, name, measure, DISTANCE, distance, policy, allowance, present, present_ref, name)
         )
     return checks
 
 
 def _profiled(doc: dict) -> int:
     """How many of a feature's rows had their values profiled (a sample: see SAMPLE_ROWS)."""
+    if "profiled" in doc:
+        return int(doc["profiled"])
     if doc["kind"] == CATEGORY:
         return int(doc.get("values", 0))
-    return Grid.from_json(doc.get("histogram")).total
+    return LogHistogram.from_json(doc.get("histogram")).total
 
 
 def _rate(doc: dict) -> float:
@@ -212,19 +219,21 @@ def prediction_checks(name: str, tonight: dict, reference: dict, against: str, p
     n, m = _profiled(tonight), _profiled(reference)
     shift = None
     if n and m and tonight.get("mean") is not None and reference.get("mean") is not None:
-        spread = reference.get("std") or 0.0
-        difference = abs(tonight["mean"] - reference["mean"])
-        shift = difference / spread if spread > 0 else (0.0 if difference == 0 else math.inf)
-        shift = min(shift, 1e6)
+        # A constant reference (std 0) still gets a scale: a millionth of its mean's size.
+        spread = max(reference.get("std") or 0.0, 1e-6 * max(1.0, abs(reference["mean"])))
+        shift = min(abs(tonight["mean"] - reference["mean"]) / spread, 1e6)
     allowance = mean_allowance(n) + mean_allowance(m)
     return [_check(against, f"output {name}", "mean shift (std)", PREDICTION, shift, policy, allowance, n, m)]
 
 
 def volume_check(records: int, history: list, policy: QualityPolicy) -> dict:
     usual = float(np.median(history[-VOLUME_NIGHTS:]))
-    change = abs(records - usual) / usual if usual else (0.0 if not records else math.inf)
+    change = abs(records - usual) / usual if usual else None  # no usual volume to compare with
+    # Exact counts, no sampling: judged whatever the number (a night of 50 records where
+    # 1,000,000 are usual is the drop that matters most).
+    value = None if change is None else min(change, 1e6)
     check = _check(
-        PREVIOUS, "volume", "records vs usual", VOLUME, min(change, 1e6), policy, 0.0, records, None
+        PREVIOUS, "volume", "records vs usual", VOLUME, value, policy, 0.0, records, None, minimum=0
     )
     check["usual"] = usual
     check["nights"] = len(history[-VOLUME_NIGHTS:])
@@ -312,7 +321,7 @@ def _plot(subject: str, tonight: dict, references: dict) -> dict | None:
     kind = docs["tonight"]["kind"]
     if kind == CATEGORY or (kind == LIST and all(d.get("top_values") for d in docs.values())):
         return _category_plot(docs)
-    grids = {label: Grid.from_json(doc.get("histogram")) for label, doc in docs.items()}
+    grids = {label: LogHistogram.from_json(doc.get("histogram")) for label, doc in docs.items()}
     grids = {label: grid for label, grid in grids.items() if grid.total}
     return _number_plot(
         grids, "sizes (bytes)" if kind == IMAGE else ("lengths" if kind == LIST else "values")
@@ -333,24 +342,23 @@ def _category_plot(docs: dict) -> dict:
     return {"kind": "categories", "labels": labels + ["(other)"], "series": series}
 
 
-def _number_plot(grids: dict, what: str) -> dict | None:
-    if not grids:
+def _number_plot(histograms: dict, what: str) -> dict | None:
+    """The series' shares in at most PLOT_BARS bars: the bins of all series, in order, grouped
+    into bars of as many bins each (so an outlier gets a bar of its own, not the whole axis)."""
+    if not histograms:
         return None
-    exponent = max(g.exponent for g in grids.values())
-    spans = {label: g.at_exponent(exponent) for label, g in grids.items()}
-    low = min(first for first, _ in spans.values())
-    high = max(first + len(counts) for first, counts in spans.values())
-    shift = max(0, math.ceil(math.log2((high - low) / PLOT_BARS))) if high - low > PLOT_BARS else 0
-    first_bar = low >> shift
-    bars = ((high - 1) >> shift) - first_bar + 1
+    keys = np.unique(np.concatenate([h.keys for h in histograms.values()]))
+    group = (np.arange(len(keys)) * min(PLOT_BARS, len(keys))) // len(keys)
+    bars = int(group[-1]) + 1
     series = {}
-    for label, (first, counts) in spans.items():
-        index = ((first + np.arange(len(counts))) >> shift) - first_bar
-        grouped = np.bincount(index, weights=counts, minlength=bars)
-        series[label] = [round(float(v), 4) for v in grouped / grouped.sum()]
-    width = exponent + shift
-    labels = [f"{math.ldexp(first_bar + i, width):.4g}" for i in range(bars + 1)]
-    return {"kind": "histogram", "what": what, "edges": labels, "series": series}
+    for label, histogram in histograms.items():
+        which = group[np.searchsorted(keys, histogram.keys)]
+        counts = np.bincount(which, weights=histogram.counts, minlength=bars)
+        series[label] = [round(float(v), 4) for v in counts / counts.sum()]
+    low, high = LogHistogram.edges_of(keys)
+    firsts = np.searchsorted(group, np.arange(bars))
+    edges = [f"{v:.4g}" for v in low[firsts]] + [f"{high[-1]:.4g}"]
+    return {"kind": "histogram", "what": what, "edges": edges, "series": series}
 
 
 class QualityConfig:

@@ -128,13 +128,10 @@ class KeyCountsFn(beam.CombineFn):
     def merge_accumulators(self, accumulators):
         return [keys for accumulator in accumulators for keys in accumulator]
 
-    def compact(self, accumulator):
-        return [pa.chunked_array(accumulator).combine_chunks()] if len(accumulator) > 1 else accumulator
-
     def extract_output(self, accumulator):
         if not accumulator:
             return {"extra_records": 0, "keys": 0, "examples": []}
-        counted = pc.value_counts(pa.chunked_array(accumulator).combine_chunks())
+        counted = pc.value_counts(pa.chunked_array(accumulator))  # chunks: no 2 GiB offset limit
         counts = counted.field("counts").to_numpy()
         repeated = np.flatnonzero(counts > 1)
         order = repeated[np.argsort(-counts[repeated], kind="stable")][:DUPLICATE_EXAMPLES]

@@ -160,13 +160,17 @@ def _checked_against(checks: list) -> str:
         by_reference[str(check.get("against"))] = by_reference.get(str(check.get("against")), 0) + 1
     if not by_reference:
         return "no checks"
+    too_few = [c for c in checks if c.get("too_few_records")]
+    judged = (
+        f" ({len(too_few):,} not judged: under {too_few[0]['too_few_records']} records)" if too_few else ""
+    )
     parts = [
         f"{count:,}{' checks' if i == 0 else ''} against {'the ' if against == AGAINST_PREVIOUS else ''}{against}"
         for i, (against, count) in enumerate(
             sorted(by_reference.items(), key=lambda a: a[0] != AGAINST_TRAINING)
         )
     ]
-    return " and ".join(parts)
+    return " and ".join(parts) + judged
 
 
 def _comparisons(quality: dict, checked: bool = True) -> list[str]:

@@ -170,6 +170,9 @@ def _checked(quality: dict) -> str:
         for i, (against, count) in enumerate(sorted(counts.items(), key=lambda a: a[0] != AGAINST_TRAINING))
     ]
     text = " and ".join(named) or "no checks"
+    too_few = [c for c in quality.get("checks") or [] if c.get("too_few_records")]
+    if too_few:
+        text += f" ({number(len(too_few))} not judged: under {too_few[0]['too_few_records']} records)"
     for key in ("skew", "drift"):
         found = quality.get(key) or {}
         if not found.get("checked", True):
