@@ -23,6 +23,7 @@ from pipeline.reporting.markup import (
     svg_image,
     svg_open,
 )
+from pipeline.reporting.terminal import checks_compared
 from pipeline.run_contract import (
     AGAINST_PREVIOUS,
     AGAINST_TRAINING,
@@ -71,7 +72,7 @@ def quality_section(manifest: dict) -> str:
     )
     if verdict == QUALITY_PASSED and not flagged:
         line = (
-            f"passed: {_checked_against(checks)}, none at warn or block"
+            f"passed: {checks_compared(checks)}, none at warn or block"
             + "".join(f"; {text}" for text in _comparisons(quality, checked=False))
             + ("; no duplicate keys" if extra == 0 else "")
         )
@@ -151,26 +152,6 @@ def _verdict_callout(verdict: str, flagged: list, manifest: dict) -> str:
 def _subjects(names: list) -> str:
     shown = ", ".join(f"<b>{esc(name)}</b>" for name in names[:8])
     return shown + (f" and {len(names) - 8:,} more" if len(names) > 8 else "") if names else "Nothing"
-
-
-def _checked_against(checks: list) -> str:
-    """What the gate compared, e.g. "16 checks against training and 17 against the previous night"."""
-    by_reference: dict[str, int] = {}
-    for check in checks:
-        by_reference[str(check.get("against"))] = by_reference.get(str(check.get("against")), 0) + 1
-    if not by_reference:
-        return "no checks"
-    too_few = [c for c in checks if c.get("too_few_records")]
-    judged = (
-        f" ({len(too_few):,} not judged: under {too_few[0]['too_few_records']} records)" if too_few else ""
-    )
-    parts = [
-        f"{count:,}{' checks' if i == 0 else ''} against {'the ' if against == AGAINST_PREVIOUS else ''}{against}"
-        for i, (against, count) in enumerate(
-            sorted(by_reference.items(), key=lambda a: a[0] != AGAINST_TRAINING)
-        )
-    ]
-    return " and ".join(parts) + judged
 
 
 def _comparisons(quality: dict, checked: bool = True) -> list[str]:

@@ -10,17 +10,104 @@ writes the error counts to the errors_stats file and hands all three to the repo
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import apache_beam as beam
 import numpy as np
 
-from transforms.data_profile import Grid
-
 HISTOGRAM_CAP = 2048  # fine bins per numeric output, whatever the number of values
 HISTOGRAM_BARS = 40  # at most this many bars drawn (groups of fine bins)
 CATEGORY_CAP = 50  # distinct values counted per text output; more: only totals
 THROUGHPUT_CAP = 200  # time buckets over the run, whatever its length
+
+
+class Grid:
+    """Counts of numbers in bins of width 2**exponent aligned at 0: at most `cap` bins from
+    the smallest number to the largest.
+
+    The width is the finest that spans [min, max] in `cap` bins (never finer than
+    `min_exponent`, nor finer than float64 tells apart), so it depends on the extremes only:
+    merging grids re-bins each by an integer shift and gives exactly what one grid over all
+    the numbers gives, in whatever order and grouping Beam combines them. Memory: `cap`
+    counters.
+    """
+
+    def __init__(self, cap: int, min_exponent: int | None = None):
+        self.cap = cap
+        self.min_exponent = min_exponent
+        self.exponent = 0
+        self.start = 0  # bin index of counts[0]
+        self.counts = np.zeros(0, np.int64)
+        self.lo, self.hi = math.inf, -math.inf
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def add(self, values: np.ndarray, weights: np.ndarray | None = None) -> None:
+        values = np.asarray(values, np.float64).ravel()
+        if not len(values):
+            return
+        lo, hi = min(self.lo, float(values.min())), max(self.hi, float(values.max()))
+        self._rebin(lo, hi)
+        index = np.floor(np.ldexp(values, -self.exponent)).astype(np.int64) - self.start
+        if weights is None:
+            self.counts += np.bincount(index, minlength=len(self.counts))
+        else:
+            np.add.at(self.counts, index, np.asarray(weights, np.int64).ravel())
+
+    def merge(self, other: Grid) -> None:
+        if not len(other.counts):
+            return
+        self._rebin(min(self.lo, other.lo), max(self.hi, other.hi))
+        index = _shifted(other.start + np.arange(len(other.counts)), self.exponent - other.exponent)
+        np.add.at(self.counts, index - self.start, other.counts)
+
+    def bins(self, max_bins: int | None = None) -> list[tuple[float, float, int]]:
+        """(low edge, high edge, count) from the lowest bin to the highest, in at most
+        `max_bins` bins of a power-of-two number of grid bins each (edges stay round)."""
+        if not len(self.counts):
+            return []
+        shift = 0
+        if max_bins and len(self.counts) > max_bins:
+            shift = math.ceil(math.log2(len(self.counts) / max_bins))
+        index = _shifted(self.start + np.arange(len(self.counts)), shift)
+        first = int(index[0])
+        grouped = np.zeros(int(index[-1]) - first + 1, np.int64)
+        np.add.at(grouped, index - first, self.counts)
+        width = self.exponent + shift
+        return [
+            (math.ldexp(first + i, width), math.ldexp(first + i + 1, width), int(count))
+            for i, count in enumerate(grouped)
+        ]
+
+    def _exponent_for(self, lo: float, hi: float) -> int:
+        exponent = math.frexp(max(abs(lo), abs(hi)))[1] - 53  # finer tells nothing apart
+        if self.min_exponent is not None:
+            exponent = max(exponent, self.min_exponent)
+        half_span = hi / 2 - lo / 2  # (hi - lo) / 2 without overflow
+        if half_span > 0:  # every exponent up to this one needs more than `cap` bins
+            exponent = max(exponent, math.floor(math.log2(half_span / (self.cap + 1))))
+        while math.floor(math.ldexp(hi, -exponent)) - math.floor(math.ldexp(lo, -exponent)) >= self.cap:
+            exponent += 1
+        return exponent
+
+    def _rebin(self, lo: float, hi: float) -> None:
+        exponent = self._exponent_for(lo, hi)
+        start = math.floor(math.ldexp(lo, -exponent))
+        size = math.floor(math.ldexp(hi, -exponent)) - start + 1
+        counts = np.zeros(size, np.int64)
+        if len(self.counts):
+            index = _shifted(self.start + np.arange(len(self.counts)), exponent - self.exponent)
+            np.add.at(counts, index - start, self.counts)
+        self.exponent, self.start, self.counts, self.lo, self.hi = exponent, start, counts, lo, hi
+
+
+def _shifted(index: np.ndarray, shift: int) -> np.ndarray:
+    """floor(index / 2**shift): the bins of a grid `shift` steps coarser (shift >= 0)."""
+    # Bin indexes are below 2**54 in magnitude, so a shift of 60 already maps them to 0 or -1.
+    return np.right_shift(index.astype(np.int64), min(shift, 60))
 
 
 class _OutputStats:

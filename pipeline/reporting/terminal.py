@@ -159,20 +159,30 @@ def flagged_line(entry: dict) -> str:
     return f"{text} ({level} above {limit:g} + {check.get('allowance') or 0:.2g} for sample size)"
 
 
-def _checked(quality: dict) -> str:
+def checks_compared(checks: list) -> str:
     """What the gate compared, e.g. "16 checks against training and 17 against the previous
-    night", or "...; drift not checked: no previous night to compare with"."""
+    night", and how many it could not judge (too few records); the report says it too."""
     counts: dict[str, int] = {}
-    for check in quality.get("checks") or []:
+    for check in checks:
         counts[check.get("against")] = counts.get(check.get("against"), 0) + 1
     named = [
         f"{number(count)}{' checks' if i == 0 else ''} against {'the ' if against == AGAINST_PREVIOUS else ''}{against}"
         for i, (against, count) in enumerate(sorted(counts.items(), key=lambda a: a[0] != AGAINST_TRAINING))
     ]
-    text = " and ".join(named) or "no checks"
-    too_few = [c for c in quality.get("checks") or [] if c.get("too_few_records")]
-    if too_few:
-        text += f" ({number(len(too_few))} not judged: under {too_few[0]['too_few_records']} records)"
+    if not named:
+        return "no checks"
+    too_few = [c for c in checks if c.get("too_few_records")]
+    judged = (
+        f" ({number(len(too_few))} not judged: under {too_few[0]['too_few_records']} records)"
+        if too_few
+        else ""
+    )
+    return " and ".join(named) + judged
+
+
+def _checked(quality: dict) -> str:
+    """`checks_compared`, then "; drift not checked: no previous night to compare with"."""
+    text = checks_compared([c for c in quality.get("checks") or [] if isinstance(c, dict)])
     for key in ("skew", "drift"):
         found = quality.get(key) or {}
         if not found.get("checked", True):
