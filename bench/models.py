@@ -47,8 +47,7 @@ def build_model_dir(work_dir: str, variant: str, train_records: int) -> tuple[st
     Returns (schema path, model directory).
     """
     from pipeline import analyze
-    from pipeline.inference.golden import store_golden_records_from
-    from pipeline.inference.tuning import tune_batch_size
+    from pipeline.inference.exported import measure_export
     from pipeline.sampledata.generate import generate_file
     from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -68,6 +67,5 @@ def build_model_dir(work_dir: str, variant: str, train_records: int) -> tuple[st
         compare_blank_image=False,
         image_tower="mobilenet_v2" if variant == "heavy" else "small",
     )
-    tune_batch_size(model_dir, load_schema(schema_path))
-    store_golden_records_from(model_dir, transform_dir)  # every run checks them, as a user's would
+    measure_export(model_dir, transform_dir, load_schema(schema_path))  # as `adpredict train` does
     return schema_path, model_dir

@@ -59,7 +59,7 @@ from transforms.schema import Schema, load_schema
 
 TRAIN, EVAL = "train", "eval"
 EVAL_SAMPLE = "eval_sample"  # raw eval records, for the exported model's golden records
-EVAL_SAMPLE_SIZE = 32
+EVAL_SAMPLE_SIZE = 1000  # golden records (the first 32) and the bf16 check (all)
 TRANSFORMED_DIR = "transformed"
 
 

@@ -57,8 +57,7 @@ def _generate(args) -> int:
 
 def _train(args) -> int:
     from pipeline.entrypoint import run_reporting_errors
-    from pipeline.inference.golden import store_golden_records_from
-    from pipeline.inference.tuning import tune_batch_size
+    from pipeline.inference.exported import measure_export
     from pipeline.reporting.terminal import train_summary
     from pipeline.trainer.train import schema_for_training, train_and_export
 
@@ -74,8 +73,7 @@ def _train(args) -> int:
             batch_size=args.batch_size,
             image_tower=args.image_tower,
         )
-        metrics["predict_batch_size"] = args.batch_size or tune_batch_size(args.model_dir, schema)
-        metrics["golden_records"] = store_golden_records_from(args.model_dir, args.transform_dir)
+        metrics.update(measure_export(args.model_dir, args.transform_dir, schema, args.batch_size))
         print(train_summary(metrics, args.model_dir, seconds_since_start()), flush=True)
 
     return run_reporting_errors(run, None)

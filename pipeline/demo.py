@@ -18,8 +18,7 @@ SCORE_FILES = {"jsonl": ("score.jsonl", 101), "csv": ("score.csv", 102), "parque
 
 def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     from pipeline import analyze, predict
-    from pipeline.inference.golden import store_golden_records_from
-    from pipeline.inference.tuning import tune_batch_size
+    from pipeline.inference.exported import measure_export
     from pipeline.sampledata.generate import generate_file
     from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -62,8 +61,7 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
         "Keras model on the transformed data; transform graph attached",
     )
     metrics = train_and_export(transform_dir, load_schema("ads"), model_dir, seed=seed)
-    metrics["predict_batch_size"] = tune_batch_size(model_dir, load_schema("ads"))
-    store_golden_records_from(model_dir, transform_dir)
+    metrics.update(measure_export(model_dir, transform_dir, load_schema("ads")))
 
     _step("predict", f"Beam batch prediction on {', '.join(SCORE_FILES)} inputs")
     inputs = [arg for name, _ in SCORE_FILES.values() for arg in ("--input", os.path.join(data_dir, name))]

@@ -88,6 +88,8 @@ class NightlyConfig:
     quality_thresholds: dict = dataclasses.field(default_factory=dict)
     accept_drift: bool = False
     drift_lookback_days: int = 7
+    precision: str | None = None  # --precision of every run (fp32 | bf16 | auto; docs/precision.md)
+    gpu: str | None = None  # --gpu of every run (auto | require | warn)
     pipeline_args: tuple[str, ...] = ()  # Beam flags for every run, e.g. [--runner, DataflowRunner]
 
 
@@ -179,6 +181,8 @@ def predict_argv(config: NightlyConfig, date: datetime.date, extra: list[str]) -
         "output_table": render(config.output_table, date),
         "passthrough_fields": config.passthrough_fields,
         "input_schema": config.input_schema,
+        "precision": config.precision,
+        "gpu": config.gpu,
     }
     argv += [arg for name, value in optional.items() if value for arg in (f"--{name}", value)]
     argv += ["--output_format", config.output_format, "--max_error_rate", str(config.max_error_rate)]

@@ -16,6 +16,8 @@ import re
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.inference.batching import DEFAULT_MAX_BATCH_BYTES
+from pipeline.inference.devices import GPU_POLICIES
+from pipeline.inference.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
 from pipeline.io.splitting import DEFAULT_SPLIT_BYTES
 from pipeline.read import Inputs
@@ -193,6 +195,23 @@ class PredictOptions(PipelineOptions):
             default=None,
             help="TensorFlow threads per worker process; default: the host's cores divided "
             "by the worker processes sharing it (so N processes do not each take every core).",
+        )
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=DEFAULT_PRECISION,
+            help="Arithmetic of the model's convolutions and matrix products: fp32; bf16 (on CPUs "
+            "with AVX-512 BF16 or AMX, for a model whose outputs pass its bf16 check); auto: bf16 "
+            "where the model passes the check and bf16 measured faster on this kind of CPU, else "
+            "fp32 (see docs/precision.md).",
+        )
+        parser.add_argument(
+            "--gpu",
+            choices=GPU_POLICIES,
+            default="auto",
+            help="auto: use a GPU if TensorFlow sees one; require: stop (exit 7) on a worker with "
+            "none instead of scoring on its CPU (run_dataflow.sh passes this with GPU_TYPE); warn: "
+            "score on the CPU with a warning.",
         )
         parser.add_argument(
             "--no_progress",

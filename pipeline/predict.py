@@ -32,8 +32,11 @@ from pipeline import counters
 from pipeline import options as opts
 from pipeline.blocks import ScoredBlock
 from pipeline.entrypoint import pipeline_main
+from pipeline.inference.devices import this_cpu
 from pipeline.inference.dofn import RunInferenceFn
 from pipeline.inference.model import ModelConfig
+from pipeline.inference.precision import FP32, decide
+from pipeline.inference.precision_check import checked_on_first_use, first_records
 from pipeline.io import BIGQUERY
 from pipeline.io import bigquery as bq
 from pipeline.quality.gate import QualityConfig
@@ -76,7 +79,7 @@ def build_predict(
     records = pipeline | "ReadAdRecords" >> ReadAdRecords(inputs, model.layout)
     inference = records[RECORDS] | "RunInference" >> beam.ParDo(RunInferenceFn(model)).with_output_types(
         ScoredBlock
-    ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main=SCORED)
+    ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, RunInferenceFn.DEVICES, main=SCORED)
     # Read errors reach RunInference on the blocks' stream and leave with its own: no Flatten
     # (the local runner would hold every error record of the run in memory).
     scored, errors = inference[SCORED], inference[RunInferenceFn.ERRORS]
@@ -121,6 +124,7 @@ def build_predict(
         finalize.ERROR_LISTS: errors,
         finalize.OUTPUT_SUMMARIES: scored,
         finalize.THROUGHPUT: scored | "ScoredAt" >> beam.Map(scored_at),
+        finalize.DEVICES: inference[RunInferenceFn.DEVICES],
     } | "FinalizeRun" >> FinalizeRun(
         outputs.output_dir,
         run or RunConfig(),
@@ -164,16 +168,34 @@ def plan(options: PipelineOptions) -> PredictPlan:
         batch_size=predict.batch_size,
         max_batch_bytes=predict.max_batch_bytes,
         tf_threads=opts.tf_threads(options),
+        precision=predict.precision,
+        gpu=predict.gpu,
     )
     inputs = opts.inputs_from(options)
     offline = is_dry_run(options)
     check_model_reachable(options, predict.model_dir, offline)
     files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, model.layout)
+    model = precision_checked(options, model, [] if offline else files, io.input_format)
     bigquery = bigquery_target(options, check=not offline) if predict.output_format == BIGQUERY else None
     outputs = Outputs(io.output_dir, predict.output_format, bigquery)
     info = run_info(options, inputs, model, outputs, files, offline)
     run = RunConfig(info, io.max_error_rate, quality=quality_config(options, offline))
     return PredictPlan(options, inputs, model, outputs, run, offline)
+
+
+def precision_checked(options, model: ModelConfig, files: list, input_format: str | None) -> ModelConfig:
+    """--precision bf16|auto: a model with no stored bf16 check (a foreign one) is checked here
+    on the first records of the run's first file; a run on this machine refuses bf16 now, in
+    one line, rather than on its first record."""
+    if model.precision == FP32:
+        return model
+    paths = [f for f in files if isinstance(f, str)]
+    if paths and not (model.precision_record or {}).get("check"):
+        sample = first_records(paths[0], input_format, model.layout)
+        model = checked_on_first_use(model, sample, f"the first {len(sample or ())} records of {paths[0]}")
+    if ends_with_launch(options):
+        decide(model.precision, model.precision_record, this_cpu(), model.model_dir)
+    return model
 
 
 def quality_config(options, offline: bool) -> QualityConfig | None:
@@ -258,6 +280,9 @@ def run_info(
         "batch_size": model.batch_size,
         "max_batch_bytes": model.max_batch_bytes,
         "tf_threads": model.tf_threads or "TensorFlow default (all cores)",
+        "precision_requested": model.precision,
+        "precision_check": (model.precision_record or {}).get("check"),
+        "gpu_requested": model.gpu,
         "runner": options.view_as(StandardOptions).runner or "DirectRunner",
         "versions": versions(),
     }

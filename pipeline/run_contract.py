@@ -107,7 +107,9 @@ EXIT_CODES = (
     ExitCode(
         6, "records_lost", "records read != predictions + errors: a bug, run.json says where", retry=False
     ),
-    ExitCode(7, "gate", "a gate stopped the run before scoring (parity, golden records)", retry=False),
+    ExitCode(
+        7, "gate", "a gate stopped the run before scoring (parity, golden records, no GPU)", retry=False
+    ),
     ExitCode(
         8,
         "blocked",
@@ -163,7 +165,8 @@ class InputNotReady(InputError):
 
 class GateFailed(RuntimeError):
     """A check before scoring stopped the run: the model's transform disagrees with the
-    transform artifacts, or the model no longer gives its own golden records' outputs."""
+    transform artifacts, the model no longer gives its own golden records' outputs, or a run
+    that needs a GPU has none."""
 
     exit_code = EXIT_GATE
 

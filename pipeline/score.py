@@ -26,6 +26,7 @@ from pipeline.blocks import RecordStream, ScoredBlock
 from pipeline.inference.batching import DEFAULT_MAX_BATCH_BYTES, RecordBytes
 from pipeline.inference.dofn import RunInferenceFn
 from pipeline.inference.model import ModelConfig
+from pipeline.inference.precision import DEFAULT_PRECISION
 from pipeline.io.records import prediction_records, read_records
 from pipeline.io.text import DEFAULT_BLOCK_BYTES
 from pipeline.validation import COUNTS, RECORDS, CheckedRecords
@@ -44,7 +45,7 @@ class ScoreRecords(beam.PTransform):
     `passthrough_fields`: record fields copied into every prediction ("a,b:int"), e.g. an id
     to join on when the model has no key field. `batch_size`: records per model call
     (default: the batch size recorded in the model); `max_batch_bytes`: most text and image
-    bytes per call. `source` names the records in error records (`<source>:<n>`, n the
+    bytes per call. `precision`: fp32, bf16 or auto, as `predict --precision`. `source` names the records in error records (`<source>:<n>`, n the
     record's position in the batch it was scored in).
     """
 
@@ -57,6 +58,7 @@ class ScoreRecords(beam.PTransform):
         batch_size: int | None = None,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         tf_threads: int | None = None,
+        precision: str = DEFAULT_PRECISION,
         source: str = "records",
     ):
         super().__init__()
@@ -67,6 +69,7 @@ class ScoreRecords(beam.PTransform):
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
             tf_threads=tf_threads,
+            precision=precision,
         )
         self._source = source
 
@@ -88,7 +91,7 @@ class ScoreRecords(beam.PTransform):
         )
         inference = parsed[RECORDS] | "RunInference" >> beam.ParDo(RunInferenceFn(model)).with_output_types(
             ScoredBlock
-        ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, main="scored")
+        ).with_outputs(RunInferenceFn.ERRORS, RunInferenceFn.COUNTS, RunInferenceFn.DEVICES, main="scored")
         predictions = inference["scored"] | "PredictionRecords" >> beam.ParDo(
             _PredictionRecordsFn(model.prediction_columns())
         )

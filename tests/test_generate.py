@@ -4,7 +4,7 @@ import json
 import numpy as np
 
 from pipeline.sampledata.generate import generate_file, generate_records, generate_records_with_logits
-from pipeline.trainer.train import roc_auc
+from transforms.metrics import roc_auc
 from transforms.schema import load_schema
 
 

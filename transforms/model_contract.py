@@ -30,6 +30,8 @@ GOLDEN_RECORDS_FILE = os.path.join("assets.extra", "golden_records.json")
 # The training data's profile and the model's outputs on the eval split: what the data-quality
 # gate compares every run with (`transforms.data_profile`).
 TRAINING_PROFILE_FILE = os.path.join("assets.extra", "training_profile.json")
+# bf16 outputs against fp32 (the check `--precision bf16|auto` needs) and both speeds by CPU kind.
+PRECISION_CHECK_FILE = os.path.join("assets.extra", "precision_check.json")
 # The files whose bytes identify a model (run.json's model.fingerprint, `adpredict inspect`).
 FINGERPRINTED_FILES = ("saved_model.pb", "variables/variables.index")
 
@@ -216,6 +218,16 @@ def description_from_schema(schema, outputs=(OUTPUT_NAME,), batch_size=256) -> M
         batch_size=batch_size,
         csv_columns=schema.csv_columns,
     )
+
+
+def read_model_json(model_dir: str, relative_path: str) -> dict | None:
+    """A JSON file of the model directory (one of the files above), or None if it has none."""
+    gfile = model_files()
+    path = gfile.join(model_dir, relative_path)
+    if not gfile.exists(path):
+        return None
+    with gfile.GFile(path) as f:
+        return json.loads(f.read())
 
 
 def model_files():

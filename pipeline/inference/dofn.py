@@ -32,8 +32,9 @@ class _InFlight:
 
 class RunInferenceFn(beam.DoFn):
     """Scores RecordBlocks in batches of the model's batch size; emits ScoredBlocks and error
-    records (its own and those of the reading step, which arrive on the same stream), and
-    (MODEL_LOADS | MODEL_BATCHES | BATCH_SIZE_HALVINGS, n) pairs on `counts` for run.json.
+    records (its own and those of the reading step, which arrive on the same stream),
+    (MODEL_LOADS | MODEL_BATCHES | BATCH_SIZE_HALVINGS, n) pairs on `counts` and each model
+    load's devices and precision on `devices`, for run.json.
 
     The model is loaded once per worker process (`shared_handle`) and shared by its threads.
     If TensorFlow rejects a batch (e.g. an image that passed validation but is corrupt
@@ -44,6 +45,7 @@ class RunInferenceFn(beam.DoFn):
 
     ERRORS = "errors"
     COUNTS = "counts"
+    DEVICES = "devices"  # one per model load: what the process runs the model on (devices.device_report)
 
     def __init__(self, model: ModelConfig, shared_handle=None):
         self._config = model
@@ -79,6 +81,7 @@ class RunInferenceFn(beam.DoFn):
             self._model.load_reported = True
             self._model_loads.inc()
             yield beam.pvalue.TaggedOutput(self.COUNTS, (counters.MODEL_LOADS, 1))
+            yield beam.pvalue.TaggedOutput(self.DEVICES, self._model.device)
         previous, self._in_flight = self._in_flight, self._send(block)
         yield beam.pvalue.TaggedOutput(self.COUNTS, (counters.MODEL_BATCHES, len(self._in_flight.calls)))
         if previous is not None:

@@ -20,7 +20,7 @@ from pipeline.inference.model import LoadedModel, ModelConfig, prediction_layout
 from pipeline.io.records import read_records
 from pipeline.run_contract import RAW_EVAL_SAMPLE, GateFailed
 from pipeline.validation import validate_block
-from transforms.model_contract import GOLDEN_RECORDS_FILE, model_files
+from transforms.model_contract import GOLDEN_RECORDS_FILE, model_files, read_model_json
 
 GOLDEN_RECORDS = 32  # records stored at export
 # |output now - output at export| allowed: float32 models differ by ~1e-6 between oneDNN
@@ -79,12 +79,7 @@ def store_golden_records_from(model_dir: str, transform_dir: str) -> int:
 
 def read_golden_records(model_dir: str) -> dict | None:
     """The stored golden records, or None for a model that has none."""
-    gfile = model_files()
-    path = gfile.join(model_dir, GOLDEN_RECORDS_FILE)
-    if not gfile.exists(path):
-        return None
-    with gfile.GFile(path) as f:
-        return json.loads(f.read())
+    return read_model_json(model_dir, GOLDEN_RECORDS_FILE)
 
 
 def check_golden_records(model: LoadedModel) -> float | None:

@@ -26,6 +26,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pipeline.inference.batching import DEFAULT_MAX_BATCH_BYTES, RecordBytes, call_slices
 from pipeline.inference.golden import load_checked
 from pipeline.inference.model import LoadedModel, ModelConfig
+from pipeline.inference.precision import DEFAULT_PRECISION
 from pipeline.io.records import read_records
 from pipeline.validation import validate_block
 
@@ -55,7 +56,8 @@ class RecordModelHandler(ModelHandler[dict, PredictionResult, LoadedModel]):
     `input_schema`: the schema file of one without adpredict_model.json).
 
     `batch_size` (default: the batch size recorded in the model) is RunInference's batch
-    size; `max_batch_bytes` caps the text and image bytes of one model call. `large_model` or
+    size; `max_batch_bytes` caps the text and image bytes of one model call; `precision`: fp32,
+    bf16 or auto, as `predict --precision` (docs/precision.md). `large_model` or
     `model_copies` share the model across a worker's processes, as Beam's handlers do;
     other keyword arguments (`min_batch_size`, `max_batch_duration_secs`, ...) go to
     ModelHandler.
@@ -69,6 +71,7 @@ class RecordModelHandler(ModelHandler[dict, PredictionResult, LoadedModel]):
         batch_size: int | None = None,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         tf_threads: int | None = None,
+        precision: str = DEFAULT_PRECISION,
         large_model: bool = False,
         model_copies: int | None = None,
         **kwargs,
@@ -79,6 +82,7 @@ class RecordModelHandler(ModelHandler[dict, PredictionResult, LoadedModel]):
             batch_size=batch_size,
             max_batch_bytes=max_batch_bytes,
             tf_threads=tf_threads,
+            precision=precision,
         )
         kwargs.setdefault("min_batch_size", config.batch_size)
         kwargs.setdefault("max_batch_size", config.batch_size)

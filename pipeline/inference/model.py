@@ -12,6 +12,16 @@ import tensorflow as tf
 
 from pipeline.blocks import RecordLayout
 from pipeline.inference.batching import DEFAULT_MAX_BATCH_BYTES
+from pipeline.inference.devices import check_gpu, device_report, this_cpu, visible_gpus
+from pipeline.inference.precision import (
+    BF16,
+    DEFAULT_PRECISION,
+    FP32,
+    bf16_call_options,
+    called_with,
+    decide,
+    read_precision_record,
+)
 from pipeline.inference.tensors import fitted_to, model_inputs, output_values, serialized_examples
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
 from pipeline.run_contract import OptionsError
@@ -36,6 +46,9 @@ class ModelConfig:
     description: ModelDescription | None = None  # None: read from model_dir when loaded
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES
     tf_threads: int | None = None  # None: TensorFlow's default (every core)
+    precision: str = DEFAULT_PRECISION  # --precision: fp32 | bf16 | auto (pipeline.inference.precision)
+    precision_record: dict | None = None  # the model's bf16 check and speeds, read once by the launcher
+    gpu: str = "auto"  # --gpu: auto | require | warn (pipeline.inference.devices)
 
     @classmethod
     def from_model_dir(
@@ -48,6 +61,8 @@ class ModelConfig:
         batch_size: int | None = None,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         tf_threads: int | None = None,
+        precision: str = DEFAULT_PRECISION,
+        gpu: str = "auto",
     ) -> ModelConfig:
         """The configuration to score with `model_dir`: its description (adpredict_model.json,
         else read from its signature, with `input_schema`'s field types), what is read of each
@@ -57,11 +72,27 @@ class ModelConfig:
         description = describe_model(model_dir, input_schema)
         layout = prediction_layout(description, passthrough_fields, csv_columns)
         return cls(
-            model_dir, layout, batch_size or description.batch_size, description, max_batch_bytes, tf_threads
+            model_dir,
+            layout,
+            batch_size or description.batch_size,
+            description,
+            max_batch_bytes,
+            tf_threads,
+            precision=precision,
+            precision_record=None if precision == FP32 else read_precision_record(model_dir),
+            gpu=gpu,
         )
 
     def load(self) -> LoadedModel:
-        return LoadedModel(self.model_dir, self.tf_threads, self.description)
+        return LoadedModel(
+            self.model_dir,
+            self.tf_threads,
+            self.description,
+            precision=self.precision,
+            precision_record=self.precision_record,
+            gpu=self.gpu,
+            batch_size=self.batch_size,
+        )
 
     def prediction_columns(self) -> PredictionColumns:
         return prediction_columns(self.description or describe_model(self.model_dir), self.layout)
@@ -128,15 +159,33 @@ class LoadedModel:
     """A SavedModel's scoring signature plus its description; one per process."""
 
     def __init__(
-        self, model_dir: str, tf_threads: int | None = None, description: ModelDescription | None = None
+        self,
+        model_dir: str,
+        tf_threads: int | None = None,
+        description: ModelDescription | None = None,
+        *,
+        precision: str = FP32,
+        precision_record: dict | None = None,
+        gpu: str = "auto",
+        batch_size: int | None = None,
     ):
         if tf_threads:
             set_tf_threads(tf_threads)
+        gpus = visible_gpus()
+        check_gpu(gpu, gpus)
         self.model_dir = model_dir
         self.description = description or describe_model(model_dir)
         check_model_files(model_dir)  # each worker: its copy may be cut short where TF would crash
         self._saved_model = tf.saved_model.load(model_dir)
         self.signature = self._saved_model.signatures[self.description.signature]
+        # The run's calls in bf16 where it was asked for and may be used here; the golden
+        # records and direct calls to `outputs` stay fp32.
+        decision = decide(precision, precision_record, this_cpu(), model_dir)
+        self.precision = decision.precision
+        self._call_options = {FP32: None, BF16: bf16_call_options() if this_cpu().has_bf16 else None}
+        self.device = device_report(
+            decision.precision, decision.reason, gpus, batch_size or self.description.batch_size
+        )
         # What the signature takes, by name: a tensor is cast / reshaped to it if the record
         # type's natural tensor differs (int32 inputs, [N, 1] Keras inputs).
         self._specs = self.signature.structured_input_signature[1]
@@ -148,8 +197,13 @@ class LoadedModel:
         )
 
     def predict(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
-        """The model's outputs for `batch`, by output name (a run's model calls)."""
-        return self.outputs(batch)
+        """The model's outputs for `batch`, by output name (a run's model calls, in the run's
+        precision)."""
+        return self.outputs_in(self.precision, batch)
+
+    def outputs_in(self, precision: str, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
+        """`outputs(batch)` with the signature run in `precision` (fp32 or bf16) on this thread."""
+        return called_with(self._call_options[precision], self.outputs, batch)
 
     def outputs(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         """The signature called on `batch`: what `predict` does, and what the golden records

@@ -13,6 +13,7 @@ from pipeline.inspection.checks import bigquery_ml_check, contract_check, servin
 from pipeline.inspection.probe import PROBE_TIMEOUT_S, run_tf_only_probe
 from transforms.model_contract import (
     DESCRIPTION_PATH,
+    PRECISION_CHECK_FILE,
     RAW_SIGNATURE,
     TRAINING_METRICS_FILE,
     TRAINING_PROFILE_FILE,
@@ -67,6 +68,7 @@ def inspect_model(model_dir: str, timeout: float = PROBE_TIMEOUT_S, show_probe_l
         },
         "training_metrics": _read_json(model_dir, TRAINING_METRICS_FILE),
         "golden_records": _golden_records(model_dir),
+        "precision_check": _read_json(model_dir, PRECISION_CHECK_FILE),
         "training_profile": _training_profile(model_dir),
         "size_bytes": size,
         "files": files,

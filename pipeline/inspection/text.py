@@ -84,6 +84,7 @@ def format_report(report: dict) -> str:
         0,
         4,
     )
+    lines += _wrapped(f"bf16 check  {precision_text(report.get('precision_check'))}", 0, 4)
     profile = report.get("training_profile")
     lines += _wrapped(
         f"training profile  {number(profile['records'])} records, {len(profile['features'])} features"
@@ -116,3 +117,25 @@ def _table(rows: list[tuple]) -> list[str]:
         "  " + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
+
+
+def precision_text(record: dict | None) -> str:
+    """The stored bf16 check (pipeline.inference.precision) and the speeds by CPU kind."""
+    if not record:
+        return "none: --precision bf16 refuses and auto keeps fp32 until a run checks it on its first records"
+    check = record.get("check")
+    if check is None:
+        return f"not run ({record.get('not_checked')}); --precision bf16|auto use fp32"
+    changes = ", ".join(f"{name} by up to {value:.4g}" for name, value in check["output_change"].items())
+    auc = "" if check.get("auc_change") is None else f", AUC by {check['auc_change']:.4g}"
+    tolerance = record.get("tolerance", {})
+    verdict = "passed" if check["passed"] else "FAILED (bf16 refused)"
+    speeds = "; ".join(
+        f"{kind}: bf16 {s['bf16'] / max(s['fp32'], 1):.2f}x fp32 ({number(s['fp32'])} -> {number(s['bf16'])} "
+        f"records/s at batch {s['batch_size']})"
+        for kind, s in sorted((record.get("speed") or {}).items())
+    )
+    return (
+        f"{verdict} on {check['source']}: outputs moved {changes}{auc} (limits {tolerance.get('output_change')}, "
+        f"AUC {tolerance.get('auc_change')}){'; ' + speeds if speeds else ''}"
+    )

@@ -36,6 +36,19 @@ def check_file_head(path: str, input_format: str | None, layout: RecordLayout) -
         raise head_error(path, fmt, problem)
 
 
+def first_blocks(path: str, input_format: str | None, layout: RecordLayout, rows: int):
+    """The record blocks (and error records) at the start of a file, read as a run reads it,
+    until `rows` records: a sample to check a model on before a run."""
+    fmt = format_for(path, input_format)
+    read = 0
+    with FileSystems.open(path, compression_type=_compression(fmt)) as stream:
+        for item in fmt.read(stream, path, layout, DEFAULT_BLOCK_BYTES):
+            yield item
+            read += len(item) if not isinstance(item, dict) else 1
+            if read >= rows:
+                return
+
+
 def head_error(path: str, fmt, problem: str) -> InputError:
     """The error of a file whose first bytes do not look like its format (before the run or on a worker)."""
     return InputError(

@@ -33,6 +33,7 @@ from pipeline.reporting.markup import (
 )
 from pipeline.reporting.quality_page import QUALITY_CSS, quality_section
 from pipeline.reporting.summaries import CATEGORY_CAP
+from pipeline.reporting.terminal import worker_lines
 from pipeline.run_contract import (
     ERRORS,
     ERRORS_PREFIX,
@@ -244,6 +245,8 @@ def _details_section(manifest: dict) -> str:
             ("fingerprint", model.get("fingerprint")),
             ("batch size", manifest.get("batch_size")),
             ("TensorFlow threads", manifest.get("tf_threads")),
+            ("precision asked", manifest.get("precision_requested")),
+            ("ran on", "; ".join(worker_lines(manifest)) or None),
         ],
         "Inputs": [
             ("patterns", inputs.get("patterns")),

@@ -246,6 +246,7 @@ def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
             _header(job, manifest),
             *_counts_lines(manifest, errors_stats, PREDICTIONS, "predicted", "errors"),
             _time_line(manifest, wall_seconds),
+            *[_line("ran on", line) for line in worker_lines(manifest)],
             *quality_lines(manifest),
             _line("predictions", predictions),
             _line("error records", f"{error_records}; by code and field: {PREDICT_ERRORS_STATS}"),
@@ -253,6 +254,19 @@ def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
             _line("run.json", _join(output_dir, RUN_MANIFEST)),
         ]
     )
+
+
+def worker_lines(manifest: dict) -> list[str]:
+    """What the model ran on, one line per distinct kind of process (run.json's `workers`):
+    device, CPU, precision and why."""
+    lines = []
+    for worker in manifest.get("workers") or ():
+        cpu = worker.get("cpu") or {}
+        device = ", ".join(worker.get("gpus") or ()) or f"CPU {cpu.get('name')} ({cpu.get('kind')})"
+        processes = worker.get("processes", 1)
+        many = f"{processes} processes: " if processes > 1 else ""
+        lines.append(f"{many}{device}, {worker.get('precision')} ({worker.get('precision_reason')})")
+    return lines
 
 
 def analyze_summary(manifest: dict, errors_stats: dict | None, wall_seconds: float | None = None,
@@ -307,10 +321,27 @@ def train_summary(metrics: dict, model_dir: str, wall_seconds: float | None = No
                 else "none: the analyze output holds no raw eval sample (re-run analyze to get one)",
             )
         )
+    if "precision_check" in metrics:
+        lines.append(_line("bf16", precision_line(metrics["precision_check"])))
     if wall_seconds is not None:
         lines.append(_line("time", f"{duration(wall_seconds)} in all, {metrics.get('epochs', '?')} epochs"))
     lines.append(_line("model", model_dir))
     return "\n".join(lines)
+
+
+def precision_line(summary: dict) -> str:
+    """The bf16 check in one line: its verdict, by how much outputs moved, the speeds here."""
+    if "passed" not in summary:
+        return f"not checked: {summary.get('not_checked')}; --precision bf16|auto will use fp32"
+    auc = "" if summary.get("auc_change") is None else f", AUC by {summary['auc_change']:.4f}"
+    line = (
+        f"check {'passed' if summary['passed'] else 'FAILED: --precision bf16 refused, auto keeps fp32'} "
+        f"(outputs moved by up to {summary['output_change']:.4f}{auc} on {number(summary['records'])} records)"
+    )
+    speed = summary.get("speed")
+    if speed:
+        line += f"; {speed['bf16'] / max(speed['fp32'], 1):.2f}x fp32 here ({speed['cpu_kind']})"
+    return line
 
 
 def launch_summary(job: str, summary: dict, output_dir: str | None = None) -> str:

@@ -63,6 +63,7 @@ QUALITY_OUTPUTS = "quality_outputs"  # ScoredBlocks -> ProfileOutputsFn
 DUPLICATE_KEYS = "duplicate_keys"  # per key part, its repeats -> DuplicateKeysFn
 READ_COUNTS = "read_counts"  # the reading step's (name, number) pairs: tonight's volume
 QUALITY = "quality"  # JudgeQuality's output: run.json's `quality`, one element
+DEVICES = "devices"  # each model load's device report -> DevicesFn: run.json's `workers`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,7 @@ class _FinishRunFn(beam.DoFn):
         output_summaries=None,
         throughput=None,
         quality=None,
+        devices=None,
     ):
         """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, the
         report's summaries (None: no report, as for analyze) and the data-quality verdict
@@ -177,6 +179,8 @@ class _FinishRunFn(beam.DoFn):
         }
         if quality is not None:
             manifest["quality"] = quality
+        if devices is not None:
+            manifest["workers"] = devices
         if output_summaries is not None:
             manifest["report"] = write_report(output_dir, manifest, error_kinds, output_summaries, throughput)
         write_manifest(output_dir, manifest, success=status == SUCCEEDED)
@@ -193,6 +197,29 @@ class _FinishRunFn(beam.DoFn):
         line = f"adpredict: run failed: {failure}"
         _LOGGER.error("%s", line)  # the job's log: one line to find, before Beam's traceback
         raise RunFailedInPipeline(line)
+
+
+class DevicesFn(beam.CombineFn):
+    """Model loads' device reports -> each distinct report once, with how many processes gave
+    it (run.json's `workers`: did the run use the bf16 units, the GPU it asked for?)."""
+
+    def create_accumulator(self):
+        return {}
+
+    def add_input(self, accumulator, report):
+        key = json.dumps(report, sort_keys=True)
+        accumulator[key] = accumulator.get(key, 0) + 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        merged = {}
+        for accumulator in accumulators:
+            for key, processes in accumulator.items():
+                merged[key] = merged.get(key, 0) + processes
+        return merged
+
+    def extract_output(self, accumulator):
+        return [{**json.loads(key), "processes": n} for key, n in sorted(accumulator.items())]
 
 
 class RunFailedInPipeline(RuntimeError):
@@ -261,10 +288,12 @@ class FinalizeRun(beam.PTransform):
             summaries["throughput"] = summary_side_input(inputs[THROUGHPUT], "Throughput", ThroughputFn())
         if QUALITY in inputs:
             summaries["quality"] = beam.pvalue.AsSingleton(inputs[QUALITY])
+        if DEVICES in inputs:
+            summaries["devices"] = summary_side_input(inputs[DEVICES], "CountDevices", DevicesFn())
         written = [
             pcoll
             for name, pcoll in sorted(inputs.items())
-            if name not in (COUNTS, ERROR_LISTS, QUALITY, *REPORT_INPUTS)
+            if name not in (COUNTS, ERROR_LISTS, QUALITY, DEVICES, *REPORT_INPUTS)
         ]
         totals = counts | "SumCounts" >> beam.CombinePerKey(sum)
         writes = tuple(written) | "AllWrites" >> beam.Flatten()

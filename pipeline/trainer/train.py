@@ -24,6 +24,7 @@ from pipeline.run_contract import DATA_PROFILE, RUN_MANIFEST, SUCCEEDED, InputEr
 from pipeline.trainer.model import build_model
 from transforms.data_profile import outputs_profile
 from transforms.export import export_model
+from transforms.metrics import roc_auc
 from transforms.model_contract import OUTPUT_NAME, TRAINING_METRICS_FILE, TRAINING_PROFILE_FILE
 from transforms.schema import IMAGE, Schema, load_schema, parse_schema
 
@@ -39,23 +40,6 @@ class TrainingResult:
     eval_records: int
     train_records: int
     eval_scores: np.ndarray  # the model's outputs on the eval split
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum formula (ties get their mean rank)."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if not positives or not negatives:
-        raise ValueError("AUC needs both positive and negative labels in the held-out split")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # mean rank for ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    mean_ranks = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(mean_ranks, counts)
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def make_dataset(transform_dir: str, split: str, schema: Schema, batch_size: int, blank_images: bool):
