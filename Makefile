@@ -60,11 +60,20 @@ format: venv ## Apply ruff's formatting and import order
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-lock: ## Re-resolve requirements.lock from setup.py in a scratch venv
+# requirements-gpu.lock: the nvidia-* wheels of tensorflow[and-cuda] beside requirements.lock,
+# resolved from package metadata (pip --dry-run: nothing downloaded or installed).
+lock: ## Re-resolve requirements.lock from setup.py, and requirements-gpu.lock beside it, in a scratch venv
 	rm -rf /tmp/adpredict-lock && $(PYTHON) -m venv /tmp/adpredict-lock
 	/tmp/adpredict-lock/bin/pip install --quiet --upgrade pip
 	/tmp/adpredict-lock/bin/pip install --quiet .
-	/tmp/adpredict-lock/bin/pip freeze --exclude-editable | grep -v '^adpredict' > requirements.lock
+	{ grep '^#' requirements.lock; /tmp/adpredict-lock/bin/pip freeze --exclude-editable | grep -v '^adpredict'; } \
+	    > /tmp/adpredict-lock/requirements.lock && mv /tmp/adpredict-lock/requirements.lock requirements.lock
+	tf=$$(sed -n 's/^tensorflow==//p' requirements.lock) && { grep '^#' requirements-gpu.lock; \
+	    echo "tensorflow[and-cuda]==$$tf"; /tmp/adpredict-lock/bin/pip install --quiet --dry-run --ignore-installed \
+	    --report - -r requirements.lock "tensorflow[and-cuda]==$$tf" | /tmp/adpredict-lock/bin/python -c 'import json, sys; \
+	    print("\n".join(sorted(p["metadata"]["name"] + "==" + p["metadata"]["version"] for p in json.load(sys.stdin)["install"] \
+	    if p["metadata"]["name"].startswith("nvidia-"))))'; } > /tmp/adpredict-lock/requirements-gpu.lock \
+	    && mv /tmp/adpredict-lock/requirements-gpu.lock requirements-gpu.lock
 
 clean: ## Remove the demo output (keeps .venv)
 	rm -rf $(WORK_DIR)

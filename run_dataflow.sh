@@ -8,6 +8,9 @@
 # Settings come from the environment or .env (documented in .env.template); every other
 # argument goes to the pipeline. Workers install this package from setup.py (--setup_file),
 # pinned like the launcher, or run SDK_CONTAINER_IMAGE (see Dockerfile) when it is set.
+# A GPU job (GPU_TYPE set) always runs GPU_SDK_CONTAINER_IMAGE, the image of Dockerfile's
+# gpu target (setup.py and SDK_CONTAINER_IMAGE carry no CUDA libraries), and predict gets
+# --gpu require (GPU_MISSING=warn: --gpu warn): a worker that sees no GPU fails the job.
 # A dry run writes the job request to $DRY_RUN_DIR/<job name>.json and the files it would
 # stage under $DRY_RUN_DIR/staged/, with no network and no credentials.
 set -euo pipefail
@@ -57,7 +60,18 @@ ARGS=(
   --staging_location "$STAGING_LOCATION"
   --job_name "$JOB_NAME"
 )
-if [ -n "${SDK_CONTAINER_IMAGE:-}" ]; then
+if [ -n "${GPU_TYPE:-}" ]; then
+  if [ -z "${GPU_SDK_CONTAINER_IMAGE:-}" ]; then
+    echo "run_dataflow.sh: GPU_TYPE needs GPU_SDK_CONTAINER_IMAGE, a worker image with CUDA: docker build --target gpu -t IMAGE . && docker push IMAGE, then set GPU_SDK_CONTAINER_IMAGE=IMAGE (docs/runners.md)" >&2
+    exit 2
+  fi
+  case "${GPU_MISSING:-require}" in
+    require|warn) ;;
+    *) echo "run_dataflow.sh: GPU_MISSING must be require or warn, got '$GPU_MISSING'" >&2; exit 2 ;;
+  esac
+  ARGS+=(--sdk_container_image "$GPU_SDK_CONTAINER_IMAGE" --sdk_location container)
+  [ "$JOB" != predict ] || ARGS+=(--gpu "${GPU_MISSING:-require}")
+elif [ -n "${SDK_CONTAINER_IMAGE:-}" ]; then
   ARGS+=(--sdk_container_image "$SDK_CONTAINER_IMAGE" --sdk_location container)
 else
   ARGS+=(--setup_file ./setup.py)

@@ -11,13 +11,15 @@ from pipeline.run_contract import EXIT_USAGE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {"PROJECT": "my-project", "REGION": "europe-west1", "TEMP_LOCATION": "gs://my-bucket/tmp"}
+CPU_IMAGE = "europe-docker.pkg.dev/my-project/adpredict/worker:0.1.0"
+GPU_IMAGE = "europe-docker.pkg.dev/my-project/adpredict/worker-gpu:0.1.0"
 
 
 def run_script(args, tmp_path, **settings):
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("GPU_")}
-    env.update(
-        PYTHON=os.path.join(ROOT, ".venv", "bin", "python"), DRY_RUN_DIR=str(tmp_path / "dry"), **settings
-    )
+    env.pop("SDK_CONTAINER_IMAGE", None)
+    env.update(PYTHON=os.path.join(ROOT, ".venv", "bin", "python"), DRY_RUN_DIR=str(tmp_path / "dry"))
+    env.update(settings)
     return subprocess.run(
         [os.path.join(ROOT, "run_dataflow.sh"), *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -80,17 +82,86 @@ def test_predict_dry_run_builds_the_job_offline(trained_ads, tmp_path):
 
 
 def test_analyze_dry_run_builds_the_job_offline(tmp_path):
+    """On the worker image (SDK_CONTAINER_IMAGE): no setup.py install, and no GPU."""
     request, run_dir = dry_run(
         "analyze", ["--schema", "ads", "--input", "gs://my-bucket/train/*.jsonl", "--output_dir",
-                    "gs://my-bucket/transform"], tmp_path, GPU_TYPE="nvidia-tesla-t4", GPU_COUNT="2",
+                    "gs://my-bucket/transform"], tmp_path, SDK_CONTAINER_IMAGE=CPU_IMAGE,
+    )  # fmt: skip
+    options = request["environment"]["sdkPipelineOptions"]["options"]
+    assert (options["sdk_container_image"], options["sdk_location"]) == (CPU_IMAGE, "container")
+    assert not options.get("setup_file") and not options.get("dataflow_service_options")
+    assert "no_use_multiple_sdk_containers" not in options["experiments"]
+    assert worker_images(request) == {CPU_IMAGE}
+    steps = transform_names(run_dir)
+    assert {"ReadAdRecords", "AnalyzeDataset", "WriteTransformFn"} <= steps
+
+
+def worker_images(request) -> set[str]:
+    (pool,) = request["environment"]["workerPools"]
+    return {image["containerImage"] for image in pool["sdkHarnessContainerImages"]}
+
+
+def test_a_gpu_job_without_the_gpu_image_stops_in_one_line(tmp_path):
+    """setup.py and the CPU image have no CUDA libraries: TensorFlow would silently run on CPUs."""
+    args = ["--dry-run", "predict", "--model_dir", "gs://my-bucket/model"]
+    done = run_script(args, tmp_path, **SETTINGS, GPU_TYPE="nvidia-tesla-t4", SDK_CONTAINER_IMAGE=CPU_IMAGE)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "GPU_SDK_CONTAINER_IMAGE" in done.stderr and "docker build --target gpu" in done.stderr
+    done = run_script(args, tmp_path, **SETTINGS, GPU_TYPE="nvidia-tesla-t4", GPU_SDK_CONTAINER_IMAGE=GPU_IMAGE,
+                      GPU_MISSING="ignore")  # fmt: skip
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "GPU_MISSING must be require or warn" in done.stderr
+    assert not (tmp_path / "dry").exists()  # stopped before the pipeline started
+
+
+def pipeline_argv(tmp_path, job="predict", **settings) -> list[str]:
+    """The arguments run_dataflow.sh gives the pipeline, caught by a stand-in for Python."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$ARGV_FILE"\n')
+    stub.chmod(0o755)
+    argv_file = tmp_path / "argv"
+    done = run_script([job, "--output_dir", "gs://my-bucket/out"], tmp_path,
+                      **{**SETTINGS, **settings, "PYTHON": str(stub), "ARGV_FILE": str(argv_file)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return argv_file.read_text().splitlines()
+
+
+def test_a_gpu_job_runs_the_gpu_image_and_asks_the_pipeline_for_a_gpu(tmp_path):
+    gpu = {"GPU_TYPE": "nvidia-l4", "GPU_SDK_CONTAINER_IMAGE": GPU_IMAGE, "SDK_CONTAINER_IMAGE": CPU_IMAGE}
+    argv = pipeline_argv(tmp_path, **gpu)
+    assert argv[:2] == ["-m", "pipeline.predict"]
+    flags = " ".join(argv)
+    assert f"--sdk_container_image {GPU_IMAGE} --sdk_location container" in flags and CPU_IMAGE not in flags
+    assert "--gpu require" in flags and "--setup_file" not in flags
+    assert "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" in argv
+    assert "--gpu warn" in " ".join(pipeline_argv(tmp_path, **gpu, GPU_MISSING="warn"))
+    flags = " ".join(pipeline_argv(tmp_path, SDK_CONTAINER_IMAGE=CPU_IMAGE, GPU_MISSING="warn"))
+    assert "--gpu" not in flags and "worker_accelerator" not in flags and CPU_IMAGE in flags
+    # analyze has no --gpu check (predict's option), but its workers run the GPU image too
+    flags = " ".join(pipeline_argv(tmp_path, "analyze", **gpu))
+    assert f"--sdk_container_image {GPU_IMAGE}" in flags and "--gpu" not in flags
+
+
+def test_predict_gpu_dry_run_puts_the_gpu_image_and_the_driver_in_the_job(trained_ads, tmp_path):
+    """Needs the pipeline's --gpu flag (require: a worker whose TensorFlow sees no GPU fails)."""
+    request, run_dir = dry_run(
+        "predict",
+        ["--model_dir", trained_ads["model"], "--input", "gs://my-bucket/ads/*.jsonl", "--output_dir",
+         "gs://my-bucket/predictions"],
+        tmp_path, GPU_TYPE="nvidia-tesla-t4", GPU_COUNT="2", GPU_SDK_CONTAINER_IMAGE=GPU_IMAGE,
+        SDK_CONTAINER_IMAGE=CPU_IMAGE,
     )  # fmt: skip
     options = request["environment"]["sdkPipelineOptions"]["options"]
     assert options["dataflow_service_options"] == [
         "worker_accelerator=type:nvidia-tesla-t4;count:2;install-nvidia-driver"
     ]
     assert "no_use_multiple_sdk_containers" in options["experiments"]
-    steps = transform_names(run_dir)
-    assert {"ReadAdRecords", "AnalyzeDataset", "WriteTransformFn"} <= steps
+    assert (options["sdk_container_image"], options["sdk_location"]) == (GPU_IMAGE, "container")
+    assert worker_images(request) == {GPU_IMAGE} and not options.get("setup_file")
+    assert options["gpu"] == "require"
+    packages = {p["name"] for p in request["environment"]["workerPools"][0]["packages"]}
+    assert "workflow.tar.gz" not in packages  # nothing installed from setup.py on a GPU worker
+    assert "RunInference" in transform_names(run_dir)
 
 
 def test_a_real_dataflow_run_refuses_a_local_model(trained_ads, tmp_path, capsys):
@@ -123,6 +194,44 @@ def test_worker_image_versions_agree_with_the_pinned_stack():
     launcher_python = args["PYTHON_VERSION"].replace(".", "")
     assert f"python{launcher_python}-template-launcher-base" in dockerfile
     assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in dockerfile
+
+
+def dockerfile_stages() -> list[tuple[str, str, str]]:
+    """(base, name, instructions) of each stage of Dockerfile, in order."""
+    import re
+
+    dockerfile = open(os.path.join(ROOT, "Dockerfile")).read()
+    dockerfile = re.sub(r"^\s*#.*\n", "", dockerfile, flags=re.M).replace("\\\n", " ")
+    parts = re.split(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?\s*$", dockerfile, flags=re.M | re.I)
+    return [(parts[i], parts[i + 1] or "", parts[i + 2].strip()) for i in range(1, len(parts), 3)]
+
+
+def lock_pins(name: str) -> dict[str, str]:
+    lines = open(os.path.join(ROOT, name)).read().splitlines()
+    return dict(line.split("==", 1) for line in lines if line and not line.startswith("#"))
+
+
+def test_gpu_worker_image_versions_agree_with_the_pinned_stack():
+    """Dockerfile's gpu target: the CPU worker image (Beam's SDK image at the pinned Beam and
+    Python, checked above) plus the CUDA wheels of tensorflow[and-cuda] at the locked TensorFlow."""
+    import re
+
+    stages = {name: (base, body) for base, name, body in dockerfile_stages()}
+    default_base, _, default_body = dockerfile_stages()[-1]
+    assert (default_base, default_body) == ("cpu", "")  # no --target: the CPU image, unchanged
+    assert stages["cpu"][0] == "apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}"
+    assert "requirements-gpu.lock" not in stages["cpu"][1] and "nvidia" not in stages["cpu"][1]
+    base, gpu = stages["gpu"]
+    assert base == "cpu"  # so its Beam, Python, stack and package are the worker image's
+    assert "COPY requirements-gpu.lock" in gpu
+    assert "pip install --no-cache-dir -r requirements-gpu.lock -c requirements.lock" in gpu
+    assert "LD_LIBRARY_PATH=/usr/local/nvidia/lib64" in gpu  # where Dataflow mounts the driver
+    stack, cuda = lock_pins("requirements.lock"), lock_pins("requirements-gpu.lock")
+    assert cuda.pop("tensorflow[and-cuda]") == stack["tensorflow"]
+    assert all(name.startswith("nvidia-") and name.endswith("-cu12") for name in cuda), cuda
+    assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12"} <= set(cuda)
+    assert all(re.fullmatch(r"\d+(\.\d+)+", version) for version in cuda.values()), cuda
+    assert not set(cuda) & set(stack)  # the CPU image and setup.py installs carry no CUDA
 
 
 def pipeline_option_names(job: str) -> set[str]:
