@@ -8,10 +8,10 @@ EMULATORS := .venv-emulators
 WORK_DIR ?= demo_output
 RECORDS ?= 5000
 
-.PHONY: help venv emulators browser demo test fuzz bench lint format lock clean
+.PHONY: help venv emulators browser demo test fuzz bench bench-gpu lint format lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: setup.py requirements.lock requirements-dask.lock requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,12 @@ FUZZ_EXAMPLES ?= 100000
 fuzz: venv ## Long fuzzing campaign: FUZZ_EXAMPLES (100,000) random inputs per format (~1 h)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
-bench: venv ## Throughput: predict vs bare model, peers, naive Beam, per-record; 3 models (~30 min; BENCH_ARGS=--quick)
+bench: venv ## Throughput: predict vs bare model, peers, naive Beam, per-record, one file, bf16 vs fp32; 3 models (~35 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m bench.throughput $(BENCH_ARGS)
+	$(BIN)/python -m bench.precision --work_dir bench/results/work --reuse --profile $(BENCH_ARGS)
+
+bench-gpu: venv ## The heavy model on a GPU (where TensorFlow sees one): batch sweep, bare vs predict (<5 min there)
+	$(BIN)/python -m bench.gpu $(BENCH_ARGS)
 
 lint: venv ## ruff check + format check + the import rule (docs/architecture.md) + shellcheck
 	$(BIN)/ruff check .

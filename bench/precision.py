@@ -57,8 +57,9 @@ def op_profile(model, batch, precision: str, calls: int = 3) -> list:
         for line in plane.lines:
             for event in line.events:
                 name = plane.event_metadata[event.metadata_id].name
-                if ":" in name and not name.startswith("__inference"):  # "node:OpType" events
-                    per_op[name.rsplit(":", 1)[1]] += event.duration_ps
+                op = name.rsplit(":", 1)[-1].strip()
+                if ":" in name and op not in ("Process", "Run") and "__inference" not in name:
+                    per_op[op] += event.duration_ps  # "node:OpType" events; not the executor's own
     total = sum(per_op.values()) or 1
     return [(op, ps / calls / 1e9, ps / total) for op, ps in per_op.most_common(8)]
 

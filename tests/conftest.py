@@ -18,6 +18,7 @@ def trained_ads(tmp_path_factory):
     """Paths of a trained ads model: {"work", "data", "transform", "model", "metrics"}."""
     from pipeline import analyze
     from pipeline.inference.golden import store_golden_records_from
+    from pipeline.inference.precision_check import store_precision_check_from
     from pipeline.sampledata.generate import generate_file
     from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -30,6 +31,8 @@ def trained_ads(tmp_path_factory):
     model = str(work / "model")
     metrics = train_and_export(transform, load_schema("ads"), model, epochs=4, compare_blank_image=False)
     store_golden_records_from(model, transform)  # so that every run in the tests checks them
+    # and its bf16 check, as `adpredict train` stores it: --precision auto (the default) decides the same way in every test
+    store_precision_check_from(model, transform, load_schema("ads"))
     return {"work": work, "data": data, "transform": transform, "model": model, "metrics": metrics}
 
 

@@ -65,7 +65,10 @@ def test_predict_prints_what_it_read_predicted_and_rejected(trained_ads, tmp_pat
         f"passed: {checks} checks against training ({checks} not judged: under 100 records); "
         "drift not checked: no previous night to compare with"
     )
-    assert len(printed.splitlines()) == 9 + bool(manifest.get("report"))
+    assert (
+        lines["ran on"].startswith("CPU ") and len(manifest["workers"]) == 1
+    )  # one line per kind of process
+    assert len(printed.splitlines()) == 10 + bool(manifest.get("report"))
 
 
 def test_a_run_over_its_error_threshold_prints_the_summary_then_fails(trained_ads, tmp_path, capsys):

@@ -53,7 +53,12 @@ def write_inputs(records: list[dict], directory) -> dict[str, str]:
 
 
 def run_predict(model_dir, input_path, out, *flags) -> dict:
-    return predict.run(["--model_dir", model_dir, "--input", input_path, "--output_dir", str(out), *flags])
+    """A predict run in fp32 unless `flags` say otherwise: these tests compare outputs with the
+    model's own fp32 ones (bf16 on a foreign model: tests/test_precision.py)."""
+    precision = [] if "--precision" in flags else ["--precision", "fp32"]
+    return predict.run(
+        ["--model_dir", model_dir, "--input", input_path, "--output_dir", str(out), *precision, *flags]
+    )
 
 
 def read_jsonl(pattern: str) -> list[dict]:

@@ -121,8 +121,8 @@ def _predict(model, trained_ads, out, *flags) -> int:
 
 def test_each_run_records_the_precision_and_devices_its_workers_used(checked_model, trained_ads, tmp_path):
     model, record = checked_model
-    assert _predict(model, trained_ads, tmp_path / "fp32") == EXIT_OK
-    assert _predict(model, trained_ads, tmp_path / "auto", "--precision", "auto") == EXIT_OK
+    assert _predict(model, trained_ads, tmp_path / "fp32", "--precision", "fp32") == EXIT_OK
+    assert _predict(model, trained_ads, tmp_path / "auto") == EXIT_OK  # auto: the default
     fp32 = json.load(open(tmp_path / "fp32" / "run.json"))
     auto = json.load(open(tmp_path / "auto" / "run.json"))
     (worker,) = fp32["workers"]
@@ -154,8 +154,8 @@ def test_a_model_that_fails_its_check_refuses_bf16_in_one_line_and_auto_keeps_fp
 
 def test_a_model_without_a_check_is_checked_on_the_first_records_it_is_given(trained_ads, tmp_path):
     model = str(tmp_path / "model")
-    shutil.copytree(trained_ads["model"], model)  # no precision_check.json, as a foreign model
-    assert not os.path.exists(os.path.join(model, PRECISION_CHECK_FILE))
+    shutil.copytree(trained_ads["model"], model)
+    os.remove(os.path.join(model, PRECISION_CHECK_FILE))  # no check, as a foreign model
     assert _predict(model, trained_ads, tmp_path / "out", "--precision", "auto") == EXIT_OK
     (worker,) = json.load(open(tmp_path / "out" / "run.json"))["workers"]
     if not this_cpu().has_bf16:
@@ -194,3 +194,25 @@ def test_a_run_that_requires_a_gpu_stops_on_a_machine_without_one(trained_ads, t
     assert _predict(trained_ads["model"], trained_ads, tmp_path / "warn", "--gpu", "warn") == EXIT_OK
     (worker,) = json.load(open(tmp_path / "warn" / "run.json"))["workers"]
     assert worker["device"] == "CPU" and worker["gpus"] == []
+
+
+def test_a_gpu_process_times_its_batch_size_from_the_exports_up(trained_ads):
+    """What a process that sees a GPU runs before its first record (golden.load_checked), run here
+    on the CPU: the golden records repeated, sizes from the export's up, the choice recorded."""
+    from pipeline.inference.golden import load_checked, read_golden_records
+    from pipeline.inference.model import ModelConfig
+    from pipeline.inference.tuning import tune_on_gpu
+    from pipeline.io.records import read_records
+
+    config = ModelConfig.from_model_dir(trained_ads["model"], batch_size=64)
+    model = load_checked(config)
+    assert model.gpus == [] and model.batch_size == 64  # no GPU here: nothing re-timed
+    assert "batch_size_tuning" not in model.device and model.device["batch_size"] == 64
+    stored = read_golden_records(trained_ads["model"])
+    (block,) = read_records([e["record"] for e in stored["records"]], "golden", config.layout)
+    chosen = tune_on_gpu(model, block.batch)
+    measured = {int(size): rate for size, rate in model.device["batch_size_tuning"].items()}
+    assert min(measured) == 64 and all(rate > 0 for rate in measured.values())
+    assert chosen == model.batch_size == model.device["batch_size"] and chosen in measured
+    assert measured[chosen] >= 0.95 * max(measured.values())
+    assert tune_on_gpu(model, None) == chosen and "no golden records" in model.device["batch_size_tuning"]

@@ -63,6 +63,7 @@ class RunInferenceFn(beam.DoFn):
         self._model = self._shared_handle.acquire(
             lambda: load_checked(self._config), tag=self._config.model_dir
         )
+        self._batch_size = self._model.batch_size  # the model's, or the one timed on this GPU
 
     def start_bundle(self):
         self._in_flight = None

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.blocks import RecordBlock
 from pipeline.inference.model import LoadedModel, ModelConfig, prediction_layout
+from pipeline.inference.tuning import tune_on_gpu
 from pipeline.io.records import read_records
 from pipeline.run_contract import RAW_EVAL_SAMPLE, GateFailed
 from pipeline.validation import validate_block
@@ -34,9 +35,16 @@ class GoldenRecordsDiffer(GateFailed):
 
 
 def load_checked(config: ModelConfig) -> LoadedModel:
-    """The model, loaded, after its golden records gave their stored outputs here."""
+    """The model, loaded, after its golden records gave their stored outputs here; on a GPU,
+    with its batch size timed there (on the golden records) unless --batch_size was given."""
     model = config.load()
     check_golden_records(model)
+    if model.gpus and not config.batch_size_given:
+        stored = read_golden_records(model.model_dir)
+        block = stored and _block(
+            [e["record"] for e in stored["records"]], prediction_layout(model.description)
+        )
+        tune_on_gpu(model, block.batch if block is not None else None)
     return model
 
 

@@ -49,6 +49,7 @@ class ModelConfig:
     precision: str = DEFAULT_PRECISION  # --precision: fp32 | bf16 | auto (pipeline.inference.precision)
     precision_record: dict | None = None  # the model's bf16 check and speeds, read once by the launcher
     gpu: str = "auto"  # --gpu: auto | require | warn (pipeline.inference.devices)
+    batch_size_given: bool = False  # --batch_size set: kept as is, even on a GPU
 
     @classmethod
     def from_model_dir(
@@ -81,6 +82,7 @@ class ModelConfig:
             precision=precision,
             precision_record=None if precision == FP32 else read_precision_record(model_dir),
             gpu=gpu,
+            batch_size_given=batch_size is not None,
         )
 
     def load(self) -> LoadedModel:
@@ -171,8 +173,8 @@ class LoadedModel:
     ):
         if tf_threads:
             set_tf_threads(tf_threads)
-        gpus = visible_gpus()
-        check_gpu(gpu, gpus)
+        self.gpus = visible_gpus()
+        check_gpu(gpu, self.gpus)
         self.model_dir = model_dir
         self.description = description or describe_model(model_dir)
         check_model_files(model_dir)  # each worker: its copy may be cut short where TF would crash
@@ -183,9 +185,8 @@ class LoadedModel:
         decision = decide(precision, precision_record, this_cpu(), model_dir)
         self.precision = decision.precision
         self._call_options = {FP32: None, BF16: bf16_call_options() if this_cpu().has_bf16 else None}
-        self.device = device_report(
-            decision.precision, decision.reason, gpus, batch_size or self.description.batch_size
-        )
+        self.batch_size = batch_size or self.description.batch_size  # a GPU may tune it (golden.load_checked)
+        self.device = device_report(decision.precision, decision.reason, self.gpus, self.batch_size)
         # What the signature takes, by name: a tensor is cast / reshaped to it if the record
         # type's natural tensor differs (int32 inputs, [N, 1] Keras inputs).
         self._specs = self.signature.structured_input_signature[1]

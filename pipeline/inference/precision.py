@@ -31,7 +31,7 @@ from transforms.model_contract import PRECISION_CHECK_FILE, model_files, read_mo
 
 FP32, BF16, AUTO = "fp32", "bf16", "auto"
 PRECISIONS = (FP32, BF16, AUTO)
-DEFAULT_PRECISION = FP32
+DEFAULT_PRECISION = AUTO  # never slower than fp32 by construction (`decide`), outputs within the check
 # The check's tolerances: a probability moved by more than a point, or a ranking changed
 # enough to move the AUC in its third decimal, is a different model.
 MAX_OUTPUT_CHANGE = 0.01
@@ -153,9 +153,12 @@ def compare_outputs(
     (on `scored_output`, a one-value-per-record output)."""
     change = {}
     for name, values in fp32.items():
-        a = np.asarray(values, dtype=np.float64)
-        b = np.asarray(bf16[name], dtype=np.float64)
-        change[name] = float(np.max(np.abs(a - b))) if a.size else 0.0
+        a, b = np.asarray(values), np.asarray(bf16[name])
+        if a.dtype.kind not in "biuf":  # strings, bytes: equal, or a different model
+            change[name] = 0.0 if np.array_equal(a, b) else float("inf")
+        else:
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            change[name] = float(np.max(np.abs(a - b))) if a.size else 0.0
     records = len(next(iter(fp32.values()))) if fp32 else 0
     auc = (None, None)
     if labels is not None and scored_output and len(np.unique(labels)) == 2:
@@ -186,7 +189,9 @@ def precision_record(check: PrecisionCheck | None, speed: dict | None, earlier: 
 
 def write_precision_record(model_dir: str, record: dict) -> None:
     gfile = model_files()
-    with gfile.GFile(gfile.join(model_dir, PRECISION_CHECK_FILE), "w") as f:
+    path = gfile.join(model_dir, PRECISION_CHECK_FILE)
+    gfile.makedirs(path.rsplit("/", 1)[0])  # a foreign model may have no assets.extra/
+    with gfile.GFile(path, "w") as f:
         f.write(json.dumps(record, indent=1))
 
 
@@ -215,9 +220,8 @@ def decide(requested: str, record: dict | None, cpu: Cpu, model: str) -> Decisio
         return Decision(FP32, f"auto: {why}")
     check = (record or {}).get("check")
     if check is None:
-        why = (
-            f"model {model} has no bf16 check ({PRECISION_CHECK_FILE}); export it again or run on files first"
-        )
+        why = f"model {model} has no bf16 check ({PRECISION_CHECK_FILE}"
+        why += f": {record['not_checked']})" if (record or {}).get("not_checked") else "); export it again"
         if requested == BF16:
             raise PrecisionRefused(f"--precision bf16: {why}")
         return Decision(FP32, f"auto: {why}")

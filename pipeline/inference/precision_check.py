@@ -86,31 +86,44 @@ def store_precision_check_from(model_dir: str, transform_dir: str, schema: Schem
     gfile = model_files()
     path = gfile.join(transform_dir, RAW_EVAL_SAMPLE)
     if not this_cpu().has_bf16 or not gfile.exists(path):
-        why = "this CPU has no bf16 units" if gfile.exists(path) else f"{path} does not exist"
-        record = precision_record(None, None, read_precision_record(model_dir))
-        record["not_checked"] = why
-        write_precision_record(model_dir, record)
-        return record
+        return _not_checked(
+            model_dir, "this CPU has no bf16 units" if gfile.exists(path) else f"{path} does not exist"
+        )
     with gfile.GFile(path) as f:
         records = [json.loads(line) for line in f.read().splitlines() if line.strip()]
     model = LoadedModel(model_dir)
     label = schema.label if schema else None
-    # the label read as a pass-through field of its raw type
-    layout = prediction_layout(model.description, label and f"{label}:{schema.raw_label_type}")
+    # analyze keeps the sample's labels as classes (0/1, raw values mapped): read as a pass-through int
+    layout = prediction_layout(model.description, label and f"{label}:int")
     block = valid_block(records, layout)
     if block is None:
-        raise ValueError(f"none of the records in {path} reads as a valid record of model {model_dir}")
+        return _not_checked(model_dir, f"no record of {path} reads as a valid record of the model")
     labels = None
     if label:
-        mapping = schema.label_values or {}
-        raw = block.batch.column(label).to_pylist()
-        if None not in raw:  # unlabelled records: the check compares outputs only
-            labels = np.asarray([float(mapping.get(v, v)) for v in raw])
+        raw = block.batch.column(label).to_numpy(zero_copy_only=False)
+        if not block.batch.column(label).null_count:  # unlabelled records: outputs compared only
+            labels = raw.astype(np.float64)
     outputs = [o.name for o in model.description.outputs if not o.shape or o.shape == (1,)]
     source = f"the eval split sample ({len(block)} records)"
-    record = check_and_time(model, block, source, labels, outputs[0] if outputs else None)
+    try:
+        record = check_and_time(model, block, source, labels, outputs[0] if outputs else None)
+    except Exception as e:  # noqa: BLE001 - a record the model rejects: a run isolates it, a check cannot
+        return _not_checked(model_dir, f"scoring {source} failed: {_one_line(e)}")
     write_precision_record(model_dir, record)
     return record
+
+
+def _not_checked(model_dir: str | None, why: str) -> dict:
+    """A record saying why there is no check (stored when `model_dir` is given)."""
+    record = precision_record(None, None, read_precision_record(model_dir) if model_dir else None)
+    record["not_checked"] = why
+    if model_dir:
+        write_precision_record(model_dir, record)
+    return record
+
+
+def _one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def valid_block(records: list[dict], layout) -> RecordBlock | None:
@@ -141,7 +154,14 @@ def checked_on_first_use(config: ModelConfig, sample: RecordBlock | None, source
     if sample is None or not len(sample):
         return config  # nothing to check on: `decide` keeps fp32 (auto) or refuses (bf16)
     model = LoadedModel(config.model_dir, config.tf_threads, config.description)
-    record = check_and_time(model, RecordBlock(sample.source, sample.batch.slice(0, CHECK_RECORDS)), source)
+    try:
+        record = check_and_time(
+            model, RecordBlock(sample.source, sample.batch.slice(0, CHECK_RECORDS)), source
+        )
+    except Exception as e:  # noqa: BLE001 - the run isolates a record the model rejects; a check cannot
+        record = _not_checked(None, f"scoring {source} failed: {_one_line(e)}")
+        logging.warning("no bf16 check of %s: %s", config.model_dir, record["not_checked"])
+        return dataclasses.replace(config, precision_record=record)
     try:
         write_precision_record(config.model_dir, record)
     except Exception as e:  # a read-only bucket: the run still carries the record

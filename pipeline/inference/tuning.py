@@ -1,11 +1,13 @@
 """Choosing a model's predict batch size by timing it, once, at export.
 
-No single batch size suits every model: on 2 cores the light tabular benchmark model
+No single batch size suits every model, nor every device: on 2 cores the light tabular benchmark model
 scores ~200k records/s at 2,048 rows per call and ~1.7M at 16,384 (each call has a fixed
 cost of ~9 ms), while a MobileNet-class CNN peaks near 64-128 rows. `adpredict train`
 times the exported model on generated records at growing batch sizes and records the
 smallest size within 5% of the fastest in the model description; `predict --batch_size`
-overrides it. The same timing loop measures the bare model in bench/.
+overrides it. On a GPU, which wants far larger batches than a CPU, each process that loads
+the model times it again there, from the export's size up (`tune_on_gpu`). The same timing
+loop measures the bare model in bench/.
 """
 
 from __future__ import annotations
@@ -112,3 +114,27 @@ def tune_batch_size(model_dir: str, schema, seconds: float = 0.5) -> int:
         f.write(json.dumps(figures, indent=2))
     logging.info("predict batch size %d (records/s by batch size: %s)", chosen, measured)
     return chosen
+
+
+GPU_SECONDS = 0.3  # per size: a GPU process times itself before its first record
+
+
+def tune_on_gpu(model, records: pa.RecordBatch | None) -> int:
+    """Times `model` on this process's GPU at the export's batch size and larger ones, on
+    `records` repeated (the golden records), and keeps the choice for this process's calls
+    (`model.batch_size`, recorded in its device report). Without records it keeps the size."""
+    if records is None or not records.num_rows:
+        model.device["batch_size_tuning"] = "not tuned on the GPU: the model has no golden records"
+        return model.batch_size
+    table = pa.Table.from_batches([records])
+    while table.num_rows < max(CANDIDATE_BATCH_SIZES):
+        table = pa.concat_tables([table, table])
+    candidates = [size for size in CANDIDATE_BATCH_SIZES if size >= model.batch_size]
+    measured = sweep_batch_sizes(
+        model.predict, lambda size: [first_rows(table, size)], candidates, seconds=GPU_SECONDS
+    )
+    model.batch_size = choose_batch_size(measured)
+    model.device["batch_size"] = model.batch_size
+    model.device["batch_size_tuning"] = {str(k): round(v) for k, v in measured.items()}
+    logging.info("batch size on the GPU: %d (records/s by batch size: %s)", model.batch_size, measured)
+    return model.batch_size
