@@ -143,3 +143,39 @@ def test_training_serving_parity(trained_ads):
                 transform_fn,
             ) | tft_beam.TransformDataset()
             assert_that(transformed | beam.combiners.ToList(), lambda lists: check(lists[0]))
+
+
+def test_export_folds_batch_norms_into_their_convolutions_with_the_same_outputs():
+    """transforms.batchnorm_folding on the MobileNetV2 tower adpredict trains (nested model),
+    with batch-norm statistics far from their initial values so that folding them matters."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from pipeline.trainer.model import build_model
+    from transforms.batchnorm_folding import fold_batch_norms
+
+    spec = {
+        "age": tf.io.FixedLenFeature([1], tf.float32),
+        "image": tf.io.FixedLenFeature([32, 32, 3], tf.float32),
+        "clicked": tf.io.FixedLenFeature([], tf.int64),
+    }
+    model = build_model(spec, "clicked", image_tower="mobilenet_v2")
+    rng = np.random.default_rng(3)
+    (backbone,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        gamma, beta, mean, variance = layer.get_weights()
+        layer.set_weights([gamma * rng.uniform(0.5, 1.5, gamma.shape), beta + rng.normal(0, 0.1, beta.shape),
+                           mean + rng.normal(0, 0.1, mean.shape), variance * rng.uniform(0.5, 2, variance.shape)])  # fmt: skip
+    folded = fold_batch_norms(model)
+    (folded_backbone,) = [layer for layer in folded.layers if isinstance(layer, keras.Model)]
+    assert len(norms) == 52 and not any(
+        isinstance(x, keras.layers.BatchNormalization) for x in folded_backbone.layers
+    )
+    inputs = {"age": rng.random((16, 1), np.float32), "image": rng.random((16, 32, 32, 3), np.float32)}
+    before, after = model(inputs, training=False).numpy(), folded(inputs, training=False).numpy()
+    assert np.abs(before - after).max() < 1e-5 and before.std() > 0
+    assert fold_batch_norms(folded_backbone) is folded_backbone  # nothing left to fold
+    tabular = build_model({"age": spec["age"], "clicked": spec["clicked"]}, "clicked")
+    assert fold_batch_norms(tabular) is tabular  # no batch norm: the model itself
