@@ -5,7 +5,9 @@
 For each model (bench/models.py), in one process and interleaved so a busy moment of the
 machine favours neither: the bare model's records/s in fp32 and under oneDNN's bf16 rewrite
 (`pipeline.inference.precision`), at the model's tuned batch size, over the same in-memory
-batches; the largest output change; what `--precision auto` would choose here. With
+batches; the largest output change; what `--precision auto` would choose here; then
+`adpredict predict`'s marginal rate with `--precision fp32` and with `auto` (the default),
+each against the fp32 bare model (`auto` must never be the slower of the two). With
 `--profile`, a per-op profile of one bf16 and one fp32 call of each model (TensorFlow's
 profiler: time per op type), the figure to read on a CPU where bf16 does not pay. Prints the
 CPU and its kind (amx / avx512_bf16 / no_bf16); the issue's AMX targets are read on an AMX CPU.
@@ -23,6 +25,13 @@ import tempfile
 import time
 
 from bench.models import build_model_dir
+from bench.throughput import generate_shards, marginal, pipeline_runs
+
+PIPELINE_RECORDS = {
+    "light": (100_000, 500_000),
+    "demo": (4_000, 20_000),
+    "heavy": (500, 2_500),
+}  # small, large
 
 TARGETS = {"heavy": 2.0, "demo": 1.3}  # bf16 / fp32 wanted on an AMX CPU (issue 23)
 
@@ -89,6 +98,26 @@ def measure(model_dir: str, schema_path: str, seconds: float, profile: bool) -> 
     return found
 
 
+def pipeline_marginals(work_dir: str, name: str, model_dir: str, schema_path: str, quick: bool) -> dict:
+    """predict's marginal rate and fixed cost with --precision fp32 and auto, on the same files."""
+    small, large = ((n // 10 if quick else n) // 4 * 4 for n in PIPELINE_RECORDS[name])  # 4 files each
+    found = {}
+    for precision in ("fp32", "auto"):
+        rates = {}
+        for records in (small, large):
+            data = os.path.join(work_dir, f"{name}_precision_{records}")
+            if not os.path.isdir(data):
+                generate_shards(data, schema_path, records, 4, seed=21)
+            out = os.path.join(work_dir, f"{name}_precision_out_{precision}_{records}")
+            runs = pipeline_runs(model_dir, os.path.join(data, "*.jsonl"), out, records, 1 if quick else 2,
+                                 ["--precision", precision])  # fmt: skip
+            rates[records] = runs["runs"]
+        with open(os.path.join(out, "run.json"), encoding="utf-8") as f:
+            ran = json.load(f)["workers"][0]["precision"]
+        found[precision] = {**marginal(small, rates[small], large, rates[large]), "ran": ran}
+    return found
+
+
 def report(cpu: dict, results: dict) -> str:
     lines = [f"CPU: {cpu['name']} ({cpu['kind']}; {', '.join(cpu['features']) or 'no bf16 features'})", ""]
     lines.append(f"{'model':<7} {'batch':>6} {'fp32 rec/s':>11} {'bf16 rec/s':>11} {'bf16/fp32':>9} "
@@ -102,6 +131,17 @@ def report(cpu: dict, results: dict) -> str:
                      f"{r['ratio']:>8.2f}x {r['output_change']:>8.4f}  {wanted}{met}")  # fmt: skip
     for name, r in results.items():
         lines.append(f"  {name}: --precision auto here: {r['auto']}")
+    for name, r in results.items():
+        bare = r["records_per_second"]["fp32"]
+        for precision, m in (r.get("pipeline") or {}).items():
+            lines.append(f"  {name} predict --precision {precision} (ran {m['ran']}): marginal "
+                         f"{m['records_per_s']:,.0f} records/s = {m['records_per_s'] / bare:.2f}x fp32 bare, "
+                         f"fixed {m['fixed_s']:.2f} s")  # fmt: skip
+        if r.get("pipeline"):
+            auto, fp32 = (r["pipeline"][p]["records_per_s"] for p in ("auto", "fp32"))
+            lines.append(
+                f"  {name} predict auto / fp32: {auto / fp32:.2f}x (auto is the default: it must not be < 1)"
+            )
     for name, r in results.items():
         for precision, ops in (r.get("ops") or {}).items():
             shown = ", ".join(f"{op} {ms:.1f} ms ({share:.0%})" for op, ms, share in ops)
@@ -120,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke test of the script, not a measurement")
     parser.add_argument("--reuse", action="store_true", help="reuse models built in --work_dir")
     parser.add_argument("--profile", action="store_true", help="add a per-op profile of each model")
+    parser.add_argument("--no_pipeline", action="store_true", help="bare model only, no predict runs")
     args, _ = parser.parse_known_args(argv)
     results = {}
     for name in args.models.split(","):
@@ -130,6 +171,10 @@ def main(argv=None) -> int:
             schema_path, model_dir = build_model_dir(args.work_dir, name, 600 if args.quick else 4000)
         started = time.time()
         results[name] = measure(model_dir, schema_path, 1.0 if args.quick else 6.0, args.profile)
+        if not args.no_pipeline:
+            results[name]["pipeline"] = pipeline_marginals(
+                args.work_dir, name, model_dir, schema_path, args.quick
+            )
         results[name]["seconds"] = round(time.time() - started, 1)
     cpu = this_cpu().as_dict()
     print(report(cpu, results))
