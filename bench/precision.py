@@ -28,7 +28,7 @@ from bench.models import build_model_dir
 from bench.throughput import generate_shards, marginal, pipeline_runs
 
 PIPELINE_RECORDS = {
-    "light": (100_000, 500_000),
+    "light": (100_000, 1_000_000),
     "demo": (4_000, 20_000),
     "heavy": (500, 2_500),
 }  # small, large

@@ -19,6 +19,7 @@ SCORE_FILES = {"jsonl": ("score.jsonl", 101), "csv": ("score.csv", 102), "parque
 def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     from pipeline import analyze, predict
     from pipeline.inference.exported import measure_export
+    from pipeline.reporting.terminal import worker_lines
     from pipeline.sampledata.generate import generate_file
     from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -77,6 +78,7 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
         f"errors:       {os.path.join(predictions_dir, 'errors-*')}\n"
         f"manifest:     {os.path.join(predictions_dir, 'run.json')}\n"
         f"records read {counts['read']} = predicted {counts['predictions']} + errors {counts['errors']}\n"
+        f"ran on:       {'; '.join(worker_lines(manifest))}\n"
         f"data quality: {quality.get('verdict', 'off')} ({len(checks)} checks against the training "
         f"profile; report: {os.path.join(predictions_dir, 'report.html')})\n"
         f"predict took {manifest['timings']['seconds']} s; whole demo {time.time() - started:.1f} s"
