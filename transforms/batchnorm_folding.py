@@ -77,7 +77,9 @@ def _folded_weights(conv, norm_layer) -> list[np.ndarray]:
     weights = conv.get_weights()
     kernel = weights[0]
     bias = weights[1] if conv.use_bias else 0.0
-    values = dict(zip(("gamma", "beta", "moving_mean", "moving_variance"), _norm_weights(norm_layer), strict=True))
+    values = dict(
+        zip(("gamma", "beta", "moving_mean", "moving_variance"), _norm_weights(norm_layer), strict=True)
+    )
     scale = values["gamma"] / np.sqrt(values["moving_variance"] + norm_layer.epsilon)
     if isinstance(conv, keras.layers.DepthwiseConv2D):  # kernel [h, w, in, multiplier]: channel = in * m + j
         kernel = kernel * scale.reshape(1, 1, kernel.shape[2], kernel.shape[3])
