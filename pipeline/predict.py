@@ -36,7 +36,7 @@ from pipeline.inference.devices import this_cpu
 from pipeline.inference.dofn import RunInferenceFn
 from pipeline.inference.model import ModelConfig
 from pipeline.inference.precision import FP32, decide
-from pipeline.inference.precision_check import checked_on_first_use, first_records
+from pipeline.inference.precision_check import checked_on_first_use, first_records, needs_first_use_check
 from pipeline.io import BIGQUERY
 from pipeline.io import bigquery as bq
 from pipeline.quality.gate import QualityConfig
@@ -190,7 +190,7 @@ def precision_checked(options, model: ModelConfig, files: list, input_format: st
     if model.precision == FP32:
         return model
     paths = [f for f in files if isinstance(f, str)]
-    if paths and not (model.precision_record or {}).get("check"):
+    if paths and needs_first_use_check(model):  # the sample is read only when it is needed
         sample = first_records(paths[0], input_format, model.layout)
         model = checked_on_first_use(model, sample, f"the first {len(sample or ())} records of {paths[0]}")
     if ends_with_launch(options):

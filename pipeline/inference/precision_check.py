@@ -29,7 +29,7 @@ from pipeline.inference.precision import (
     read_precision_record,
     write_precision_record,
 )
-from pipeline.inference.tuning import first_rows, records_per_second
+from pipeline.inference.tuning import first_rows, records_per_second, repeated_to
 from pipeline.io.files import first_blocks
 from pipeline.io.records import read_records
 from pipeline.run_contract import RAW_EVAL_SAMPLE
@@ -68,15 +68,8 @@ def check_and_time(model: LoadedModel, block: RecordBlock, source: str, labels=N
     check = compare_outputs(fp32, bf16, source, labels, output)
     rows = max(1, model.description.batch_size)  # timed at the batch size runs use
     speed = measure_speed(lambda precision, batch: model.outputs_in(precision, batch), first_rows(
-        _repeated(block.batch, rows), rows), rows)  # fmt: skip
+        repeated_to(block.batch, rows), rows), rows)  # fmt: skip
     return precision_record(check, speed, read_precision_record(model.model_dir))
-
-
-def _repeated(batch: pa.RecordBatch, rows: int) -> pa.Table:
-    table = pa.Table.from_batches([batch])
-    while table.num_rows < rows:
-        table = pa.concat_tables([table, table])
-    return table
 
 
 def store_precision_check_from(model_dir: str, transform_dir: str, schema: Schema | None = None) -> dict:
@@ -145,11 +138,19 @@ def _valid_rows(items, layout, source: str, rows: int) -> RecordBlock | None:
     return RecordBlock(source, pa.Table.from_batches(valid).combine_chunks().to_batches()[0].slice(0, rows))
 
 
+def needs_first_use_check(config: ModelConfig) -> bool:
+    """Whether a run of `config` must check its model here first: bf16 may be used, this CPU
+    has bf16 units, and the model holds no check."""
+    return (
+        config.precision != FP32 and this_cpu().has_bf16 and not (config.precision_record or {}).get("check")
+    )
+
+
 def checked_on_first_use(config: ModelConfig, sample: RecordBlock | None, source: str) -> ModelConfig:
     """A foreign model (or an older export) run with --precision bf16|auto and no stored check:
     checked here on `sample` (the run's first records) and timed; stored in the model directory
     when it can be written, and carried in the returned config for the workers either way."""
-    if config.precision == FP32 or (config.precision_record or {}).get("check") or not this_cpu().has_bf16:
+    if not needs_first_use_check(config):
         return config
     if sample is None or not len(sample):
         return config  # nothing to check on: `decide` keeps fp32 (auto) or refuses (bf16)

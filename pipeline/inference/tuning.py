@@ -89,10 +89,15 @@ def sample_table(schema, rows: int) -> pa.Table:
     description = description_from_schema(schema)
     layout = RecordLayout(description.inputs, description.key_field, description.key_type)
     records = list(generate_records(schema, min(rows, _SAMPLE_RECORDS), seed=1))
-    table = pa.Table.from_pylist(records, schema=layout.arrow_schema())
+    return repeated_to(pa.Table.from_pylist(records, schema=layout.arrow_schema()), rows).slice(0, rows)
+
+
+def repeated_to(records: pa.Table | pa.RecordBatch, rows: int) -> pa.Table:
+    """`records` repeated (zero-copy) until the table holds at least `rows` rows."""
+    table = pa.Table.from_batches([records]) if isinstance(records, pa.RecordBatch) else records
     while table.num_rows < rows:
         table = pa.concat_tables([table, table])
-    return table.slice(0, rows)
+    return table
 
 
 def first_rows(table: pa.Table, rows: int) -> pa.RecordBatch:
@@ -126,9 +131,7 @@ def tune_on_gpu(model, records: pa.RecordBatch | None) -> int:
     if records is None or not records.num_rows:
         model.device["batch_size_tuning"] = "not tuned on the GPU: the model has no golden records"
         return model.batch_size
-    table = pa.Table.from_batches([records])
-    while table.num_rows < max(CANDIDATE_BATCH_SIZES):
-        table = pa.concat_tables([table, table])
+    table = repeated_to(records, max(CANDIDATE_BATCH_SIZES))
     candidates = [size for size in CANDIDATE_BATCH_SIZES if size >= model.batch_size]
     measured = sweep_batch_sizes(
         model.predict, lambda size: [first_rows(table, size)], candidates, seconds=GPU_SECONDS
