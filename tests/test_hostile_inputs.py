@@ -20,7 +20,13 @@ import pytest
 
 from pipeline import errors
 from pipeline.blocks import RecordLayout
-from pipeline.inference.batching import MAX_PADDED_LIST_CELLS, byte_bounded, narrow_batches, row_bytes
+from pipeline.inference.batching import (
+    MAX_PADDED_LIST_CELLS,
+    byte_bounded,
+    narrow_batches,
+    row_bytes,
+    total_bytes,
+)
 from pipeline.io import blocks_and_errors, read_stream
 from pipeline.io.jsonl import JsonParser
 from pipeline.validation import MAX_IMAGE_PIXELS, MAX_LIST_ITEMS, image_size, validate_block
@@ -246,6 +252,15 @@ def test_large_creatives_cut_only_the_batches_that_hold_them():
     assert slices == [(0, 12), (12, 2), (14, 2), (16, 2), (18, 334), (352, 48),
                       (400, 100), (500, 1), (501, 199), (700, 300)]  # fmt: skip
     assert byte_bounded(batch, [(0, 1_000)], ["image"], 0) == [(0, 1_000)]  # 0: no cap
+    # A block whose values fit one call is measured off its offsets, not row by row: the
+    # same bytes as the rows' sum, for slices (the calls of a block) and large strings too.
+    big = pa.RecordBatch.from_arrays([images.cast(pa.large_string()), lists], ["image", "interests"])
+    for start, size in [(0, 1_000), (5, 10), (21, 479), (999, 1), (1_000, 0)]:
+        for sliced in (batch.slice(start, size), big.slice(start, size)):
+            assert (
+                total_bytes(sliced, ["image", "interests"]) == row_bytes(sliced, ["image", "interests"]).sum()
+            )
+    assert byte_bounded(batch, [(20, 480)], ["image", "interests"], cap) == [(20, 480)]  # all fit
 
 
 def test_a_byte_cap_changes_the_calls_not_the_predictions(trained_ads, tmp_path):

@@ -217,3 +217,26 @@ def test_predict_from_byte_ranges_writes_what_a_whole_file_read_writes(trained_a
     assert max(abs(predictions[k] - whole_predictions[k]) for k in predictions) < 1e-6
     assert outputs["whole"][0] == 200 and len(outputs["whole"][2]) == 2
     assert {json.loads(e)["source"].rsplit(":", 1)[1] for e in outputs["whole"][2]} == {"51", "121"}
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], 0),  # Beam's in_memory mode: one thread reads the parts one after the other
+        (["--runner", "DirectRunner"], 0),
+        (
+            ["--direct_running_mode", "multi_threading", "--direct_num_workers", "2"],
+            splitting.DEFAULT_SPLIT_BYTES,
+        ),
+        (["--direct_running_mode", "multi_processing"], splitting.DEFAULT_SPLIT_BYTES),
+        (["--runner", "DataflowRunner"], splitting.DEFAULT_SPLIT_BYTES),
+        (["--runner", "DaskRunner"], splitting.DEFAULT_SPLIT_BYTES),
+        (["--split_bytes", "1000"], 1000),
+        (["--runner", "DataflowRunner", "--split_bytes", "0"], 0),
+    ],
+)
+def test_files_are_cut_by_default_only_where_parts_are_read_in_parallel(flags, expected):
+    from pipeline import options as opts
+
+    options = opts.CachedViewOptions(["--input", "in.jsonl", "--output_dir", "out", *flags])
+    assert opts.inputs_from(options).split_bytes == expected

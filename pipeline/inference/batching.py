@@ -72,6 +72,34 @@ def row_bytes(batch: pa.RecordBatch, fields) -> np.ndarray:
     return sizes
 
 
+def total_bytes(batch: pa.RecordBatch, fields) -> int:
+    """Bytes of all the values in `fields` (at least `row_bytes`' sum), read off the columns'
+    offsets: a block whose creatives all fit one call is not measured row by row."""
+    total = 0
+    for name in fields:
+        column = batch.column(name)
+        if not len(column):
+            continue
+        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+            first, last = _bounds(column)
+            column = column.values.slice(first, last - first)  # the strings of these rows
+            if not len(column):
+                continue
+        first, last = _bounds(column)
+        total += last - first
+    return total
+
+
+def _bounds(column: pa.Array) -> tuple[int, int]:
+    """The first and last value offsets of a string, binary or list column (its slice)."""
+    large = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
+    offset_type = np.int64 if large or pa.types.is_large_list(column.type) else np.int32
+    offsets = np.frombuffer(
+        column.buffers()[1], offset_type, len(column) + 1, column.offset * offset_type().itemsize
+    )
+    return int(offsets[0]), int(offsets[-1])
+
+
 def byte_bounded(
     batch: pa.RecordBatch, slices: list[tuple[int, int]], fields, max_bytes: int
 ) -> list[tuple[int, int]]:
@@ -83,7 +111,7 @@ def byte_bounded(
     are. Cuts are greedy and only where a slice is over the cap, so typical data keeps its
     equal-sized batches.
     """
-    if not max_bytes or not fields or not slices:
+    if not max_bytes or not fields or not slices or total_bytes(batch, fields) <= max_bytes:
         return slices
     ends = np.concatenate([[0], np.cumsum(row_bytes(batch, fields))])  # ends[i]: bytes of rows < i
     bounded = []

