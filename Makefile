@@ -13,10 +13,10 @@ RECORDS ?= 5000
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: setup.py requirements.lock requirements-dask.lock requirements-dev.txt
+$(BIN)/.installed: setup.py requirements.lock requirements-clouds.lock requirements-dask.lock requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.lock -r requirements-dask.lock -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements.lock -r requirements-clouds.lock -r requirements-dask.lock -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
@@ -28,7 +28,19 @@ $(EMULATORS)/.installed: requirements-emulators.txt
 	$(EMULATORS)/bin/pip install --quiet -r requirements-emulators.txt
 	touch $@
 
-emulators: $(EMULATORS)/.installed ## Create .venv-emulators: local Cloud Storage and BigQuery servers for the tests
+AZURITE := emulators/azurite/node_modules/.bin/azurite-blob
+$(AZURITE): emulators/azurite/package.json emulators/azurite/package-lock.json
+	npm ci --prefix emulators/azurite --no-fund --no-audit --loglevel=error
+	touch $@
+
+PROXY := .venv-proxy
+$(PROXY)/.installed: requirements-proxy.txt
+	$(PYTHON) -m venv $(PROXY)
+	$(PROXY)/bin/pip install --quiet --upgrade pip
+	$(PROXY)/bin/pip install --quiet -r requirements-proxy.txt
+	touch $@
+
+emulators: $(EMULATORS)/.installed $(AZURITE) $(PROXY)/.installed ## Local servers for the tests: Cloud Storage, BigQuery, S3 (moto), Azure (Azurite), a fault proxy
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser: ## Install headless Chromium (Debian package) for the report test

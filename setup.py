@@ -31,6 +31,10 @@ setuptools.setup(
         "dev": ["pytest", "ruff", "pyinstrument", "import-linter"],
         # The Dask engine (--runner DaskRunner); pins in requirements-dask.lock.
         "dask": ["dask[distributed]==2026.8.0"],
+        # s3:// and azfs:// (Beam's filesystems for Amazon S3 and Azure Blob Storage); pins in
+        # requirements-clouds.lock.
+        "aws": ["apache-beam[aws]==2.77.0"],
+        "azure": ["apache-beam[azure]==2.77.0"],
     },
     entry_points={"console_scripts": ["adpredict = pipeline.cli:main"]},
 )

@@ -37,7 +37,7 @@ from pipeline.inference.dofn import RunInferenceFn
 from pipeline.inference.model import ModelConfig
 from pipeline.inference.precision import FP32, decide
 from pipeline.inference.precision_check import checked_on_first_use, first_records, needs_first_use_check
-from pipeline.io import BIGQUERY
+from pipeline.io import BIGQUERY, stores
 from pipeline.io import bigquery as bq
 from pipeline.quality.gate import QualityConfig
 from pipeline.quality.profiling import CountDuplicateKeys
@@ -160,6 +160,14 @@ def plan(options: PipelineOptions) -> PredictPlan:
     FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)
     predict = options.view_as(opts.PredictOptions)
+    inputs = opts.inputs_from(options)
+    offline = is_dry_run(options)
+    if not offline:  # S3 or Azure that cannot be used: one line now, not minutes of retries later
+        stores.check_stores(
+            options,
+            [("--model_dir", predict.model_dir), *(("--input", p) for p in inputs.file_patterns),
+             ("--output_dir", io.output_dir)],
+        )  # fmt: skip
     model = ModelConfig.from_model_dir(
         predict.model_dir,
         input_schema=predict.input_schema,
@@ -171,8 +179,6 @@ def plan(options: PipelineOptions) -> PredictPlan:
         precision=predict.precision,
         gpu=predict.gpu,
     )
-    inputs = opts.inputs_from(options)
-    offline = is_dry_run(options)
     check_model_reachable(options, predict.model_dir, offline)
     files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, model.layout)
     model = precision_checked(options, model, [] if offline else files, io.input_format)

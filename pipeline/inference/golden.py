@@ -40,7 +40,7 @@ def load_checked(config: ModelConfig) -> LoadedModel:
     model = config.load()
     check_golden_records(model)
     if model.gpus and not config.batch_size_given:
-        stored = read_golden_records(model.model_dir)
+        stored = read_golden_records(model.local_dir)
         block = stored and _block(
             [e["record"] for e in stored["records"]], prediction_layout(model.description)
         )
@@ -93,7 +93,7 @@ def read_golden_records(model_dir: str) -> dict | None:
 def check_golden_records(model: LoadedModel) -> float | None:
     """Raises GoldenRecordsDiffer if an output moved beyond the tolerance; returns the largest
     difference (None: the model has no golden records)."""
-    stored = read_golden_records(model.model_dir)
+    stored = read_golden_records(model.local_dir)
     if stored is None:
         return None
     records = [entry["record"] for entry in stored["records"]]

@@ -24,6 +24,7 @@ from pipeline.inference.precision import (
 )
 from pipeline.inference.tensors import fitted_to, model_inputs, output_values, serialized_examples
 from pipeline.io.base import KEY_COLUMN, PredictionColumns
+from pipeline.io.stores import local_model_dir
 from pipeline.run_contract import OptionsError
 from transforms.model_contract import InputField, ModelDescription
 from transforms.model_integrity import check_model_files
@@ -69,8 +70,9 @@ class ModelConfig:
         else read from its signature, with `input_schema`'s field types), what is read of each
         record, and the batch size recorded in the model unless `batch_size` is given.
         A corrupt or half-copied directory stops here, in one line naming the file."""
-        check_model_files(model_dir)
-        description = describe_model(model_dir, input_schema)
+        local = local_model_dir(model_dir)  # TensorFlow reads local and gs:// paths only
+        check_model_files(local)
+        description = describe_model(local, input_schema)
         layout = prediction_layout(description, passthrough_fields, csv_columns)
         return cls(
             model_dir,
@@ -80,7 +82,7 @@ class ModelConfig:
             max_batch_bytes,
             tf_threads,
             precision=precision,
-            precision_record=None if precision == FP32 else read_precision_record(model_dir),
+            precision_record=None if precision == FP32 else read_precision_record(local),
             gpu=gpu,
             batch_size_given=batch_size is not None,
         )
@@ -97,7 +99,9 @@ class ModelConfig:
         )
 
     def prediction_columns(self) -> PredictionColumns:
-        return prediction_columns(self.description or describe_model(self.model_dir), self.layout)
+        return prediction_columns(
+            self.description or describe_model(local_model_dir(self.model_dir)), self.layout
+        )
 
 
 def prediction_layout(
@@ -176,9 +180,10 @@ class LoadedModel:
         self.gpus = visible_gpus()
         check_gpu(gpu, self.gpus)
         self.model_dir = model_dir
-        self.description = description or describe_model(model_dir)
-        check_model_files(model_dir)  # each worker: its copy may be cut short where TF would crash
-        self._saved_model = tf.saved_model.load(model_dir)
+        self.local_dir = local_model_dir(model_dir)  # s3:// and azfs://: a copy on this machine
+        self.description = description or describe_model(self.local_dir)
+        check_model_files(self.local_dir)  # each worker: its copy may be cut short where TF would crash
+        self._saved_model = tf.saved_model.load(self.local_dir)
         self.signature = self._saved_model.signatures[self.description.signature]
         # The run's calls in bf16 where it was asked for and may be used here; the golden
         # records and direct calls to `outputs` stay fp32.

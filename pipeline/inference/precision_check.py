@@ -69,7 +69,7 @@ def check_and_time(model: LoadedModel, block: RecordBlock, source: str, labels=N
     rows = max(1, model.description.batch_size)  # timed at the batch size runs use
     speed = measure_speed(lambda precision, batch: model.outputs_in(precision, batch), first_rows(
         repeated_to(block.batch, rows), rows), rows)  # fmt: skip
-    return precision_record(check, speed, read_precision_record(model.model_dir))
+    return precision_record(check, speed, read_precision_record(model.local_dir))
 
 
 def store_precision_check_from(model_dir: str, transform_dir: str, schema: Schema | None = None) -> dict:

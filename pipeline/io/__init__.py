@@ -8,8 +8,10 @@ line in `FILE_FORMATS`.
 
 from __future__ import annotations
 
-from pipeline.io import base, csv, jsonl, parquet, tfrecord
+from pipeline.io import base, beam_fixes, csv, jsonl, parquet, tfrecord
 from pipeline.run_contract import InputError
+
+beam_fixes.apply()  # S3 and Azure filesystem bugs of Beam, wherever pipeline.io is imported
 
 FILE_FORMATS: dict[str, base.FileFormat] = {
     f.name: f for f in (jsonl.FORMAT, csv.FORMAT, tfrecord.FORMAT, parquet.FORMAT)

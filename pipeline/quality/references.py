@@ -8,6 +8,7 @@ import json
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.io.stores import local_model_dir
 from pipeline.run_contract import RUN_MANIFEST, SUCCEEDED, InputError
 from transforms.model_contract import TRAINING_PROFILE_FILE, model_files
 
@@ -15,7 +16,7 @@ from transforms.model_contract import TRAINING_PROFILE_FILE, model_files
 def training_profile(model_dir: str) -> tuple[dict | None, str]:
     """(the model's training profile, "") or (None, why there is none)."""
     gfile = model_files()
-    path = gfile.join(model_dir, TRAINING_PROFILE_FILE)
+    path = gfile.join(local_model_dir(model_dir), TRAINING_PROFILE_FILE)
     if not gfile.exists(path):
         return (
             None,

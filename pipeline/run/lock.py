@@ -17,6 +17,7 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.io import stores
 from pipeline.run.manifest import utc
 from pipeline.run.staging import clear_previous_outputs
 from pipeline.run_contract import RUN_LOCK, InputError
@@ -35,9 +36,10 @@ def acquire_run_lock(
 ) -> dict:
     """Creates `<output_dir>/.adpredict-run.lock` if no run holds it; returns what it holds.
 
-    Created exclusively: `O_CREAT|O_EXCL` locally, `if_generation_match=0` on Cloud Storage,
-    so of two runs starting together one wins. On other object stores Beam's FileSystems has
-    no exclusive create: there it is check-then-create, with a race window of one request.
+    Created exclusively, so of two runs starting together one wins: `O_CREAT|O_EXCL` locally,
+    `if_generation_match=0` on Cloud Storage, `If-None-Match: *` on S3 and Azure Blob Storage
+    (`pipeline.io.stores`). On any other Beam file system it is check-then-create, with a
+    race window of one request.
 
     A lock whose holder ran the pipeline in its own process (a local runner that waits), on
     this host, with a pid that is gone, was left by a killed run and is taken over with a
@@ -146,6 +148,10 @@ def _lock_store(path: str, options):
         return _LocalLock(path)
     if scheme == "gs":
         return _CloudStorageLock(path, options)
+    if scheme == stores.S3:
+        return _S3Lock(path, options)
+    if scheme == stores.AZURE:
+        return _AzureLock(path, options)
     return _FileSystemsLock(path)
 
 
@@ -238,6 +244,108 @@ class _CloudStorageLock:
             self._bucket.blob(self._name).delete(if_generation_match=generation)
         except (exceptions.NotFound, exceptions.PreconditionFailed):
             return False
+        return True
+
+
+class _S3Lock:
+    """A lock object on S3, created with `If-None-Match: *` and deleted with `If-Match: <ETag>`
+    (S3's conditional writes; moto serves them too).
+
+    The payload names the run and the moment it started, so when a create is answered 412
+    the object is read back: if it is our payload, the first attempt did succeed and only its
+    answer was lost (the client's retry then met our own object)."""
+
+    def __init__(self, path: str, options):
+        self.path = path
+        self._bucket, self._key = stores.split_s3(path)
+        self._client = stores.s3_client(options)
+
+    def read(self):
+        from botocore.exceptions import ClientError
+
+        try:
+            found = self._client.get_object(Bucket=self._bucket, Key=self._key)
+            return found["Body"].read(), found["ETag"]
+        except ClientError as e:
+            if _status(e) == 404:
+                return None
+            raise OSError(f"cannot read the lock file {self.path}: {e}") from e
+
+    def create(self, payload: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.put_object(
+                Bucket=self._bucket,
+                Key=self._key,
+                Body=payload,
+                IfNoneMatch="*",
+                ContentType="application/json",
+            )
+        except ClientError as e:
+            if _status(e) in (409, 412):  # 409: another conditional write was under way
+                found = self.read()
+                return found is not None and found[0] == payload
+            raise OSError(f"cannot create the lock file {self.path}: {e}") from e
+        return True
+
+    def remove(self, etag) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.delete_object(Bucket=self._bucket, Key=self._key, IfMatch=etag)
+        except ClientError as e:
+            if _status(e) in (404, 412):
+                return False
+            raise OSError(f"cannot remove the lock file {self.path}: {e}") from e
+        return True
+
+
+def _status(error) -> int | None:
+    return error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+class _AzureLock:
+    """A lock blob on Azure Blob Storage, created with `If-None-Match: *` (`overwrite=False`)
+    and deleted only while its ETag is unchanged; a lost answer is read back as on S3."""
+
+    def __init__(self, path: str, options):
+        self.path = path
+        _, container, blob = stores.split_azfs(path)
+        self._blob = stores.azure_service(options).get_blob_client(container, blob)
+
+    def read(self):
+        from azure.core import exceptions
+
+        try:
+            downloaded = self._blob.download_blob()
+            return downloaded.readall(), downloaded.properties.etag
+        except exceptions.ResourceNotFoundError:
+            return None
+        except exceptions.AzureError as e:
+            raise OSError(f"cannot read the lock file {self.path}: {e}") from e
+
+    def create(self, payload: bytes) -> bool:
+        from azure.core import exceptions
+
+        try:
+            self._blob.upload_blob(payload, overwrite=False)
+        except exceptions.ResourceExistsError:
+            found = self.read()
+            return found is not None and found[0] == payload
+        except exceptions.AzureError as e:
+            raise OSError(f"cannot create the lock file {self.path}: {e}") from e
+        return True
+
+    def remove(self, etag) -> bool:
+        from azure.core import MatchConditions, exceptions
+
+        try:
+            self._blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+        except (exceptions.ResourceNotFoundError, exceptions.ResourceModifiedError):
+            return False
+        except exceptions.AzureError as e:
+            raise OSError(f"cannot remove the lock file {self.path}: {e}") from e
         return True
 
 

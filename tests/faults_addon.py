@@ -1,0 +1,86 @@
+"""A mitmproxy addon that makes storage misbehave as it does at scale, for the storage tests.
+
+Run by tests/emulators.py's `fault_proxy` (mitmdump in reverse-proxy mode in front of one
+local server). A share `fault_rate` of requests gets one of `fault_kinds`:
+
+- `503`, `500`: an error answer; the server never sees the request.
+- `throttle`: the store's own "slow down" answer (503 SlowDown for S3, 503 ServerBusy for
+  Azure), with Retry-After: 0.
+- `cut`: the server does the request, and the client gets the status, the headers and half
+  the body, then the connection closes; a response without a body is dropped whole (the
+  client never learns that its write happened).
+- `drop`: the connection closes before the request is forwarded.
+
+Each injected fault is logged as a JSON line to `fault_log`, so a test can show it really
+met faults. Options are strings or ints (mitmproxy has no float options).
+"""
+
+import json
+import random
+
+from mitmproxy import ctx, http
+
+KINDS = ("503", "500", "throttle", "cut", "drop")
+
+
+class Faults:
+    def load(self, loader):
+        loader.add_option("fault_rate", str, "0", "share of requests to fail, 0..1")
+        loader.add_option("fault_kinds", str, "503", "comma-separated: " + ",".join(KINDS))
+        loader.add_option("fault_seed", int, -1, "random seed (-1: not seeded)")
+        loader.add_option("fault_log", str, "", "JSON lines file of the injected faults")
+        self.random = random.Random()
+
+    def configure(self, updated):
+        if "fault_seed" in updated and ctx.options.fault_seed >= 0:
+            self.random.seed(ctx.options.fault_seed)
+        kinds = [k.strip() for k in ctx.options.fault_kinds.split(",") if k.strip()]
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; use {KINDS}")
+        self.kinds = kinds
+
+    def _log(self, kind: str, flow: http.HTTPFlow) -> None:
+        if ctx.options.fault_log:
+            with open(ctx.options.fault_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": kind, "method": flow.request.method, "path": flow.request.path}) + "\n")
+
+    def request(self, flow: http.HTTPFlow):
+        rate = float(ctx.options.fault_rate)
+        kind = self.random.choice(self.kinds) if rate > 0 and self.random.random() < rate else None
+        flow.metadata["fault"] = kind
+        if kind is None:
+            return
+        self._log(kind, flow)
+        if kind in ("503", "500"):
+            flow.response = http.Response.make(int(kind), b"injected fault", {"Content-Type": "text/plain"})
+        elif kind == "throttle":
+            azure = "x-ms-version" in flow.request.headers
+            body = (
+                b"<?xml version='1.0' encoding='utf-8'?><Error><Code>ServerBusy</Code>"
+                b"<Message>The server is busy.</Message></Error>"
+                if azure
+                else b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                b"<Message>Please reduce your request rate.</Message></Error>"
+            )
+            headers = {"Content-Type": "application/xml", "Retry-After": "0"}
+            if azure:
+                headers["x-ms-error-code"] = "ServerBusy"
+            flow.response = http.Response.make(503, body, headers)
+        elif kind == "drop":
+            flow.kill()
+
+    def response(self, flow: http.HTTPFlow):
+        if flow.metadata.get("fault") != "cut":
+            return
+        body = flow.response.raw_content or b""
+        if len(body) < 2:
+            flow.kill()  # nothing to cut: the answer is lost whole
+            return
+        # The full Content-Length, half the bytes, then the connection closes.
+        flow.response.headers["content-length"] = str(len(body))
+        flow.response.headers["connection"] = "close"
+        flow.response.raw_content = body[: len(body) // 2]
+
+
+addons = [Faults()]
