@@ -15,9 +15,11 @@ import logging
 import sys
 
 from pipeline import startup
+from pipeline.io import stores
 from pipeline.options import OptionsError, check_flags, print_help_if_asked
 from pipeline.reporting import terminal
 from pipeline.run_contract import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     GateFailed,
@@ -72,6 +74,14 @@ def run_reporting_errors(run, argv, summarize=None) -> int:
     except USAGE_ERRORS as e:
         print(f"adpredict: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:
+        failed = stores.storage_failure(e)
+        if failed is None:
+            raise
+        logging.debug("the store's error", exc_info=True)
+        print(f"adpredict: run failed: {failed}; nothing published (no _SUCCESS): re-run when the store "
+              "answers", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
     return EXIT_OK
 
 

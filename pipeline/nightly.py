@@ -191,21 +191,31 @@ def predict_argv(config: NightlyConfig, date: datetime.date, extra: list[str]) -
     if config.accept_drift:
         argv.append("--accept_drift")
     given = any(arg == "--drift_baseline" or arg.startswith("--drift_baseline=") for arg in extra)
-    baseline = None if given else previous_night_dir(config, date)
+    baseline = None if given else previous_night_dir(config, date, [*config.pipeline_args, *extra])
     if baseline:
         argv += ["--drift_baseline", baseline]
     return [*argv, "--run_date", date.isoformat(), *config.pipeline_args, *extra]
 
 
-def previous_night_dir(config: NightlyConfig, date: datetime.date) -> str | None:
+def previous_night_dir(config: NightlyConfig, date: datetime.date, beam_flags=()) -> str | None:
     """The output directory of the latest night before `date` (within drift_lookback_days)
     that published its predictions (_SUCCESS): what tonight's drift is measured against.
-    A blocked or failed night is skipped, so one bad night does not become the baseline."""
+    A blocked or failed night is skipped, so one bad night does not become the baseline.
+
+    Looked for with the run's Beam flags (an S3 endpoint, Azure credentials), after the
+    output store is checked: a store that does not answer is one line now, not minutes of
+    Beam's retries per earlier night."""
     from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     if "{date" not in config.output_dir:
         return None  # one output directory (BigQuery tables) for every date: no night to find
+    from pipeline.io import stores
     from pipeline.run.manifest import read_manifest
+
+    options = PipelineOptions(list(beam_flags))
+    FileSystems.set_options(options)
+    stores.check_store(render(config.output_dir, date), options, "output_dir")
 
     for days in range(1, config.drift_lookback_days + 1):
         output_dir = render(config.output_dir, date - datetime.timedelta(days=days))

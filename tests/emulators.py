@@ -106,7 +106,9 @@ def bigquery(work_dir: str, storage_dir: str | None = None):
 def s3_server(work_dir: str):
     """moto's S3-compatible server; yields its http:// address. Any access key works."""
     port = free_port()
-    with running(["moto_server", "-H", "127.0.0.1", "-p", str(port)], [port], os.path.join(work_dir, "moto.log")):
+    with running(
+        ["moto_server", "-H", "127.0.0.1", "-p", str(port)], [port], os.path.join(work_dir, "moto.log")
+    ):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -128,14 +130,23 @@ def azurite(work_dir: str):
 
 
 @contextlib.contextmanager
-def fault_proxy(target: str, work_dir: str, rate: float, kinds: str = "503,500,throttle,cut", seed: int = 1):
-    """mitmdump in front of `target` (an http:// address) failing `rate` of the requests with
-    `kinds` (tests/faults_addon.py); yields the proxy's http:// address."""
+def fault_proxy(
+    target: str,
+    work_dir: str,
+    rate: float,
+    kinds: str = "503,500,throttle,cut",
+    seed: int = 1,
+    path: str = "",
+):
+    """mitmdump in front of `target` (an http:// address) failing `rate` of the requests (whose
+    path matches the regex `path`, if given) with `kinds` (tests/faults_addon.py); yields the
+    proxy's http:// address."""
     port = free_port()
     argv = [PROXY_BIN, "--mode", f"reverse:{target}", "--listen-host", "127.0.0.1", "-p", str(port),
             "-s", FAULTS_ADDON, "--set", "keep_host_header=true", "--set", f"fault_rate={rate}",
             "--set", f"fault_kinds={kinds}", "--set", f"fault_seed={seed}",
-            "--set", f"fault_log={os.path.join(work_dir, f'faults-{port}.jsonl')}", "-q"]  # fmt: skip
+            "--set", f"fault_log={os.path.join(work_dir, f'faults-{port}.jsonl')}", "--set", f"fault_path={path}",
+            "-q"]  # fmt: skip
     with running(argv, [port], os.path.join(work_dir, f"proxy-{port}.log")):
         yield f"http://127.0.0.1:{port}"
 

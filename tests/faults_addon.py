@@ -12,11 +12,13 @@ local server). A share `fault_rate` of requests gets one of `fault_kinds`:
 - `drop`: the connection closes before the request is forwarded.
 
 Each injected fault is logged as a JSON line to `fault_log`, so a test can show it really
-met faults. Options are strings or ints (mitmproxy has no float options).
+met faults; `fault_path` (a regex) limits them to the requests whose path matches. Options
+are strings or ints (mitmproxy has no float options).
 """
 
 import json
 import random
+import re
 
 from mitmproxy import ctx, http
 
@@ -29,6 +31,7 @@ class Faults:
         loader.add_option("fault_kinds", str, "503", "comma-separated: " + ",".join(KINDS))
         loader.add_option("fault_seed", int, -1, "random seed (-1: not seeded)")
         loader.add_option("fault_log", str, "", "JSON lines file of the injected faults")
+        loader.add_option("fault_path", str, "", "regex: only requests whose path matches may fail")
         self.random = random.Random()
 
     def configure(self, updated):
@@ -43,19 +46,29 @@ class Faults:
     def _log(self, kind: str, flow: http.HTTPFlow) -> None:
         if ctx.options.fault_log:
             with open(ctx.options.fault_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, "method": flow.request.method, "path": flow.request.path}) + "\n")
+                f.write(
+                    json.dumps({"kind": kind, "method": flow.request.method, "path": flow.request.path})
+                    + "\n"
+                )
 
     def request(self, flow: http.HTTPFlow):
         rate = float(ctx.options.fault_rate)
+        if ctx.options.fault_path and not re.search(ctx.options.fault_path, flow.request.path):
+            rate = 0
         kind = self.random.choice(self.kinds) if rate > 0 and self.random.random() < rate else None
         flow.metadata["fault"] = kind
         if kind is None:
             return
         self._log(kind, flow)
-        if kind in ("503", "500"):
-            flow.response = http.Response.make(int(kind), b"injected fault", {"Content-Type": "text/plain"})
+        azure = "x-ms-version" in flow.request.headers
+        if kind in ("503", "500"):  # the store's own error body, as its client expects one
+            code = "InternalError" if kind == "500" else "ServiceUnavailable"
+            body = f"<?xml version='1.0' encoding='utf-8'?><Error><Code>{code}</Code><Message>injected fault</Message></Error>"
+            headers = {"Content-Type": "application/xml"}
+            if azure:
+                headers["x-ms-error-code"] = code
+            flow.response = http.Response.make(int(kind), body.encode(), headers)
         elif kind == "throttle":
-            azure = "x-ms-version" in flow.request.headers
             body = (
                 b"<?xml version='1.0' encoding='utf-8'?><Error><Code>ServerBusy</Code>"
                 b"<Message>The server is busy.</Message></Error>"

@@ -11,13 +11,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
-from pipeline import predict
-from pipeline.run_contract import EXIT_OK, EXIT_USAGE, RUN_LOCK, SUCCESS_MARKER
+from pipeline import cli, predict
+from pipeline.run_contract import EXIT_OK, EXIT_SKIPPED, EXIT_USAGE, RUN_LOCK, SUCCESS_MARKER
 from pipeline.sampledata.generate import write_records
 from tests import emulators
+from tests.conftest import SCORE_RECORDS
 from tests.test_formats_end_to_end import read_sink
 from transforms.schema import load_schema
 
@@ -237,3 +239,173 @@ def test_two_runs_into_one_output_directory_one_wins_and_nothing_is_lost(
     assert "is in use by another run" in loser and len(loser.strip().splitlines()) == 1, loser
     assert predictions_in(store, "race/out") == pytest.approx(reference_predictions, abs=1e-6)
     assert f"race/out/{RUN_LOCK}" not in store.keys("race/out/")
+
+
+def refused_in_one_line(argv: list[str], capsys) -> tuple[str, float]:
+    started = time.monotonic()
+    code = cli.main(argv)
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err.strip()
+    assert code == EXIT_USAGE and len(err.splitlines()) == 1, (code, err)
+    return err, seconds
+
+
+@pytest.mark.parametrize(
+    ("scheme", "problem", "message"),
+    [
+        ("s3", "no credentials", "no AWS credentials found"),
+        ("s3", "no such bucket", "bucket 'no-such-bucket' does not exist"),
+        ("s3", "endpoint down", "cannot reach the S3 endpoint"),
+        ("azfs", "no credentials", "no Azure credentials"),
+        ("azfs", "no such bucket", "container 'no-such-bucket' does not exist"),
+        ("azfs", "endpoint down", "cannot reach the Azure Blob endpoint"),
+        ("azfs", "other account", "names storage account 'otheraccount'"),
+    ],
+)
+def test_a_store_that_cannot_be_used_stops_the_run_in_one_line_within_seconds(
+    scheme, problem, message, stores, monkeypatch, capsys
+):
+    store = stores[scheme]
+    flags, output = list(store.flags), store.path("refused/out")
+    if problem == "no credentials":
+        for name in AWS_ENV:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask for here
+        monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+        flags = flags if scheme == "s3" else []
+    elif problem == "no such bucket":
+        output = output.replace(BUCKET, "no-such-bucket")
+    elif problem == "endpoint down":
+        down = f"http://127.0.0.1:{emulators.free_port()}"  # nothing listens there
+        flags = [flags[0], flags[1].replace(store.endpoint, down)]
+    else:
+        output = output.replace(emulators.AZURITE_ACCOUNT, "otheraccount")
+    err, seconds = refused_in_one_line(
+        ["predict", "--model_dir", store.path("model"), "--input", store.path("refused/in/*.jsonl"),
+         "--output_dir", output, *flags], capsys
+    )  # fmt: skip
+    assert message in err and output.split("/refused")[0] in err, err
+    assert seconds < 20, seconds
+    assert not store.keys("refused/")  # nothing written
+
+
+@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+def test_a_night_on_the_store_runs_then_its_rerun_skips(scheme, stores, input_files, tmp_path, capsys):
+    """`adpredict nightly` with {date} templates on the store; the store's flags on its command line."""
+    import yaml
+
+    store = stores[scheme]
+    date = "2026-11-26"
+    with open(input_files["jsonl"], "rb") as f:
+        store.put(f"nightly/ads/dt={date}/part-0.jsonl", f.read())
+    config = tmp_path / "nightly.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_dir": store.path("model"),
+                "input": store.path("nightly/ads/dt={date}/*.jsonl"),
+                "output_dir": store.path("nightly/out/dt={date}"),
+            }
+        )
+    )
+    argv = ["nightly", "--config", str(config), "--date", date, *store.flags]
+    assert cli.main(argv) == EXIT_OK
+    manifest = json.loads(store.get(f"nightly/out/dt={date}/run.json"))
+    assert manifest["date"] == date and manifest["counts"]["predictions"] == SCORE_RECORDS
+    capsys.readouterr()
+    assert cli.main(argv) == EXIT_SKIPPED
+    assert "skipped" in capsys.readouterr().out
+    assert json.loads(store.get(f"nightly/out/dt={date}/run.json"))["run_id"] == manifest["run_id"]
+
+
+@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+def test_a_run_killed_midway_then_run_again_publishes_one_set_of_outputs(
+    scheme, stores, score_records, reference_predictions, tmp_path
+):
+    """SIGKILL once the run holds the lock and has begun writing; the re-run takes over the
+    dead run's lock, clears what it left and publishes every key exactly once."""
+    import signal
+
+    store = stores[scheme]
+    records = score_records * 40  # 2,000 records, keys repeated: long enough to be caught midway
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    store.put("killed/in/in.jsonl", path.read_bytes())
+    argv = ["predict", "--model_dir", store.path("model"), "--input", store.path("killed/in/in.jsonl"),
+            "--output_dir", store.path("killed/out"), "--no_progress", "--duplicate_keys", "off", *store.flags]  # fmt: skip
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *argv], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while run.poll() is None and time.monotonic() < deadline:
+        if f"killed/out/{RUN_LOCK}" in store.keys("killed/out/"):
+            break
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be killed"
+    time.sleep(1.0)  # into the pipeline: model loading, reading, writing
+    run.send_signal(signal.SIGKILL)
+    run.wait(30)
+    assert f"killed/out/{SUCCESS_MARKER}" not in store.keys("killed/out/")
+    manifest = predict.run(argv[1:])
+    assert manifest["counts"]["predictions"] == len(records)
+    rows = [json.loads(line) for key in store.keys("killed/out/prediction.results-")
+            for line in store.get(key).decode().splitlines()]  # fmt: skip
+    assert len(rows) == len(records)  # one set: no shard of the killed run is left beside them
+    assert {row["key"] for row in rows} == set(reference_predictions)
+    assert not [k for k in store.keys("killed/out/") if ".adpredict-staging" in k or RUN_LOCK in k]
+
+
+FAULT_KINDS = "503,500,throttle,cut,drop"
+
+
+@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+def test_at_5_percent_of_requests_failing_the_run_ends_with_the_clean_outputs(
+    scheme, stores, servers, input_files, reference_predictions
+):
+    """Between adpredict and the server, a proxy fails 5% of the requests (errors, throttling,
+    answers cut mid-body, dropped connections): retries with back-off absorb them."""
+    store = stores[scheme]
+    with open(input_files["parquet"], "rb") as f:
+        store.put("faults5/in/in.parquet", f.read())
+    with emulators.fault_proxy(store.endpoint, servers["work"], 0.05, FAULT_KINDS, seed=5) as proxy:
+        flags = [store.flags[0], store.flags[1].replace(store.endpoint, proxy)]
+        manifest = predict.run(
+            ["--model_dir", store.path("model"), "--input", store.path("faults5/in/*"),
+             "--output_dir", store.path("faults5/out"), "--no_progress", *flags]
+        )  # fmt: skip
+        log = os.path.join(servers["work"], f"faults-{proxy.rsplit(':', 1)[1]}.jsonl")
+        injected = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
+    assert len(injected) >= 2, injected  # the run did meet faults
+    assert manifest["counts"]["predictions"] == len(reference_predictions)
+    assert predictions_in(store, "faults5/out") == pytest.approx(reference_predictions, abs=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+@pytest.mark.parametrize("when", ["at the start", "while writing"])
+def test_a_store_that_fails_every_request_ends_the_run_red_in_one_line_publishing_nothing(
+    scheme, when, stores, servers, input_files
+):
+    """100% of the requests fail: at once (the check before the run names the store and its
+    answer), or only the writes of the run's outputs (reads and the lock work): the run still
+    ends within a bounded time, non-zero, with one line, and no _SUCCESS."""
+    store = stores[scheme]
+    run = f"faults100-{when.replace(' ', '-')}"
+    with open(input_files["jsonl"], "rb") as f:
+        store.put(f"{run}/in/in.jsonl", f.read())
+    path = "" if when == "at the start" else rf"{run}/out/\.adpredict-staging"
+    with emulators.fault_proxy(
+        store.endpoint, servers["work"], 1.0, "503,throttle", seed=1, path=path
+    ) as proxy:
+        flags = [store.flags[0], store.flags[1].replace(store.endpoint, proxy)]
+        started = time.monotonic()
+        done = adpredict("predict", "--model_dir", store.path("model"), "--input", store.path(f"{run}/in/*"),
+                         "--output_dir", store.path(f"{run}/out"), "--no_progress", *flags)  # fmt: skip
+        seconds = time.monotonic() - started
+    err = done.stderr.strip().splitlines()
+    assert done.returncode != EXIT_OK and len(err) == 1, done.stderr[-3000:]
+    assert proxy.rsplit(":", 1)[1] in err[0] or store.root in err[0], err
+    assert any(code in err[0] for code in ("503", "ServiceUnavailable", "ServerBusy", "SlowDown")), err
+    assert "failed: " in err[0], err
+    # Bounded by the clients' own retries: boto3's (3 attempts), Azure's (3 retries 15-24 s apart).
+    assert seconds < 300, seconds
+    assert f"{run}/out/{SUCCESS_MARKER}" not in store.keys(f"{run}/out/")
+    assert not [k for k in store.keys(f"{run}/out/") if "prediction.results" in k]

@@ -174,12 +174,40 @@ def check_stores(options, paths) -> None:
             check_store(path, options, role)
 
 
+# The store each scheme's last check reached, to name it when a run fails on it later.
+_CHECKED: dict[str, str] = {}
+
+
+def storage_failure(error: BaseException) -> str | None:
+    """One line for a run that failed because a store failed it (after the clients' own
+    retries): which store, where, and the last error; None for any other failure."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        module = type(error).__module__
+        scheme = next((s for s, prefix in _ERROR_MODULES.items() if module.startswith(prefix)), None) or next(
+            (s for prefix, s in _ERROR_MODULES_MORE.items() if module.startswith(prefix)), None
+        )
+        if scheme:
+            where = _CHECKED.get(scheme, "")
+            text = re.sub(r"\s*\[while running '([^']*)'\]", r" (step \1)", _one_line(error, 300))
+            return f"{STORE_NAMES[scheme]}{' ' + where if where else ''} failed: {text}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+# Where each store's client errors come from: Beam's wrappers, boto3, the Azure SDK.
+_ERROR_MODULES = {S3: "apache_beam.io.aws", AZURE: "apache_beam.io.azure"}
+_ERROR_MODULES_MORE = {"botocore": S3, "boto3": S3, "azure.": AZURE}
+
+
 def _check_s3(path: str, options, role: str) -> None:
     from botocore import exceptions as aws
 
     bucket, _ = split_s3(path)
     client = s3_client(options, CHECK_ATTEMPTS, CHECK_CONNECT_S, CHECK_READ_S)
     endpoint = client.meta.endpoint_url
+    _CHECKED[S3] = f"at {endpoint} (s3://{bucket})"
     try:
         client.head_bucket(Bucket=bucket)
     except aws.NoCredentialsError:
@@ -213,8 +241,12 @@ def _check_azure(path: str, options, role: str) -> None:
     from azure.core import exceptions as az
 
     account, container, _ = split_azfs(path)
-    service = azure_service(options, CHECK_ATTEMPTS, CHECK_CONNECT_S, CHECK_READ_S)
+    try:
+        service = azure_service(options, CHECK_ATTEMPTS, CHECK_CONNECT_S, CHECK_READ_S)
+    except StoreUnusable as e:
+        raise StoreUnusable(f"{role} {path}: {e}") from None
     endpoint = service.url.rstrip("/")
+    _CHECKED[AZURE] = f"at {endpoint} (azfs://{account}/{container})"
     if service.account_name and service.account_name != account:
         raise StoreUnusable(
             f"{role} {path} names storage account {account!r}, but the Azure credentials are for "

@@ -13,11 +13,12 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
+from pipeline.io import stores
 from pipeline.reporting.terminal import console_url
 from pipeline.run.finalize import FAILURE_LOGGERS, RunConfig
 from pipeline.run.manifest import manifest_of_run
 from pipeline.run.staging import remove_trees, sink_write_failure, staging_dir
-from pipeline.run_contract import GateFailed
+from pipeline.run_contract import GateFailed, WriteFailed
 from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
 from pipeline.runners.dataflow import finish_dry_run, is_dry_run
 from pipeline.runners.local import waits
@@ -67,7 +68,9 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
       that failure is raised (`RunFailed`, with the run.json);
     - a sink that could not write (a full disk, no permission) is `WriteFailed`, naming the
       path and the OS error, once the run's staging folder is cleared;
-    - a worker that stopped on a gate (the model's golden records) raises that `GateFailed`.
+    - a worker that stopped on a gate (the model's golden records) raises that `GateFailed`;
+    - a store (S3, Azure) that still failed after its client's retries is `WriteFailed`,
+      naming the store and its last error.
 
     Beam's log records of those failures (a traceback per failed step) are held back and
     dropped; for any other failure, a crash, they are logged as they came."""
@@ -75,9 +78,23 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
     loggers = [logging.getLogger(name) for name in FAILURE_LOGGERS]
     for logger in loggers:
         logger.addFilter(held)
+    # Beam's S3 and Azure code logs a failed upload on the root logger before raising it.
+    held_io, root = (
+        _HoldStepFailures(lambda record: "apache_beam/io/" in record.pathname),
+        logging.getLogger(),
+    )
+    root.addFilter(held_io)
     try:
-        return launch(pipeline, options)
+        result = launch(pipeline, options)
+        held_io.replay([root])
+        return result
     except Exception as e:
+        failed_store = stores.storage_failure(e)  # the store is failing: ask it nothing more
+        if failed_store:
+            raise WriteFailed(
+                f"{failed_store}; nothing was published (no _SUCCESS), and the next run into "
+                f"{output_dir} clears what this one staged: re-run when the store answers"
+            ) from None
         manifest = manifest_of_run(output_dir, run.info.get("run_id"))
         explained = (
             (manifest and run.failure(manifest))
@@ -86,11 +103,13 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
         )
         if not explained:
             held.replay(loggers)
+            held_io.replay([root])
             raise
         raise explained from None
     finally:
         for logger in loggers:
             logger.removeFilter(held)
+        root.removeFilter(held_io)
 
 
 def _gate_failure(error: BaseException, output_dir: str) -> GateFailed | None:
@@ -106,14 +125,16 @@ def _gate_failure(error: BaseException, output_dir: str) -> GateFailed | None:
 
 
 class _HoldStepFailures(logging.Filter):
-    """Keeps back the records a failing step logs (until `replay`), passing all others."""
+    """Keeps back the records a failing step logs (until `replay`), passing all others;
+    `held` picks which error records (by default all)."""
 
-    def __init__(self):
+    def __init__(self, held=None):
         super().__init__()
         self.records: list[logging.LogRecord] = []
+        self._held = held
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR:
+        if record.levelno >= logging.ERROR and (self._held is None or self._held(record)):
             self.records.append(record)
             return False
         return True
@@ -121,7 +142,8 @@ class _HoldStepFailures(logging.Filter):
     def replay(self, loggers) -> None:
         for logger in loggers:
             logger.removeFilter(self)
-        for record in self.records:
+        records, self.records = self.records, []
+        for record in records:
             logging.getLogger(record.name).handle(record)
 
 
