@@ -40,7 +40,14 @@ import zoneinfo
 import yaml
 
 from pipeline.entrypoint import print_pipeline_summary, run_reporting_errors
-from pipeline.options import CachedViewOptions, OptionsError, PredictOptions, check_argv, declared_flags
+from pipeline.options import (
+    CachedViewOptions,
+    OptionsError,
+    PredictOptions,
+    check_argv,
+    declared_flags,
+    register_runner_options,
+)
 from pipeline.run_contract import (
     DEFAULT_MAX_ERROR_RATE,
     EXIT_CODES,
@@ -422,6 +429,7 @@ EXIT_CODES_HELP = (
 
 def _main(argv: list[str]) -> int:
     parser = _parser()
+    register_runner_options(argv)  # --runner DaskRunner: its --dask_* flags
     predict_flags = declared_flags([PredictOptions])
     try:  # each flag is nightly's or predict's (Beam's included): a typo is refused, not passed on
         check_argv(argv, {**predict_flags, **parser._option_string_actions})
@@ -434,6 +442,9 @@ def _main(argv: list[str]) -> int:
     try:
         config = load_config(args.config)
         try:
+            if any("dask" in str(arg).lower() for arg in config.pipeline_args):
+                register_runner_options(config.pipeline_args)
+                predict_flags = declared_flags([PredictOptions])
             check_argv(config.pipeline_args, predict_flags)
         except OptionsError as e:
             raise ConfigError(f"{args.config}: pipeline_args: {e}") from None

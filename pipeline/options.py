@@ -424,9 +424,15 @@ def check_argv(argv, flags: dict[str, argparse.Action]) -> None:
 
 def check_flags(argv, option_classes) -> None:
     """Refuses a flag that neither adpredict's `option_classes` nor Beam declares."""
+    register_runner_options(argv)
+    check_argv(argv, declared_flags(option_classes))
+
+
+def register_runner_options(argv) -> None:
+    """Declares the flags of a runner Beam does not import by itself (Dask's), when `argv`
+    names it, before the flags are checked."""
     if any("dask" in str(arg).lower() for arg in argv or ()):
         _register_dask_options()
-    check_argv(argv, declared_flags(option_classes))
 
 
 def _register_dask_options() -> None:

@@ -409,3 +409,41 @@ def test_a_store_that_fails_every_request_ends_the_run_red_in_one_line_publishin
     assert seconds < 300, seconds
     assert f"{run}/out/{SUCCESS_MARKER}" not in store.keys(f"{run}/out/")
     assert not [k for k in store.keys(f"{run}/out/") if "prediction.results" in k]
+
+
+def test_a_night_with_no_google_account_dask_workers_and_s3(
+    stores, input_files, reference_predictions, tmp_path
+):
+    """The README's recipe: `adpredict nightly` on a Dask cluster (two worker processes here)
+    against S3, model and records and outputs all on the store; no Google credentials anywhere."""
+    import yaml
+    from distributed import LocalCluster
+
+    store, date = stores["s3"], "2026-11-27"
+    with open(input_files["jsonl"], "rb") as f:
+        store.put(f"dask-night/ads/dt={date}/part-0.jsonl", f.read())
+    config = tmp_path / "nightly.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_dir": store.path("model"),
+                "input": store.path("dask-night/ads/dt={date}/*.jsonl"),
+                "output_dir": store.path("dask-night/out/dt={date}"),
+            }
+        )
+    )
+    env = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("GOOGLE_")}
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster:  # fmt: skip
+            code = cli.main(["nightly", "--config", str(config), "--date", date, "--runner", "DaskRunner",
+                             "--dask_client_address", cluster.scheduler_address, *store.flags])  # fmt: skip
+    finally:
+        os.environ.update(env)
+    assert code == EXIT_OK
+    manifest = json.loads(store.get(f"dask-night/out/dt={date}/run.json"))
+    assert manifest["runner"] == "DaskRunner" and manifest["status"] == "succeeded"
+    assert f"dask-night/out/dt={date}/{SUCCESS_MARKER}" in store.keys("dask-night/out/")
+    assert predictions_in(store, f"dask-night/out/dt={date}") == pytest.approx(
+        reference_predictions, abs=1e-6
+    )

@@ -44,15 +44,21 @@ from apache_beam.transforms.sideinputs import SideInputMap
 
 
 def _tagged_dofn_bundle(
-    items, fn_bytes: bytes, window_fn, label: str, side_specs, args, kwargs, *side_values
+    items, fn_bytes: bytes, window_fn, label: str, side_specs, args, kwargs, flags, *side_values
 ):
     """Runs a DoFn over one partition; returns its outputs as (tag or None, value) pairs.
 
     The DoFn and the receivers are built here, per partition: Beam's version builds them
     once in the graph, so partitions run by threads of one worker share them.
-    `side_values` are the side inputs' values, computed once in the same graph.
+    `side_values` are the side inputs' values, computed once in the same graph. `flags`: the
+    run's options, for the worker's file systems (an S3 endpoint, Azure credentials), as a
+    Beam worker sets them up.
     """
     from apache_beam.internal import pickler
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    FileSystems.set_options(PipelineOptions(flags))
 
     side_inputs = [
         SideInputMap(view_class, view_options, _Values(values, window_mapping_fn))
@@ -120,10 +126,21 @@ class DaskRunner(BeamDaskRunner):
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
         client = ddist.Client(**dask_options)
         pipeline.replace_all(dask_overrides())
-        visitor = _BagVisitor(client, bag_kwargs)
+        visitor = _BagVisitor(client, bag_kwargs, _flags(options))
         pipeline.visit(visitor)
         futures = client.compute(visitor.unconsumed())  # one graph: what branches share runs once
         return _Result(client, futures)
+
+
+def _flags(options) -> list[str]:
+    """The run's options as flags a worker parses back (those set, not Beam's defaults)."""
+    flags = []
+    for name, value in options.get_all_options(drop_default=True).items():
+        if value is None or value is False:
+            continue
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{name}"] if value is True else [f"--{name}={v}" for v in values]
+    return flags
 
 
 class _Result(DaskRunnerResult):
@@ -141,6 +158,7 @@ class _Result(DaskRunnerResult):
 class _BagVisitor(PipelineVisitor):
     client: object
     bag_kwargs: dict
+    flags: list  # the run's options, for the workers' file systems
     bags: dict = dataclasses.field(default_factory=collections.OrderedDict)  # PCollection -> bag
     consumed: set = dataclasses.field(default_factory=set)
     side_items: dict = dataclasses.field(default_factory=dict)  # PCollection -> dask Item of its values
@@ -185,6 +203,7 @@ class _BagVisitor(PipelineVisitor):
             specs,
             args,
             kwargs,
+            self.flags,
             *values,
         )
 
