@@ -35,6 +35,7 @@ from pipeline import errors
 from pipeline import options as opts
 from pipeline.blocks import RecordBlock, RecordLayout, with_missing_marked
 from pipeline.entrypoint import pipeline_main
+from pipeline.io import stores
 from pipeline.quality.profiling import ProfileRecordsFn
 from pipeline.read import BLOCKS, COUNTS, ERRORS, RECORDS, ReadAdRecords, check_inputs, separate_errors
 from pipeline.run import finalize
@@ -331,7 +332,14 @@ def run(argv=None, test_pipeline=None) -> dict:
     layout = training_layout(schema, io.csv_columns)
     inputs = opts.inputs_from(options)
     offline = is_dry_run(options)  # a Dataflow dry run reads nothing: see pipeline.runners.dataflow
+    if stores.is_object_store(io.output_dir):
+        raise opts.OptionsError(
+            f"--output_dir {io.output_dir}: analyze writes tf.Transform's transform_fn with TensorFlow's file "
+            "system, which reads and writes local and gs:// paths only; analyze into a local (or gs://) "
+            "directory, train there, and put the exported model on S3 or Azure for predict and nightly"
+        )
     if not offline:
+        stores.check_stores(options, [("--input", p) for p in inputs.file_patterns])
         check_inputs(inputs, io.input_format, layout)
         for name in (SUCCESS_MARKER, RUN_MANIFEST):  # a failing re-run must not keep the old marker
             path = FileSystems.join(io.output_dir, name)
