@@ -90,7 +90,9 @@ class Faults:
         if len(body) < 2:
             flow.kill()  # nothing to cut: the answer is lost whole
             return
-        # The full Content-Length, half the bytes, then the connection closes.
+        # The full Content-Length (not chunked: a chunked answer cut short reads as one still
+        # coming, and the client would wait for its read timeout), half the bytes, then close.
+        flow.response.headers.pop("transfer-encoding", None)
         flow.response.headers["content-length"] = str(len(body))
         flow.response.headers["connection"] = "close"
         flow.response.raw_content = body[: len(body) // 2]
