@@ -467,3 +467,44 @@ def test_analyze_reads_training_records_from_the_store(scheme, stores, trained_a
          "--output_dir", store.path("analyze/out"), *store.flags], capsys
     )  # fmt: skip
     assert "local and gs:// paths only" in err, err
+
+
+@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+def test_the_library_handler_scores_with_a_model_on_the_store_found_through_the_environment(
+    scheme, stores, score_records, reference_predictions, monkeypatch
+):
+    """Beam's RunInference with RecordModelHandler("s3://…" or "azfs://…"), no flags at all: the
+    endpoint and credentials as each ecosystem's environment gives them."""
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.ml.inference.base import RunInference
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that
+
+    import pipeline as adpredict
+
+    store = stores[scheme]
+    if scheme == "s3":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)
+    else:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", store.connection)
+    from pipeline.io import stores as model_stores
+
+    FileSystems.set_options(PipelineOptions([]))  # what a user's launcher has: no adpredict flags
+    monkeypatch.setattr(model_stores, "_LOCAL_COPIES", {})  # list the store again, whatever ran before
+    handler = adpredict.RecordModelHandler(store.path("model"))
+
+    def matches(scored):
+        got = dict(scored)
+        assert sorted(got) == sorted(reference_predictions)
+        assert max(abs(got[k] - reference_predictions[k]) for k in got) < 1e-3
+
+    with TestPipeline(options=PipelineOptions([])) as p:
+        scored = (
+            p
+            | beam.Create(score_records)
+            | RunInference(handler)
+            | beam.Map(lambda r: (r.example["id"], float(r.inference["probability"])))
+        )
+        assert_that(scored, matches)
