@@ -185,9 +185,7 @@ def storage_failure(error: BaseException) -> str | None:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         module = type(error).__module__
-        scheme = next((s for s, prefix in _ERROR_MODULES.items() if module.startswith(prefix)), None) or next(
-            (s for prefix, s in _ERROR_MODULES_MORE.items() if module.startswith(prefix)), None
-        )
+        scheme = next((s for prefix, s in _ERROR_MODULES.items() if module.startswith(prefix)), None)
         if scheme:
             where = _CHECKED.get(scheme, "")
             text = re.sub(r"\s*\[while running '([^']*)'\]", r" (step \1)", _one_line(error, 300))
@@ -197,8 +195,13 @@ def storage_failure(error: BaseException) -> str | None:
 
 
 # Where each store's client errors come from: Beam's wrappers, boto3, the Azure SDK.
-_ERROR_MODULES = {S3: "apache_beam.io.aws", AZURE: "apache_beam.io.azure"}
-_ERROR_MODULES_MORE = {"botocore": S3, "boto3": S3, "azure.": AZURE}
+_ERROR_MODULES = {
+    "apache_beam.io.aws": S3,
+    "botocore": S3,
+    "boto3": S3,
+    "apache_beam.io.azure": AZURE,
+    "azure.": AZURE,
+}
 
 
 def _check_s3(path: str, options, role: str) -> None:
