@@ -4,9 +4,9 @@
 #   docker build --target gpu -t REGION-docker.pkg.dev/PROJECT/adpredict/worker-gpu:0.1.0 .   # GPU workers
 #
 # Workers: Beam's SDK image for the pinned Beam and Python versions (tests/test_dataflow.py
-# checks they agree with setup.py, requirements.lock and CI's Python), the locked stack and
-# this package. Run with SDK_CONTAINER_IMAGE=<image> ./run_dataflow.sh ... (--sdk_location
-# container).
+# checks they agree with setup.py, requirements.lock and CI's Python), the locked stack with
+# its S3 and Azure clients, and this package. Run with SDK_CONTAINER_IMAGE=<image>
+# ./run_dataflow.sh ... (--sdk_location container).
 # Launcher: the Flex Template launcher binary copied from Google's base image runs
 # flex_template/launch.py, which submits the job and exits without waiting.
 # GPU workers (target gpu): the same image plus TensorFlow's CUDA libraries, the nvidia-*
@@ -21,8 +21,10 @@ FROM gcr.io/dataflow-templates-base/python311-template-launcher-base:latest AS t
 
 FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION} AS cpu
 WORKDIR /opt/adpredict
-COPY requirements.lock setup.py ./
-RUN pip install --no-cache-dir -r requirements.lock
+COPY requirements.lock requirements-clouds.lock setup.py ./
+# The clouds lock: Beam's s3:// and azfs:// file systems (apache-beam[aws,azure]), for a job
+# that reads or writes Amazon S3 or Azure Blob Storage from Dataflow's workers.
+RUN pip install --no-cache-dir -r requirements.lock -r requirements-clouds.lock
 COPY pipeline ./pipeline
 COPY transforms ./transforms
 COPY flex_template ./flex_template

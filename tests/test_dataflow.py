@@ -194,6 +194,9 @@ def test_worker_image_versions_agree_with_the_pinned_stack():
     launcher_python = args["PYTHON_VERSION"].replace(".", "")
     assert f"python{launcher_python}-template-launcher-base" in dockerfile
     assert "FROM apache/beam_python${PYTHON_VERSION}_sdk:${BEAM_VERSION}" in dockerfile
+    # Workers read and write s3:// and azfs:// with the clients the tests ran against.
+    assert "pip install --no-cache-dir -r requirements.lock -r requirements-clouds.lock" in dockerfile
+    assert not set(lock_pins("requirements-clouds.lock")) & set(lock_pins("requirements.lock"))
 
 
 def dockerfile_stages() -> list[tuple[str, str, str]]:
