@@ -99,3 +99,43 @@ def test_analyze_on_dask_equals_the_direct_runner(trained_ads, dask_scheduler, t
     assert outputs["dask"][0] == outputs["direct"][0]
     assert outputs["dask"][1] == outputs["direct"][1] and outputs["direct"][1]  # the same vocabularies
     assert outputs["dask"][2] == outputs["direct"][2] and len(outputs["direct"][2]) == 300
+
+
+def test_a_worker_that_runs_only_beams_own_dofns_has_the_file_system_fixes():
+    """A Dask worker that only finalizes a write (Beam's DoFn, none of adpredict's code) must
+    still have pipeline/io/beam_fixes.py applied: without it an empty errors shard on S3 fails
+    the night ("MalformedXML"), on whichever worker happens to get it. A fresh process stands
+    for such a worker; the run's flags carry `--beam_plugins` as make_pipeline sets it."""
+    import subprocess
+    import sys
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.runners.dask import _flags
+    from pipeline.runners.launch import make_pipeline
+
+    options = PipelineOptions(["--runner", "DaskRunner"])
+    make_pipeline(options)
+    worker = """
+import json, sys
+from apache_beam.internal import pickler
+from apache_beam.transforms import core, window
+from apache_beam.utils.windowed_value import WindowedValue
+from pipeline.runners.dask import _tagged_dofn_bundle
+
+fn = pickler.dumps(core.CallableWrapperDoFn(lambda x: [x * 2]))
+items = [WindowedValue(x, 0, [window.GlobalWindow()]) for x in (1, 2)]
+print(_tagged_dofn_bundle(items, fn, window.GlobalWindows(), "Double", [], [], {}, json.loads(sys.argv[1])))
+from apache_beam.io.aws import s3io
+from apache_beam.io.azure import blobstorageio
+print(getattr(s3io.S3Uploader.finish, "adpredict_fixed", False),
+      getattr(blobstorageio.BlobStorageIO.exists, "adpredict_fixed", False))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", worker, json.dumps(_flags(options))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-2:] == ["[(None, 2), (None, 4)]", "True True"]

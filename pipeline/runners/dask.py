@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import importlib
 import logging
 
 from apache_beam import pvalue
@@ -52,13 +53,19 @@ def _tagged_dofn_bundle(
     once in the graph, so partitions run by threads of one worker share them.
     `side_values` are the side inputs' values, computed once in the same graph. `flags`: the
     run's options, for the worker's file systems (an S3 endpoint, Azure credentials), as a
-    Beam worker sets them up.
+    Beam worker sets them up, importing its `--beam_plugins` first (`pipeline.io`, for its
+    fixes of Beam's file systems: a worker that only finalizes a write unpickles none of
+    adpredict's code).
     """
     from apache_beam.internal import pickler
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-    FileSystems.set_options(PipelineOptions(flags))
+    from pipeline.io import stores
+
+    options = PipelineOptions(flags)
+    for module in options.view_as(SetupOptions).beam_plugins or []:
+        importlib.import_module(module)
+    stores.use_run_options(options)
 
     side_inputs = [
         SideInputMap(view_class, view_options, _Values(values, window_mapping_fn))

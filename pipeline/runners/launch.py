@@ -11,7 +11,12 @@ import json
 import logging
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
 
 from pipeline.io import stores
 from pipeline.reporting.terminal import console_url
@@ -23,6 +28,8 @@ from pipeline.runners import DASK_RUNNERS, DIRECT_RUNNERS, progress
 from pipeline.runners.dataflow import finish_dry_run, is_dry_run
 from pipeline.runners.local import waits
 
+WORKER_IMPORTS = "pipeline.io"  # what every worker imports before it runs a step
+
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A Beam pipeline for `options`; local runs go straight to the FnApiRunner.
@@ -32,7 +39,13 @@ def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     attempt cost 0.5 s per run here and, on a machine with internet access, would run a
     different engine than the one measured in bench/. The FnApiRunner still honours
     --direct_num_workers and --direct_running_mode.
+
+    Every worker imports `pipeline.io` first (Beam's `--beam_plugins`), for its fixes of
+    Beam's S3 and Azure file systems: a worker that only runs Beam's own write steps would
+    otherwise never load them.
     """
+    setup = options.view_as(SetupOptions)
+    setup.beam_plugins = sorted({*(setup.beam_plugins or []), WORKER_IMPORTS})
     runner = options.view_as(StandardOptions).runner
     if runner in DASK_RUNNERS:  # Beam's own mixes tagged outputs: see pipeline/runners/dask.py
         from pipeline.runners.dask import DaskRunner
@@ -69,7 +82,7 @@ def launch_run(pipeline, options, output_dir: str, run: RunConfig) -> dict | Non
     - a sink that could not write (a full disk, no permission) is `WriteFailed`, naming the
       path and the OS error, once the run's staging folder is cleared;
     - a worker that stopped on a gate (the model's golden records) raises that `GateFailed`;
-    - a store (S3, Azure) that still failed after its client's retries is `WriteFailed`,
+    - a store (Cloud Storage, S3, Azure) that still failed after its client's retries is `WriteFailed`,
       naming the store and its last error.
 
     Beam's log records of those failures (a traceback per failed step) are held back and
