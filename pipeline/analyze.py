@@ -326,7 +326,7 @@ def run(argv=None, test_pipeline=None) -> dict:
     freeze_imported_objects()
     options = opts.CachedViewOptions(argv)
     opts.validate_analyze(options)
-    FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
+    stores.use_run_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)
     schema = load_schema(options.view_as(opts.AnalyzeOptions).schema)
     layout = training_layout(schema, io.csv_columns)

@@ -221,7 +221,7 @@ def previous_night_dir(config: NightlyConfig, date: datetime.date, beam_flags=()
     from pipeline.run.manifest import read_manifest
 
     options = PipelineOptions(list(beam_flags))
-    FileSystems.set_options(options)
+    stores.use_run_options(options)
     stores.check_store(render(config.output_dir, date), options, "output_dir")
 
     for days in range(1, config.drift_lookback_days + 1):

@@ -157,7 +157,7 @@ def plan(options: PipelineOptions) -> PredictPlan:
     With `--dry_run=True` (DataflowRunner) nothing is read or checked remotely: the job
     request is built and staged offline (`pipeline.runners.dataflow`)."""
     opts.validate_predict(options)
-    FileSystems.set_options(options)  # gs:// checks before the run use the run's credentials
+    stores.use_run_options(options)  # gs:// checks before the run use the run's credentials
     io = options.view_as(opts.RecordIOOptions)
     predict = options.view_as(opts.PredictOptions)
     inputs = opts.inputs_from(options)

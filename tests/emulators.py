@@ -143,7 +143,7 @@ def fault_proxy(
     proxy's http:// address."""
     port = free_port()
     argv = [PROXY_BIN, "--mode", f"reverse:{target}", "--listen-host", "127.0.0.1", "-p", str(port),
-            "-s", FAULTS_ADDON, "--set", "keep_host_header=true", "--set", f"fault_rate={rate}",
+            "-s", FAULTS_ADDON, "--set", "keep_host_header=true", "--set", "connection_strategy=lazy", "--set", f"fault_rate={rate}",
             "--set", f"fault_kinds={kinds}", "--set", f"fault_seed={seed}",
             "--set", f"fault_log={os.path.join(work_dir, f'faults-{port}.jsonl')}", "--set", f"fault_path={path}",
             "-q"]  # fmt: skip

@@ -36,10 +36,12 @@ def test_example_nightly_config_loads_and_renders_a_date(tmp_path, monkeypatch):
 
     from apache_beam.io.filesystems import FileSystems
 
+    from pipeline.io import stores
     from pipeline.run import manifest
 
-    # The bucket as it would look: the 25th was blocked (no _SUCCESS), the 24th published.
+    # The bucket as it would look (it answers): the 25th was blocked (no _SUCCESS), the 24th published.
     published = "gs://my-bucket/predictions/dt=2026-11-24/_SUCCESS"
+    monkeypatch.setattr(stores, "check_store", lambda path, options=None, role="path": None)
     monkeypatch.setattr(FileSystems, "exists", lambda path: path == published)
     profiled = {"quality": {"profile": {"records": 1, "features": {}, "outputs": {}}}}
     monkeypatch.setattr(manifest, "read_manifest", lambda output_dir: profiled)

@@ -4,6 +4,8 @@ S3-compatible server and Azure's own emulator, Azurite (tests/emulators.py).
 Each store gets the model directory, the input files of every format, the outputs, the run
 lock and the publish step of a run; what a run wrote is read back with the store's own SDK
 (boto3, azure-storage-blob), not through adpredict, and compared per key with a local run.
+The fault tests put a proxy that fails requests in front of each of them and of the Cloud
+Storage emulator.
 """
 
 import json
@@ -41,7 +43,16 @@ class Store:
     def __init__(self, scheme: str, endpoint: str):
         self.scheme = scheme
         self.endpoint = endpoint
-        if scheme == "s3":
+        if scheme == "gs":  # the Cloud Storage emulator's bucket; Beam finds it by STORAGE_EMULATOR_HOST
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import storage
+
+            self.root = f"gs://{emulators.BUCKET}"
+            self.flags = []
+            client = storage.Client(project=emulators.PROJECT, credentials=AnonymousCredentials(),
+                                    client_options={"api_endpoint": endpoint})  # fmt: skip
+            self._gcs = client.bucket(emulators.BUCKET)
+        elif scheme == "s3":
             import boto3
 
             self.root = f"s3://{BUCKET}"
@@ -61,18 +72,32 @@ class Store:
     def path(self, key: str) -> str:
         return f"{self.root}/{key}"
 
+    def through(self, proxy: str, monkeypatch) -> list[str]:
+        """The flags that point a run at `proxy` instead of the server (for Cloud Storage, the
+        environment does, for this test; the emulator wants no credentials)."""
+        if self.scheme == "gs":
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy)
+            return ["--no_auth"]
+        return [self.flags[0], self.flags[1].replace(self.endpoint, proxy)]
+
     def put(self, key: str, data: bytes) -> None:
-        if self.scheme == "s3":
+        if self.scheme == "gs":
+            self._gcs.blob(key).upload_from_string(data)
+        elif self.scheme == "s3":
             self._s3.put_object(Bucket=BUCKET, Key=key, Body=data)
         else:
             self._container.upload_blob(key, data, overwrite=True)
 
     def get(self, key: str) -> bytes:
+        if self.scheme == "gs":
+            return self._gcs.blob(key).download_as_bytes()
         if self.scheme == "s3":
             return self._s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         return self._container.download_blob(key).readall()
 
     def keys(self, prefix: str) -> list[str]:
+        if self.scheme == "gs":
+            return sorted(b.name for b in self._gcs.client.list_blobs(self._gcs, prefix=prefix))
         if self.scheme == "s3":
             pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
             return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
@@ -129,6 +154,18 @@ def stores(servers, trained_ads):
         store.upload_dir(trained_ads["model"], "model")
         found[scheme] = store
     return found
+
+
+@pytest.fixture(scope="module")
+def fault_stores(stores, google_cloud, trained_ads):
+    """The stores a fault-injecting proxy goes in front of: S3, Azure and Cloud Storage (its
+    emulator, whose model is read from this machine: TensorFlow's own gs:// client does not
+    know the emulator), each with the model path a run uses."""
+    gcs = Store("gs", os.environ["STORAGE_EMULATOR_HOST"])
+    return {
+        **{scheme: (store, store.path("model")) for scheme, store in stores.items()},
+        "gs": (gcs, trained_ads["model"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -357,19 +394,19 @@ def test_a_run_killed_midway_then_run_again_publishes_one_set_of_outputs(
 FAULT_KINDS = "503,500,throttle,cut,drop"
 
 
-@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+@pytest.mark.parametrize("scheme", ["s3", "azfs", "gs"])
 def test_at_5_percent_of_requests_failing_the_run_ends_with_the_clean_outputs(
-    scheme, stores, servers, input_files, reference_predictions
+    scheme, fault_stores, servers, input_files, reference_predictions, monkeypatch
 ):
     """Between adpredict and the server, a proxy fails 5% of the requests (errors, throttling,
     answers cut mid-body, dropped connections): retries with back-off absorb them."""
-    store = stores[scheme]
+    store, model = fault_stores[scheme]
     with open(input_files["parquet"], "rb") as f:
         store.put("faults5/in/in.parquet", f.read())
     with emulators.fault_proxy(store.endpoint, servers["work"], 0.05, FAULT_KINDS, seed=5) as proxy:
-        flags = [store.flags[0], store.flags[1].replace(store.endpoint, proxy)]
+        flags = store.through(proxy, monkeypatch)
         manifest = predict.run(
-            ["--model_dir", store.path("model"), "--input", store.path("faults5/in/*"),
+            ["--model_dir", model, "--input", store.path("faults5/in/*"),
              "--output_dir", store.path("faults5/out"), "--no_progress", *flags]
         )  # fmt: skip
         log = os.path.join(servers["work"], f"faults-{proxy.rsplit(':', 1)[1]}.jsonl")
@@ -379,25 +416,32 @@ def test_at_5_percent_of_requests_failing_the_run_ends_with_the_clean_outputs(
     assert predictions_in(store, "faults5/out") == pytest.approx(reference_predictions, abs=1e-6)
 
 
-@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+@pytest.mark.parametrize("scheme", ["s3", "azfs", "gs"])
 @pytest.mark.parametrize("when", ["at the start", "while writing"])
 def test_a_store_that_fails_every_request_ends_the_run_red_in_one_line_publishing_nothing(
-    scheme, when, stores, servers, input_files
+    scheme, when, fault_stores, servers, input_files, monkeypatch
 ):
     """100% of the requests fail: at once (the check before the run names the store and its
     answer), or only the writes of the run's outputs (reads and the lock work): the run still
     ends within a bounded time, non-zero, with one line, and no _SUCCESS."""
-    store = stores[scheme]
+    store, model = fault_stores[scheme]
     run = f"faults100-{when.replace(' ', '-')}"
     with open(input_files["jsonl"], "rb") as f:
         store.put(f"{run}/in/in.jsonl", f.read())
-    path = "" if when == "at the start" else rf"{run}/out/\.adpredict-staging"
+    # While writing: the uploads into the staging folder (Cloud Storage's name the object in
+    # the query, its slashes escaped).
+    staging = (
+        rf"^/upload/.*{run}%2Fout%2F\.adpredict-staging"
+        if scheme == "gs"
+        else rf"{run}/out/\.adpredict-staging"
+    )
+    path = "" if when == "at the start" else staging
     with emulators.fault_proxy(
         store.endpoint, servers["work"], 1.0, "503,throttle", seed=1, path=path
     ) as proxy:
-        flags = [store.flags[0], store.flags[1].replace(store.endpoint, proxy)]
+        flags = store.through(proxy, monkeypatch)
         started = time.monotonic()
-        done = adpredict("predict", "--model_dir", store.path("model"), "--input", store.path(f"{run}/in/*"),
+        done = adpredict("predict", "--model_dir", model, "--input", store.path(f"{run}/in/*"),
                          "--output_dir", store.path(f"{run}/out"), "--no_progress", *flags)  # fmt: skip
         seconds = time.monotonic() - started
     err = done.stderr.strip().splitlines()
@@ -410,7 +454,8 @@ def test_a_store_that_fails_every_request_ends_the_run_red_in_one_line_publishin
         assert (
             done.returncode == EXIT_FAILED and "failed: " in err[0] and "nothing was published" in err[0]
         ), err
-    # Bounded by the clients' own retries: boto3's (3 attempts), Azure's (3 retries 15-24 s apart).
+    # Bounded by the clients' own retries: boto3's (3 attempts), Azure's (3 retries 15-24 s
+    # apart), Cloud Storage's (for 120 s).
     assert seconds < 300, seconds
     assert f"{run}/out/{SUCCESS_MARKER}" not in store.keys(f"{run}/out/")
     assert not [k for k in store.keys(f"{run}/out/") if "prediction.results" in k]

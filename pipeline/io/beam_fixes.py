@@ -10,6 +10,13 @@
   returning False (it catches the SDK's ResourceNotFoundError, but its own metadata call has
   already turned that into a BlobStorageError). Beam's file sinks and our own checks ask it.
 
+And one switch, used by `pipeline.io.stores.use_run_options`:
+
+- **`--no_auth` for gs://.** Beam's Cloud Storage client searches for Google credentials
+  whatever `--no_auth` says: without any, it retries four times (about 20 s, a logged
+  traceback each) before it connects anonymously. `anonymous_google_credentials` makes that
+  search's answer "anonymous" at once.
+
 Each fix patches one method of the exact Beam version it was written against, and does
 nothing (with a warning) on another version, where the bug may be fixed or the code changed.
 """
@@ -77,3 +84,15 @@ def _fix_azure_exists() -> None:
 
     exists_or_false.adpredict_fixed = True
     io.exists = exists_or_false
+
+
+def anonymous_google_credentials() -> None:
+    """Beam's Google credentials, for this process: none (anonymous), without the search."""
+    import apache_beam
+
+    if apache_beam.__version__ != FIXED_BEAM_VERSION:
+        return  # Beam searches as it does; only slower and noisier
+    from apache_beam.internal.gcp import auth
+
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials, auth._Credentials._credentials_init = None, True

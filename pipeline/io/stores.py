@@ -3,11 +3,13 @@
 
 Beam reads and writes all three; every file of a run goes through its FileSystems. This
 module does the few things FileSystems cannot, with each store's own client (boto3, the
-Azure SDK) built from the options and environment Beam's own client uses:
+Azure SDK; for gs:// the Cloud Storage client of Beam's GcsIO) built from the options and
+environment Beam's own client uses:
 
 - **Check a path's bucket or container before a run**, in seconds, with one line that says
   what is wrong (no credentials, no such bucket, an endpoint that does not answer). Beam's
-  S3 client retries a dead endpoint for 7-10 minutes and Azure's SDK for 1.5-5 minutes.
+  S3 client retries a dead endpoint for 7-10 minutes, Azure's SDK for 1.5-5 minutes and
+  Cloud Storage's client for 2 minutes.
 - **Create an object only if it is absent** and **delete it only if unchanged** (the run
   lock, `pipeline.run.lock`): S3's conditional writes (`If-None-Match: *`, `If-Match`),
   Azure's conditional puts and deletes (`If-None-Match: *`, ETags).
@@ -34,11 +36,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.run_contract import InputError
 
-S3, AZURE = "s3", "azfs"
-STORE_NAMES = {"gs": "Cloud Storage", S3: "Amazon S3", AZURE: "Azure Blob Storage"}
+GCS, S3, AZURE = "gs", "s3", "azfs"
+STORE_NAMES = {GCS: "Cloud Storage", S3: "Amazon S3", AZURE: "Azure Blob Storage"}
 # The preflight check: one attempt after a failed one, a few seconds each, so an endpoint
 # that does not answer is reported within about 10 s.
 CHECK_CONNECT_S, CHECK_READ_S, CHECK_ATTEMPTS = 3, 5, 2
+CHECK_DEADLINE_S = 10  # Cloud Storage's client retries for a time, not a number of attempts
 # The lock's requests: the stores' usual retries (a lost response is read back, see lock.py).
 CALL_CONNECT_S, CALL_READ_S, CALL_ATTEMPTS = 5, 30, 5
 MODEL_CACHE = os.path.join(tempfile.gettempdir(), "adpredict-models")
@@ -148,6 +151,18 @@ def _azure_flags(options) -> tuple[str | None, str | None]:
     return connection or os.environ.get("AZURE_STORAGE_CONNECTION_STRING"), endpoint
 
 
+def use_run_options(options) -> None:
+    """Beam's FileSystems, in this process, with the run's options (endpoints, credentials);
+    `--no_auth` makes gs:// anonymous too (Beam applies it to Dataflow's API only)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from pipeline.io import beam_fixes
+
+    FileSystems.set_options(options)
+    if options.view_as(GoogleCloudOptions).no_auth:
+        beam_fixes.anonymous_google_credentials()
+
+
 # --- checking a path before a run ------------------------------------------------------------
 
 
@@ -160,15 +175,18 @@ def check_store(path: str, options=None, role: str = "path") -> None:
         _check_s3(path, options, role)
     elif scheme == AZURE:
         _check_azure(path, options, role)
+    elif scheme == GCS:
+        _check_gcs(path, options, role)
 
 
 def check_stores(options, paths) -> None:
     """`check_store` for each (role, path), each bucket or container once."""
     seen = set()
     for role, path in paths:
-        if not path or not is_object_store(path):
+        scheme = scheme_of(path) if path else None
+        if scheme not in STORE_NAMES:
             continue
-        where = split_s3(path)[0] if scheme_of(path) == S3 else split_azfs(path)[:2]
+        where = (scheme, split_azfs(path)[:2] if scheme == AZURE else _bucket_of(path))
         if where not in seen:
             seen.add(where)
             check_store(path, options, role)
@@ -176,6 +194,7 @@ def check_stores(options, paths) -> None:
 
 # The store each scheme's last check reached, to name it when a run fails on it later.
 _CHECKED: dict[str, str] = {}
+_GCS_REQUEST = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE) \S*/storage/v1/")
 
 
 def storage_failure(error: BaseException) -> str | None:
@@ -186,6 +205,8 @@ def storage_failure(error: BaseException) -> str | None:
         seen.add(id(error))
         module = type(error).__module__
         scheme = next((s for prefix, s in _ERROR_MODULES.items() if module.startswith(prefix)), None)
+        if module.startswith("google.api_core") and _GCS_REQUEST.search(str(error)):
+            scheme = GCS  # api_core's errors are every Google client's: this one was Cloud Storage's
         if scheme:
             where = _CHECKED.get(scheme, "")
             text = re.sub(r"\s*\[while running '([^']*)'\]", r" (step \1)", _one_line(error, 300))
@@ -194,8 +215,11 @@ def storage_failure(error: BaseException) -> str | None:
     return None
 
 
-# Where each store's client errors come from: Beam's wrappers, boto3, the Azure SDK.
+# Where each store's client errors come from: Beam's wrappers, boto3, the Azure SDK, Cloud
+# Storage's client (its own errors; the api_core ones it raises are told by their request).
 _ERROR_MODULES = {
+    "google.cloud.storage": GCS,
+    "apache_beam.io.gcp.gcsio": GCS,
     "apache_beam.io.aws": S3,
     "botocore": S3,
     "boto3": S3,
@@ -238,6 +262,47 @@ def _check_s3(path: str, options, role: str) -> None:
         ) from None
     except aws.BotoCoreError as e:
         raise StoreUnusable(f"{role} {path}: {_one_line(e)}") from None
+
+
+def _bucket_of(path: str) -> str:
+    """The bucket of a gs:// or s3:// path."""
+    return path.split("://", 1)[1].partition("/")[0]
+
+
+def _check_gcs(path: str, options, role: str) -> None:
+    """The bucket's metadata, with the client Beam's gs:// file system uses (its credentials,
+    STORAGE_EMULATOR_HOST), retried for CHECK_DEADLINE_S instead of Beam's 120 s."""
+    from apache_beam.io.gcp import gcsio
+    from google.api_core import exceptions as google
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket = _bucket_of(path)
+    if not bucket:
+        raise StoreUnusable(f"{role} {path!r} names no bucket: write gs://<bucket>/<path>")
+    client = gcsio.GcsIO(pipeline_options=options).client
+    endpoint = client._connection.API_BASE_URL
+    _CHECKED[GCS] = f"at {endpoint} (gs://{bucket})"
+    try:
+        client.get_bucket(bucket, timeout=(CHECK_CONNECT_S, CHECK_READ_S),
+                          retry=DEFAULT_RETRY.with_timeout(CHECK_DEADLINE_S))  # fmt: skip
+    except google.NotFound:
+        raise StoreUnusable(
+            f"{role} {path}: bucket {bucket!r} does not exist at {endpoint}; create it or fix the path"
+        ) from None
+    except (google.Unauthorized, google.Forbidden) as e:
+        raise StoreUnusable(
+            f"{role} {path}: {endpoint} refused these credentials for bucket {bucket!r} ({_one_line(e)}); run "
+            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+        ) from None
+    except google.RetryError as e:  # its last error, not "Timeout of 10.0s exceeded"
+        if isinstance(e.cause, google.GoogleAPICallError):
+            raise StoreUnusable(f"{role} {path}: {endpoint} answered {_one_line(e.cause)}") from None
+        raise StoreUnusable(
+            f"{role} {path}: cannot reach Cloud Storage at {endpoint} ({_one_line(e.cause or e)}); check the "
+            "network (and STORAGE_EMULATOR_HOST, if set)"
+        ) from None
+    except google.GoogleAPICallError as e:
+        raise StoreUnusable(f"{role} {path}: {endpoint} answered {_one_line(e)}") from None
 
 
 def _check_azure(path: str, options, role: str) -> None:
