@@ -8,7 +8,7 @@ EMULATORS := .venv-emulators
 WORK_DIR ?= demo_output
 RECORDS ?= 5000
 
-.PHONY: help venv emulators browser demo test fuzz bench bench-gpu lint format lock clean
+.PHONY: help venv emulators browser docs docs-build demo test fuzz bench bench-gpu lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -42,6 +42,20 @@ $(PROXY)/.installed: requirements-proxy.txt
 
 emulators: $(EMULATORS)/.installed $(AZURITE) $(PROXY)/.installed ## Local servers for the tests: Cloud Storage, BigQuery, S3 (moto), Azure (Azurite), a fault proxy
 
+DOCS := .venv-docs
+$(DOCS)/.installed: requirements-docs.txt
+	$(PYTHON) -m venv $(DOCS)
+	$(DOCS)/bin/pip install --quiet --upgrade pip
+	$(DOCS)/bin/pip install --quiet -r requirements-docs.txt
+	touch $@
+
+# NO_MKDOCS_2_WARNING: Material's banner about its successor, printed on every build.
+docs-build: $(DOCS)/.installed ## Build the docs site into site/ with warnings as errors (a broken link fails)
+	NO_MKDOCS_2_WARNING=1 $(DOCS)/bin/mkdocs build --strict --quiet
+
+docs: $(DOCS)/.installed ## Serve the docs site on http://127.0.0.1:8000, rebuilt on every edit
+	NO_MKDOCS_2_WARNING=1 $(DOCS)/bin/mkdocs serve --strict
+
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser: ## Install headless Chromium (Debian package) for the report test
 	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
@@ -49,7 +63,7 @@ browser: ## Install headless Chromium (Debian package) for the report test
 demo: venv ## Generate data, analyze, train, export, predict (DirectRunner, local files)
 	$(BIN)/adpredict demo --work_dir $(WORK_DIR) --records $(RECORDS)
 
-test: venv emulators browser ## Run the test suite (includes lint and the import rule; starts the emulators it needs)
+test: venv emulators browser docs-build ## Run the test suite (includes lint, the import rule and the docs site build; starts the emulators it needs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
