@@ -162,7 +162,7 @@ def plan(options: PipelineOptions) -> PredictPlan:
     predict = options.view_as(opts.PredictOptions)
     inputs = opts.inputs_from(options)
     offline = is_dry_run(options)
-    if not offline:  # S3 or Azure that cannot be used: one line now, not minutes of retries later
+    if not offline:  # a store (gs://, S3, Azure) that cannot be used: one line now, not minutes of retries
         stores.check_stores(
             options,
             [("--model_dir", predict.model_dir), *(("--input", p) for p in inputs.file_patterns),
