@@ -231,7 +231,7 @@ def one_error_line(argv, capsys) -> str:
     capsys.readouterr()
     assert cli.main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.startswith("adpredict: error: ") and err.count("\n") == 1, err
+    assert err.startswith(f"adpredict {argv[0]}: error: ") and err.count("\n") == 1, err
     return err
 
 
@@ -392,6 +392,41 @@ def test_one_string_input_that_is_not_a_tf_example_is_a_text_field(tmp_path):
         {"upper": "A B C", "words": 3},
         {"upper": "üNï CöDé", "words": 2},
     ]
+
+
+def test_a_fixed_length_feature_with_a_default_is_an_optional_field(tmp_path):
+    """tf.io.FixedLenFeature(default_value=...) in the model's parse spec: a record without the
+    field gets the default (TensorFlow keeps it behind a Reshape in the graph)."""
+    import tensorflow as tf
+
+    from transforms.signature_reader import describe_model
+
+    spec = {
+        "x": tf.io.FixedLenFeature([], tf.float32, default_value=0.5),
+        "y": tf.io.FixedLenFeature([], tf.float32),
+    }
+
+    class Sum(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve(self, examples):
+            parsed = tf.io.parse_example(examples, spec)
+            return {"total": parsed["x"] + parsed["y"]}
+
+    module = Sum()
+    model_dir = str(tmp_path / "sum")
+    tf.saved_model.save(
+        module, model_dir, signatures={"serving_default": module.serve.get_concrete_function()}
+    )
+    fields = {f.name: f for f in describe_model(model_dir).inputs}
+    assert fields["y"].required and not fields["x"].required
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"x": 2.0, "y": 1.0}) + "\n" + json.dumps({"y": 3.0}) + "\n")
+    manifest = run_predict(model_dir, str(path), tmp_path / "out")
+    assert manifest["counts"]["predictions"] == 2 and manifest["counts"]["errors"] == 0
+    totals = sorted(
+        p["prediction"]["total"] for p in read_jsonl(str(tmp_path / "out" / "prediction.results-*"))
+    )
+    assert totals == [3.0, 3.5]
 
 
 def test_the_parity_gate_checks_a_foreign_models_transform(census_model, tmp_path, capsys):

@@ -529,7 +529,9 @@ def _features_of(node, nodes) -> tuple[ExampleFeature, ...]:
 
     def constant(text: str):
         source = by_name.get(text.lstrip("^").split(":")[0])
-        while source is not None and source.op == "Identity":
+        # tf.io.parse_example puts a FixedLenFeature's default behind a Reshape to its shape:
+        # the values (all that is read here) are the constant's.
+        while source is not None and source.op in ("Identity", "Reshape"):
             source = by_name.get(source.input[0].split(":")[0])
         if source is None or source.op != "Const":
             raise _UnreadableParsing(

@@ -26,7 +26,7 @@ def format_report(report: dict) -> str:
             "" if origin.endswith(DESCRIPTION_PATH) else f" read from the signature (no {DESCRIPTION_PATH})"
         )
         lines.append(
-            f"  adpredict description{source}: schema {report['schema'] or '-'}, {key_text}, label {report['label']}"
+            f"  adpredict description{source}: schema {report['schema'] or '-'}, {key_text}, label {report['label'] or '-'}"
         )
     else:
         lines.append(f"  no adpredict description ({DESCRIPTION_PATH})" + (
