@@ -7,13 +7,16 @@
     adpredict nightly  --config nightly.yaml [--date D | --backfill START END] [--force]
     adpredict demo     --work_dir DIR [--records N]
     adpredict inspect  MODEL_DIR [--json]
+    adpredict --version
 
 `analyze` and `predict` hand their arguments to the pipelines as Beam options, so
 `adpredict predict ... --runner DataflowRunner` works as `python -m pipeline.predict` does.
 A flag no command declares (neither adpredict nor Beam) is refused, naming the closest one.
-Errors a user can fix are printed as one line naming what to change, with exit code 2
-(3 when a run wrote everything but passed --max_error_rate). A run ends with a short
-summary on stdout. `--verbose`, on any command, shows TensorFlow's start-up lines and INFO logs.
+`adpredict <command> --help` lists the command's own flags (`--help_beam` Beam's). Errors a
+user can fix are printed as one line naming the command and what to change,
+`adpredict predict: error: ...`, with exit code 2 (3 when a run wrote everything but passed
+--max_error_rate). A run ends with a short summary on stdout. `--verbose`, on any command,
+shows TensorFlow's start-up lines and INFO logs.
 """
 
 from __future__ import annotations
@@ -27,8 +30,13 @@ from pipeline.trainer import IMAGE_TOWERS
 
 __all__ = ["EXIT_ERROR_RATE", "EXIT_USAGE", "build_parser", "main"]
 
+PROG = "adpredict"
 # Commands whose module's main() parses the flags (Beam's included) and runs the job.
-PIPELINE_COMMANDS = ("analyze", "predict", "nightly")
+PIPELINE_COMMANDS = {
+    "analyze": "Analyze training records with tf.Transform",
+    "predict": "Score ad records with an exported model",
+    "nightly": "Score one date's records (or a range of dates) from a config file, unattended",
+}
 
 
 def _generate(args) -> int:
@@ -52,7 +60,7 @@ def _generate(args) -> int:
         )
         print(f"wrote {count:,} records to {args.output}")
 
-    return run_reporting_errors(run, None)
+    return run_reporting_errors(run, None, prog=args.prog)
 
 
 def _train(args) -> int:
@@ -76,20 +84,36 @@ def _train(args) -> int:
         metrics.update(measure_export(args.model_dir, args.transform_dir, schema, args.batch_size))
         print(train_summary(metrics, args.model_dir, seconds_since_start()), flush=True)
 
-    return run_reporting_errors(run, None)
+    return run_reporting_errors(run, None, prog=args.prog)
 
 
 def _demo(args) -> int:
     from pipeline.demo import run_demo
     from pipeline.entrypoint import run_reporting_errors
 
-    return run_reporting_errors(lambda _: run_demo(args.work_dir, args.records, args.seed), None)
+    return run_reporting_errors(
+        lambda _: run_demo(args.work_dir, args.records, args.seed), None, prog=args.prog
+    )
+
+
+def version() -> str:
+    """`adpredict --version`: the installed package's version (setup.py's), then the stack it
+    pins (TensorFlow, Beam)."""
+    from importlib import metadata
+
+    try:
+        pins = [r for r in metadata.requires(PROG) or () if "==" in r and ";" not in r]
+        return f"{PROG} {metadata.version(PROG)}\npinned: {', '.join(pins)}"
+    except metadata.PackageNotFoundError:
+        return f"{PROG} (not installed: pip install -e . gives it a version)"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.entrypoint import VERBOSE_HELP, CommandParser
     from pipeline.sampledata.generate import FORMATS as GENERATED_FORMATS
 
-    parser = argparse.ArgumentParser(prog="adpredict", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="Write synthetic ad records with a planted signal.")
@@ -105,11 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.set_defaults(handler=_generate)
 
-    for name in PIPELINE_COMMANDS:
+    for name, what in PIPELINE_COMMANDS.items():
         sub = commands.add_parser(
-            name,
-            help=f"Run the {name} pipeline (all Beam options accepted; see --help).",
-            add_help=False,
+            name, help=f"{what} (Beam options accepted); see `adpredict {name} --help`.", add_help=False
         )
         sub.set_defaults(pipeline_module=f"pipeline.{name}")
 
@@ -159,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.subcommands = {
         name: sub for name, sub in commands.choices.items() if name not in (*PIPELINE_COMMANDS, "inspect")
     }
-    verbose_help = "Show TensorFlow's start-up lines and INFO logs (hidden by default)."
     for sub in (parser, *parser.subcommands.values()):
-        sub.add_argument(VERBOSE_FLAG, action="store_true", help=verbose_help)
+        sub.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
+        sub.set_defaults(prog=sub.prog)  # "adpredict generate": how its error lines begin
     return parser
 
 
@@ -179,13 +201,14 @@ def main(argv=None) -> int:
             return module.main(argv[1:])
         parser = build_parser()
         if argv and argv[0] in parser.subcommands:
+            from pipeline.entrypoint import error_line
             from pipeline.options import OptionsError, check_argv
 
-            flags = parser.subcommands[argv[0]]._option_string_actions
+            sub = parser.subcommands[argv[0]]
             try:
-                check_argv(argv[1:], flags)
+                check_argv(argv[1:], sub._option_string_actions)
             except OptionsError as e:
-                print(f"adpredict: error: {e}", file=sys.stderr)
+                print(error_line(sub.prog, e), file=sys.stderr)
                 return EXIT_USAGE
         args = parser.parse_args(argv)
         return args.handler(args)

@@ -39,12 +39,21 @@ import zoneinfo
 
 import yaml
 
-from pipeline.entrypoint import print_pipeline_summary, run_reporting_errors
+from pipeline.entrypoint import (
+    VERBOSE_HELP,
+    CommandParser,
+    beam_help,
+    error_line,
+    print_pipeline_summary,
+    run_reporting_errors,
+)
 from pipeline.options import (
+    HELP_BEAM,
     CachedViewOptions,
     OptionsError,
     PredictOptions,
     check_argv,
+    check_flags,
     declared_flags,
     register_runner_options,
 )
@@ -328,10 +337,12 @@ def night(config: NightlyConfig, date: datetime.date, args, extra) -> int:
     codes = []
     try:
         code = run_reporting_errors(
-            lambda _: codes.append(run_date(config, date, args.force, extra, args.parity_only, ran)), None
+            lambda _: codes.append(run_date(config, date, args.force, extra, args.parity_only, ran)),
+            None,
+            prog=PROG,
         )
     except ConfigError as e:
-        print(f"adpredict nightly: error: {e}", file=sys.stderr, flush=True)
+        print(error_line(PROG, e), file=sys.stderr, flush=True)
         code = EXIT_USAGE
     code = code or (codes[0] if codes else EXIT_OK)
     if not args.parity_only:
@@ -390,53 +401,70 @@ def main(argv=None) -> int:
         return _main(argv)
 
 
-def _parser():
-    import argparse
+PROG = "adpredict nightly"
+EXIT_CODES_HELP = (
+    "exit codes (a scheduler retries only those that say 'retry later'; hooks: see docs/nightly.md):\n"
+    + exit_code_table()
+)
+PASSED_ON_HELP = f"""flags passed to every date's predict run:
+  Any other flag of `adpredict predict` (see its --help) or of Beam and
+  Dataflow ({HELP_BEAM}), e.g. --runner DataflowRunner --project P, goes to
+  each date's predict run after the config's settings and pipeline_args, so a
+  flag that takes one value wins over the config's. The config gives each
+  date its --model_dir, --input, --output_dir and --run_date, and, unless
+  given, --drift_baseline: the latest earlier night that published. A flag
+  neither nightly nor predict declares is refused."""
 
-    parser = argparse.ArgumentParser(
-        prog="adpredict nightly",
+
+def _parser():
+    parser = CommandParser(
+        prog=PROG,
+        usage="%(prog)s --config FILE [--date DATE | --backfill START END] ...",
         description=__doc__.split("\n\n")[0],
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
+        epilog="\n\n".join(["examples:\n" + __doc__.split("\n\n")[1], PASSED_ON_HELP, EXIT_CODES_HELP]),
+        add_help=False,
     )
-    parser.add_argument("--config", required=True, help="Nightly config file (YAML).")
-    when = parser.add_mutually_exclusive_group()
-    when.add_argument("--date", type=datetime.date.fromisoformat, help="YYYY-MM-DD; default: yesterday.")
-    when.add_argument("--backfill", nargs=2, type=datetime.date.fromisoformat, metavar=("START", "END"),
-                      help="Every date from START to END, in order, skipping those already done.")  # fmt: skip
-    parser.add_argument("--force", action="store_true", help="Re-run dates that are already done.")
-    parser.add_argument(
+    what, when, gates, run = (parser.add_argument_group(t) for t in ("config", "dates", "gates", "run"))
+    what.add_argument(
+        "--config", required=True, metavar="FILE", help="Nightly config file (YAML); see docs/nightly.md."
+    )
+    one = when.add_mutually_exclusive_group()
+    one.add_argument("--date", type=datetime.date.fromisoformat,
+                     help="YYYY-MM-DD; default: yesterday, in the config's time zone.")  # fmt: skip
+    one.add_argument("--backfill", nargs=2, type=datetime.date.fromisoformat, metavar=("START", "END"),
+                     help="Every date from START to END, in order, skipping those already done.")  # fmt: skip
+    when.add_argument("--force", action="store_true", help="Re-run dates that are already done.")
+    gates.add_argument(
         "--accept_drift",
         action="store_true",
         help="Publish a date the data-quality gate blocked, after a person reviewed its report.html "
         "(passed to predict; the verdict is recorded as accepted).",
     )
-    parser.add_argument(
-        "--parity_only", action="store_true", help="Only run the parity gate (exit 0 when it passes)."
+    gates.add_argument(
+        "--parity_only",
+        action="store_true",
+        help=f"Only run the parity gate (exit {EXIT_OK} when it passes; needs transform_dir).",
     )
-    parser.add_argument(
-        VERBOSE_FLAG, action="store_true", help="Show TensorFlow's start-up lines and INFO logs."
-    )
+    run.add_argument(VERBOSE_FLAG, action="store_true", help=VERBOSE_HELP)
+    run.add_argument("-h", "--help", action="help", help="Show this help and exit.")
+    run.add_argument(HELP_BEAM, action="store_true", help="List Beam's and Dataflow's flags and exit.")
     return parser
 
 
-EXIT_CODES_HELP = (
-    "exit codes (a scheduler retries only those that say 'retry later'; hooks: see docs/nightly.md):\n"
-    + exit_code_table()
-)
-
-
 def _main(argv: list[str]) -> int:
+    if HELP_BEAM in argv:
+        print(beam_help(PROG), end="")
+        return EXIT_OK
     parser = _parser()
     register_runner_options(argv)  # --runner DaskRunner: its --dask_* flags
     predict_flags = declared_flags([PredictOptions])
     try:  # each flag is nightly's or predict's (Beam's included): a typo is refused, not passed on
         check_argv(argv, {**predict_flags, **parser._option_string_actions})
+        args, extra = parser.parse_known_args(argv)
+        check_flags(extra, [PredictOptions])  # a value predict's flag does not take: one line now
     except OptionsError as e:
-        print(f"adpredict: error: {e}", file=sys.stderr)
+        print(error_line(PROG, e), file=sys.stderr)
         return EXIT_USAGE
-    args, extra = parser.parse_known_args(argv)
     if args.accept_drift:  # predict's flag, listed in nightly's --help
         extra = [*extra, "--accept_drift"]
     try:
@@ -450,7 +478,7 @@ def _main(argv: list[str]) -> int:
             raise ConfigError(f"{args.config}: pipeline_args: {e}") from None
         todo = dates(*args.backfill) if args.backfill else [args.date or yesterday(config.timezone)]
     except ConfigError as e:
-        print(f"adpredict nightly: error: {e}", file=sys.stderr)
+        print(error_line(PROG, e), file=sys.stderr)
         return EXIT_USAGE
     codes = []
     for date in todo:

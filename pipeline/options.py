@@ -2,9 +2,11 @@
 
 Beam parses every PipelineOptions subclass with one parser, so a flag is declared once
 (shared ones in `RecordIOOptions`) and none is `required=True` there (that would make every
-other pipeline demand it); `validate_*` checks them before a graph is built and names the
-flag that is wrong. Beam only warns about a flag no subclass declares and runs without it;
-`check_flags` refuses it first, naming the closest declared flag.
+other pipeline demand it): a class's `REQUIRED` names the flags a run needs (--help marks
+them), `validate_*` checks them before a graph is built and names the flag that is wrong.
+Each flag names its --help group where it is declared. Beam only warns about a flag no
+subclass declares and runs without it; `check_flags` refuses it first, naming the closest
+declared flag, and a value its flag does not take (`--batch_size abc`), in one line.
 """
 
 from __future__ import annotations
@@ -20,9 +22,21 @@ from pipeline.inference.devices import GPU_POLICIES
 from pipeline.inference.precision import DEFAULT_PRECISION, PRECISIONS
 from pipeline.io import INPUT_FORMATS, OUTPUT_FORMATS
 from pipeline.io.splitting import DEFAULT_SPLIT_BYTES
+from pipeline.quality.thresholds import DEFAULT_LIMITS, FEATURE_PREFIX
 from pipeline.read import Inputs
-from pipeline.run_contract import DEFAULT_MAX_ERROR_RATE, OptionsError
+from pipeline.run_contract import (
+    DEFAULT_MAX_ERROR_RATE,
+    EXIT_ERROR_RATE,
+    EXIT_GATE,
+    RUN_LOCK,
+    OptionsError,
+)
 from pipeline.startup import VERBOSE_FLAG
+
+# The groups of a pipeline's --help, in the order it shows them.
+INPUT, OUTPUT, MODEL, QUALITY, RUN = "input", "output", "model and scoring", "data-quality gate", "run"
+HELP_GROUPS = (INPUT, OUTPUT, MODEL, QUALITY, RUN)
+HELP_BEAM = "--help_beam"  # lists Beam's and Dataflow's flags, which --help leaves out
 
 
 class CachedViewOptions(PipelineOptions):
@@ -48,66 +62,84 @@ class CachedViewOptions(PipelineOptions):
         return state
 
 
+def help_group(parser, title: str):
+    """`parser`'s argument group `title`, made on first use: --help shows the flags by group."""
+    for group in parser._action_groups:
+        if group.title == title:
+            return group
+    return parser.add_argument_group(title)
+
+
 class RecordIOOptions(PipelineOptions):
     """Flags every adpredict pipeline has: where records come from and where results go."""
 
+    REQUIRED = ("--input", "--output_dir")  # --input or --input_query; see _validate_io
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
+        read = help_group(parser, INPUT)
+        read.add_argument(
             "--input",
             action="append",
             default=None,
-            help="File pattern of input records (local path or gs://, globs allowed) or a BigQuery "
-            "table bq://project.dataset.table; repeatable.",
+            metavar="PATTERN",
+            help="Input records: a file pattern (local, gs://, s3://, azfs://; globs allowed) or a BigQuery table "
+            "bq://project.dataset.table; repeatable.",
         )
-        parser.add_argument(
+        read.add_argument(
             "--input_format",
             choices=INPUT_FORMATS,
             default=None,
-            help="Format of the input files; by default told from the file names.",
+            metavar="FORMAT",
+            help="%(choices)s; default: told from the file names.",
         )
-        parser.add_argument(
+        read.add_argument(
             "--csv_columns",
             default=None,
-            help="Column order of CSV files without a header row, comma-separated "
-            "(default: the schema file's csv_columns, else the first row is the header).",
+            metavar="COLS",
+            help="Column order of CSV files without a header row, comma-separated; default: the "
+            "schema's csv_columns, else the first row is the header.",
         )
-        parser.add_argument(
+        read.add_argument(
             "--input_query",
             default=None,
-            help="Standard-SQL query whose result rows are the input records (BigQuery).",
+            metavar="SQL",
+            help="Standard-SQL query whose result rows are the input records, instead of --input.",
         )
-        parser.add_argument(
+        read.add_argument(
             "--query_dataset",
             default=None,
+            metavar="DATASET",
             help="project.dataset where --input_query's result is written for reading (expires in a day).",
         )
-        parser.add_argument(
+        read.add_argument(
             "--input_filter",
             default=None,
-            help="Row restriction for a bq:// input table, e.g. 'DATE(_PARTITIONTIME) = \"2026-11-26\"'.",
+            metavar="SQL",
+            help="Row restriction for a bq:// --input table, e.g. 'DATE(_PARTITIONTIME) = \"2026-11-26\"'.",
         )
-        parser.add_argument(
-            "--output_dir",
-            default=None,
-            help="Directory the run writes into (local or gs://): run.json, _SUCCESS, error files.",
-        )
-        parser.add_argument(
+        read.add_argument(
             "--split_bytes",
             type=int,
             default=None,
-            help="Read a JSONL, CSV or Parquet file larger than this (bytes) as several parts in parallel "
-            f"(byte ranges, row groups); default {DEFAULT_SPLIT_BYTES >> 20} MiB where parts run in parallel "
-            "(Dataflow, Dask, --direct_running_mode multi_threading/multi_processing), else 0; "
-            "0: one reader per file.",
+            metavar="BYTES",
+            help="Read a JSONL, CSV or Parquet file larger than this as parts in parallel; default "
+            f"{DEFAULT_SPLIT_BYTES >> 20} MiB where parts run in parallel (Dataflow, Dask, a local "
+            "multi_threading/multi_processing run), else 0 (one reader per file).",
         )
-        parser.add_argument(
+        help_group(parser, OUTPUT).add_argument(
+            "--output_dir",
+            default=None,
+            metavar="DIR",
+            help="Directory the run writes into (local, gs://, s3://, azfs://): run.json, _SUCCESS, error files.",
+        )
+        help_group(parser, RUN).add_argument(
             "--max_error_rate",
             type=float,
             default=DEFAULT_MAX_ERROR_RATE,
-            help="Fail the run (exit 3, no _SUCCESS, everything still written) when more than this "
-            f"share of the records read are errors (0..1; default {DEFAULT_MAX_ERROR_RATE}: the odd "
-            "bad record passes, schema drift or a wrong file fails; 1 never fails on errors).",
+            metavar="RATE",
+            help=f"Fail the run (exit {EXIT_ERROR_RATE}: all written, no _SUCCESS) when more than "
+            "this share of the records read are errors; 1: never.",
         )
 
 
@@ -116,161 +148,179 @@ class BigQueryOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
-            "--bigquery_endpoint", default=None, help="BigQuery REST endpoint, e.g. http://127.0.0.1:9050."
+        run = help_group(parser, RUN)
+        run.add_argument(
+            "--bigquery_endpoint",
+            default=None,
+            metavar="URL",
+            help="BigQuery REST endpoint, e.g. http://127.0.0.1:9050; default: Google's.",
         )
-        parser.add_argument(
+        run.add_argument(
             "--bigquery_storage_endpoint",
             default=None,
-            help="BigQuery Storage API (gRPC) endpoint host:port; plain text when --bigquery_endpoint is http://.",
+            metavar="HOST:PORT",
+            help="BigQuery Storage API (gRPC) endpoint; plain text when --bigquery_endpoint is http://.",
         )
 
 
 class PredictOptions(PipelineOptions):
+    REQUIRED = ("--model_dir",)
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--model_dir", default=None, help="Exported model directory (required).")
-        parser.add_argument(
+        model, read, write = help_group(parser, MODEL), help_group(parser, INPUT), help_group(parser, OUTPUT)
+        quality, run = help_group(parser, QUALITY), help_group(parser, RUN)
+        model.add_argument(
+            "--model_dir", default=None, metavar="DIR", help="The model directory `adpredict train` exported."
+        )
+        read.add_argument(
             "--input_schema",
             default=None,
-            help="Schema file (YAML) of the input records, for a model without adpredict_model.json "
-            "(e.g. a TFX export): field types, missing rules, key. Default: read from the model's "
-            "signature. See docs/model_description.md.",
+            metavar="FILE",
+            help="Schema (YAML) of the input records, for a model without adpredict_model.json (a TFX "
+            "export); default: from the model's signature (docs/model_description.md).",
         )
-        parser.add_argument(
+        write.add_argument(
             "--output_format",
             choices=OUTPUT_FORMATS,
             default="jsonl",
-            help="Format of the prediction files (errors are always JSON lines), or bigquery.",
+            metavar="FORMAT",
+            help="%(choices)s; error records are JSON lines.",
         )
-        parser.add_argument(
+        write.add_argument(
             "--output_table",
             default=None,
+            metavar="TABLE",
             help="Predictions table bq://project.dataset.table (with --output_format bigquery).",
         )
-        parser.add_argument(
+        write.add_argument(
             "--output_errors_table",
             default=None,
+            metavar="TABLE",
             help="Errors table; default: the predictions table's name + _errors.",
         )
-        parser.add_argument(
+        write.add_argument(
             "--write_disposition",
             choices=("truncate", "append"),
             default="truncate",
-            help="Replace the tables' rows (default: a re-run gives the same tables) or append to them.",
+            metavar="MODE",
+            help="truncate: replace the tables' rows (a re-run gives the same tables), or append.",
         )
-        parser.add_argument(
+        write.add_argument(
             "--passthrough_fields",
             default=None,
-            help="Input fields copied into every prediction, comma-separated; a field that is not "
-            "a model input may declare its type as name:int|float|string (default string).",
+            metavar="FIELDS",
+            help="Input fields copied into every prediction, comma-separated; one that is not a "
+            "model input may give its type: name:int|float|string (default string).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--batch_size",
             type=int,
             default=None,
+            metavar="N",
             help="Records per model call; default: the batch size recorded in the model.",
         )
-        parser.add_argument(
+        model.add_argument(
             "--max_batch_bytes",
             type=int,
             default=DEFAULT_MAX_BATCH_BYTES,
-            help="Most bytes of text and image values in one model call (default 64 MiB): a batch "
-            "of large creatives is cut smaller, so the model's copies and decodes of them stay "
-            "bounded; 0 turns the cap off.",
+            metavar="BYTES",
+            help="Most bytes of text and image values in one model call (default "
+            f"{DEFAULT_MAX_BATCH_BYTES >> 20} MiB; 0: no cap).",
         )
-        parser.add_argument(
+        write.add_argument(
             "--force_unlock",
             action="store_true",
             default=False,
-            help="Remove the output directory's lock file (.adpredict-run.lock) left by a run that "
-            "is no longer running, then run.",
+            help=f"Remove the lock file ({RUN_LOCK}) a run that is no longer running left, then run.",
         )
-        parser.add_argument(
+        run.add_argument(
             "--run_date",
             default=None,
+            metavar="DATE",
             help="The date this run scores (recorded in run.json; set by `adpredict nightly`).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--tf_threads",
             type=int,
             default=None,
-            help="TensorFlow threads per worker process; default: the host's cores divided "
-            "by the worker processes sharing it (so N processes do not each take every core).",
+            metavar="N",
+            help="TensorFlow threads per worker process; default: cores / processes on the host.",
         )
-        parser.add_argument(
+        model.add_argument(
             "--precision",
             choices=PRECISIONS,
             default=DEFAULT_PRECISION,
-            help="Arithmetic of the model's convolutions and matrix products: fp32; bf16 (on CPUs "
-            "with AVX-512 BF16 or AMX, for a model whose outputs pass its bf16 check); auto: bf16 "
-            "where the model passes the check and bf16 measured faster on this kind of CPU, else "
-            "fp32 (see docs/precision.md).",
+            metavar="MODE",
+            help="fp32, bf16 (AVX-512 BF16 or AMX CPUs), or auto: bf16 where the model passes its "
+            "bf16 check and bf16 is faster here (docs/precision.md).",
         )
-        parser.add_argument(
+        model.add_argument(
             "--gpu",
             choices=GPU_POLICIES,
             default="auto",
-            help="auto: use a GPU if TensorFlow sees one; require: stop (exit 7) on a worker with "
-            "none instead of scoring on its CPU (run_dataflow.sh passes this with GPU_TYPE); warn: "
-            "score on the CPU with a warning.",
+            metavar="MODE",
+            help=f"auto: use a GPU if TensorFlow sees one; require: stop (exit {EXIT_GATE}) on a "
+            "worker with none; warn: score on the CPU with a warning.",
         )
-        parser.add_argument(
+        run.add_argument(
             "--no_progress",
             action="store_true",
             default=False,
-            help="Do not show progress (records read / scored / errors) on stderr during a local run.",
+            help="No progress line (records read / scored / errors) on stderr in a local run.",
         )
-        parser.add_argument(
+        quality.add_argument(
             "--quality_gate",
             choices=("on", "off"),
             default="on",
-            help="The data-quality gate: profile the records and predictions, compare them with the "
-            "model's training profile and --drift_baseline, and keep a gross shift from being "
-            "published (default on; see docs/data_quality.md).",
+            metavar="on|off",
+            help="Compare records and predictions with the training profile and --drift_baseline; "
+            "block a gross shift (docs/data_quality.md).",
         )
-        parser.add_argument(
+        quality.add_argument(
             "--duplicate_keys",
             choices=("on", "off"),
             default="on",
-            help="Count records whose key repeats (exact; shown in the summary, run.json and the "
-            "report). Holds every key once, about its length + 4 bytes, spread over 16 parts; "
-            "off saves that for very large runs.",
+            metavar="on|off",
+            help="Count repeated keys (holds each key: its length + 4 bytes; off for huge runs).",
         )
-        parser.add_argument(
+        quality.add_argument(
             "--quality_threshold",
             action="append",
             default=None,
             metavar="NAME=WARN:BLOCK",
-            help="A limit of the gate, repeatable: distance (L-infinity / Jensen-Shannon, default "
-            "0.1:0.3), missing (0.1:0.3), volume (0.2:0.4), prediction (mean shift in std, 0.5:1), "
-            "or feature.NAME for one feature's distance; off turns a level off.",
+            help="A limit of the gate, repeatable (defaults: "
+            + ", ".join(f"{name}={limits}" for name, limits in DEFAULT_LIMITS.items())
+            + f"), or {FEATURE_PREFIX}NAME for one feature's distance; off: no limit.",
         )
-        parser.add_argument(
+        quality.add_argument(
             "--accept_drift",
             action="store_true",
             default=False,
-            help="Publish the run even if the gate would block it (a night a person reviewed); the "
-            "verdict is recorded as accepted.",
+            help="Publish even if the gate blocks (a night a person reviewed); recorded as accepted.",
         )
-        parser.add_argument(
+        quality.add_argument(
             "--drift_baseline",
             default=None,
-            help="Output directory (or run.json) of an earlier run to check drift against; "
-            "`adpredict nightly` passes the previous night's.",
+            metavar="DIR",
+            help="Output directory (or run.json) of an earlier run to check drift against "
+            "(`adpredict nightly` passes the previous night's).",
         )
 
 
 class AnalyzeOptions(PipelineOptions):
+    REQUIRED = ()
+
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument(
+        help_group(parser, INPUT).add_argument(
             "--schema", default="ads", help="Schema file (YAML) or a built-in name: ads, criteo."
         )
-        parser.add_argument(
+        help_group(parser, OUTPUT).add_argument(
             "--eval_percent",
             type=int,
             default=20,
+            metavar="N",
             help="Percent of records held out for evaluation (chosen by file and line).",
         )
 
@@ -278,7 +328,7 @@ class AnalyzeOptions(PipelineOptions):
 def _validate_io(io: RecordIOOptions) -> None:
     if not io.input and not io.input_query:
         raise OptionsError(
-            "--input is required: a file pattern (local or gs://) or bq://project.dataset.table of input "
+            "--input is required: a file pattern (local, gs://, s3://, azfs://) or bq://project.dataset.table of input "
             "records, or --input_query"
         )
     if io.input_filter and not any(i.startswith("bq://") for i in io.input or ()):
@@ -287,7 +337,9 @@ def _validate_io(io: RecordIOOptions) -> None:
             "put the condition in the query's WHERE clause)"
         )
     if not io.output_dir:
-        raise OptionsError("--output_dir is required: the directory (local or gs://) the run writes into")
+        raise OptionsError(
+            "--output_dir is required: the directory (local, gs://, s3://, azfs://) the run writes into"
+        )
     if not 0.0 <= io.max_error_rate <= 1.0:
         raise OptionsError(f"--max_error_rate must be between 0 and 1, got {io.max_error_rate}")
     if io.split_bytes is not None and io.split_bytes < 0:
@@ -339,12 +391,18 @@ _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 def _beam_parser() -> argparse.ArgumentParser:
     """A parser like the one Beam builds (value-provider arguments too), tolerating a flag
-    declared twice (a PipelineOptions subclass imported under two names)."""
+    declared twice (a PipelineOptions subclass imported under two names); a value its flag
+    does not take is an OptionsError, not argparse's usage text and exit."""
     try:
         from apache_beam.options.pipeline_options import _BeamArgumentParser as Parser
     except ImportError:  # a Beam without it: only value-provider flags would be missed
         Parser = argparse.ArgumentParser
-    return Parser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+
+    class CheckingParser(Parser):
+        def error(self, message):
+            raise OptionsError(message)
+
+    return CheckingParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
 
 
 def _subclasses(cls) -> list[type]:
@@ -354,9 +412,9 @@ def _subclasses(cls) -> list[type]:
     return found
 
 
-def declared_flags(option_classes) -> dict[str, argparse.Action]:
-    """Every flag a pipeline command takes: Beam's (every PipelineOptions subclass that is not
-    adpredict's), adpredict's shared ones and `option_classes`', -h/--help and --verbose.
+def _declared_parser(option_classes) -> argparse.ArgumentParser:
+    """A parser of the flags a pipeline passes to Beam: Beam's (every PipelineOptions subclass
+    that is not adpredict's), adpredict's shared ones and `option_classes`'.
 
     Beam parses flags with every subclass it knows and only warns about the rest; this is
     the set a flag must belong to, so a typo is refused instead of ignored. Another
@@ -373,8 +431,23 @@ def declared_flags(option_classes) -> dict[str, argparse.Action]:
             cls._add_argparse_args(parser)
         except (argparse.ArgumentError, TypeError, ValueError):
             continue  # a broken third-party options class must not stop ours
-    parser.add_argument("-h", "--help", action="store_true")
-    parser.add_argument(VERBOSE_FLAG, action="store_true")
+    return parser
+
+
+def declared_flags(option_classes) -> dict[str, argparse.Action]:
+    """Every flag a pipeline command takes, by name: those it passes to Beam (see
+    `_declared_parser`), -h/--help, --help_beam and --verbose."""
+    return _with_command_flags(_flags_of(_declared_parser(option_classes)))
+
+
+def _with_command_flags(flags: dict[str, argparse.Action]) -> dict[str, argparse.Action]:
+    parser = argparse.ArgumentParser(add_help=False)
+    for names in (("-h", "--help"), (HELP_BEAM,), (VERBOSE_FLAG,)):
+        parser.add_argument(*names, action="store_true")
+    return {**flags, **_flags_of(parser)}
+
+
+def _flags_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {flag: action for action in parser._actions for flag in action.option_strings}
 
 
@@ -423,9 +496,12 @@ def check_argv(argv, flags: dict[str, argparse.Action]) -> None:
 
 
 def check_flags(argv, option_classes) -> None:
-    """Refuses a flag that neither adpredict's `option_classes` nor Beam declares."""
+    """Refuses a flag that neither adpredict's `option_classes` nor Beam declares, then a value
+    its flag does not take (`--batch_size abc`, `--output_format xml`), as Beam would."""
     register_runner_options(argv)
-    check_argv(argv, declared_flags(option_classes))
+    parser = _declared_parser(option_classes)
+    check_argv(argv, _with_command_flags(_flags_of(parser)))
+    parser.parse_known_args(list(argv))  # (without -h, which would take "-hour > 3" as -h our > 3)
 
 
 def register_runner_options(argv) -> None:
@@ -441,36 +517,6 @@ def _register_dask_options() -> None:
         import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
     except ImportError:
         pass  # dask not installed: running on it fails with Beam's message
-
-
-def print_help_if_asked(argv, prog: str, description: str, option_classes) -> bool:
-    """Prints our flags and Beam's main ones for `-h/--help` (Beam's own parser hides them)."""
-    import argparse
-
-    from apache_beam.options.pipeline_options import (
-        DirectOptions,
-        GoogleCloudOptions,
-        SetupOptions,
-        StandardOptions,
-        WorkerOptions,
-    )
-
-    if not argv or not ({"-h", "--help"} & set(argv)):
-        return False
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    for cls in (RecordIOOptions, BigQueryOptions, *option_classes):
-        cls._add_argparse_args(parser.add_argument_group(cls.__name__))
-    parser.add_argument(
-        VERBOSE_FLAG, action="store_true", help="Show TensorFlow's start-up lines and INFO logs."
-    )
-    beam_group = parser.add_argument_group("Beam options (every other Beam option is accepted too)")
-    for cls in (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions):
-        try:
-            cls._add_argparse_args(beam_group)
-        except argparse.ArgumentError:
-            continue
-    parser.print_help()
-    return True
 
 
 def tf_threads(options: PipelineOptions) -> int | None:

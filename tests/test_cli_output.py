@@ -209,16 +209,17 @@ MISSPELLED = {
 def test_an_unknown_flag_is_refused_naming_the_closest(argv, flag, meant, capsys):
     assert cli.main(argv) == EXIT_USAGE
     captured = capsys.readouterr()
-    assert captured.err == f"adpredict: error: unknown flag {flag}; did you mean {meant}?\n"
+    assert captured.err == f"adpredict {argv[0]}: error: unknown flag {flag}; did you mean {meant}?\n"
     assert captured.out == ""
 
 
 def test_another_commands_flag_and_a_stray_value_are_refused(capsys):
     assert cli.main(["predict", "--model_dir", "m", "--schema", "ads"]) == EXIT_USAGE
-    assert capsys.readouterr().err.startswith("adpredict: error: unknown flag --schema;")
+    assert capsys.readouterr().err.startswith("adpredict predict: error: unknown flag --schema;")
     assert cli.main(["predict", "--input", "a.jsonl", "b.jsonl", "--output_dir", "o"]) == EXIT_USAGE
     assert capsys.readouterr().err.startswith(
-        "adpredict: error: unexpected argument 'b.jsonl' after --input a.jsonl: a flag takes at most one value"
+        "adpredict predict: error: unexpected argument 'b.jsonl' after --input a.jsonl: a flag takes at most "
+        "one value"
     )
 
 
@@ -252,7 +253,10 @@ def test_the_module_entry_point_refuses_an_unknown_flag_too():
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr == "adpredict: error: unknown flag --output_fromat; did you mean --output_format?\n"
+    assert (
+        done.stderr
+        == "adpredict predict: error: unknown flag --output_fromat; did you mean --output_format?\n"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,3 +287,109 @@ def test_verbose_is_accepted_and_shows_what_was_hidden(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"wrote 3 records to {tmp_path / 'a.tfrecord.gz'}\n"
     assert any(line in done.stderr for line in CHATTER), done.stderr  # the pinned TensorFlow writes them
+
+
+# ---------------------------------------------------------------------------------------------
+# --version, --help and argparse's mistakes: what a person reads before a run.
+
+
+def _main_exit(argv) -> int:
+    """cli.main's exit code, also when argparse exits (--help, --version, its mistakes)."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_version_is_the_installed_packages():
+    from importlib import metadata
+
+    done = subprocess.run([ADPREDICT, "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"adpredict {metadata.version('adpredict')}"
+    assert "tensorflow==" in lines[1] and "apache-beam" in lines[1]
+
+
+def _help(argv, monkeypatch, capsys) -> list[str]:
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    assert _main_exit(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    return captured.out.splitlines()
+
+
+def test_predict_help_shows_adpredicts_flags_by_group_and_beams_only_behind_help_beam(monkeypatch, capsys):
+    from pipeline.options import HELP_GROUPS
+
+    lines = _help(["predict", "--help"], monkeypatch, capsys)
+    titles = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert titles == [*HELP_GROUPS, "examples"]
+    assert len(lines) < 120, len(lines)
+    text = "\n".join(lines)
+    assert lines[0].startswith("usage: adpredict predict --model_dir DIR --input PATTERN --output_dir DIR")
+    for flag in ("--model_dir DIR", "--input PATTERN", "--output_dir DIR"):
+        assert re.search(rf"^  {flag} +\(required\) ", text, re.M), flag
+    assert re.search(r"^  --output_format FORMAT .*\n.*\(default: jsonl\)", text, re.M)
+    assert text.count("\n  adpredict predict ") >= 2  # examples
+    assert lines[-1] == "Beam/Dataflow flags (--runner, --project, ...): adpredict predict --help_beam"
+    for beam_flag in ("--temp_location", "--staging_location", "--num_workers", "--direct_num_workers"):
+        assert beam_flag not in text
+    beam = "\n".join(_help(["predict", "--help_beam"], monkeypatch, capsys))
+    for beam_flag in ("--temp_location", "--runner", "--project", "--region", "--num_workers"):
+        assert f"  {beam_flag} " in beam, beam_flag
+    assert "--model_dir" not in beam
+
+
+def test_analyze_help_has_its_own_flags_and_groups(monkeypatch, capsys):
+    lines = _help(["analyze", "--help"], monkeypatch, capsys)
+    titles = [line[:-1] for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["input", "output", "run", "examples"]
+    text = "\n".join(lines)
+    assert "--schema SCHEMA" in text and "--eval_percent N" in text and "--model_dir" not in text
+    assert "--temp_location" not in text and lines[-1].endswith("adpredict analyze --help_beam")
+
+
+def test_nightly_help_lists_every_exit_code_and_what_passes_to_predict(monkeypatch, capsys):
+    from pipeline.run_contract import EXIT_CODES
+
+    text = "\n".join(_help(["nightly", "--help"], monkeypatch, capsys))
+    for exit_code in EXIT_CODES:
+        assert re.search(
+            rf"^  {exit_code.code}  {exit_code.name} +{re.escape(exit_code.meaning)}", text, re.M
+        )
+    assert "--runner DataflowRunner" in text and "--help_beam" in text and "pipeline_args" in text
+    assert re.search(r"^  --config FILE +\(required\) ", text, re.M)
+
+
+ARGPARSE_MISTAKES = {
+    "generate": ["generate", "--output", "a.jsonl", "--records", "many"],
+    "analyze": ["analyze", "--input", "a.jsonl", "--output_dir", "o", "--eval_percent", "x"],
+    "predict": ["predict", "--model_dir", "m", "--batch_size", "abc"],
+    "predict_choice": ["predict", "--output_format", "xml"],
+    "nightly": ["nightly", "--date", "2026-11-26"],
+    "nightly_value": ["nightly", "--date", "yesterday", "--config", "n.yaml"],
+    "nightly_predict_value": ["nightly", "--config", "n.yaml", "--tf_threads", "all"],
+    "train": ["train", "--model_dir", "m"],
+    "demo": ["demo", "--records", "5"],
+    "inspect": ["inspect"],
+}
+
+
+@pytest.mark.parametrize("argv", list(ARGPARSE_MISTAKES.values()), ids=list(ARGPARSE_MISTAKES))
+def test_an_argparse_mistake_is_one_line_naming_the_command(argv, capsys):
+    assert _main_exit(argv) == EXIT_USAGE
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"adpredict {argv[0]}: error: ") and captured.err.count("\n") == 1, (
+        captured.err
+    )
+    assert captured.out == ""
+
+
+def test_no_command_names_adpredict_alone(capsys):
+    assert _main_exit(["frobnicate"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("adpredict: error: argument command: invalid choice: 'frobnicate'")
+        and err.count("\n") == 1
+    )

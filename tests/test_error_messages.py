@@ -1,7 +1,7 @@
 """Every error a user can trigger names the thing, the place and the fix (issue 9).
 
 Each case triggers its error the way a user would: a command line (`pipeline.cli.main`,
-exit code 2 and one `adpredict: error: ...` line), a hostile input file read through
+exit code 2 and one `adpredict <command>: error: ...` line), a hostile input file read through
 `pipeline.io.read_stream` + `pipeline.validation.validate_block` (one error record with
 `source` "<file>:<line>" and `error` {code, field, message}), or a schema file through
 `transforms.schema.parse_schema`. It asserts on the words of the message: the thing (flag,
@@ -206,7 +206,7 @@ from transforms.schema import SchemaError, load_schema, parse_schema
 DATE = "2026-11-26"
 
 
-def one_error_line(capsys, prefix: str = "adpredict: error: ") -> str:
+def one_error_line(capsys, prefix: str) -> str:
     """The single line the command printed for the user (Beam's log lines before it ignored).
 
     Nothing but other `adpredict` one-liners may follow it: a message that spans lines fails.
@@ -227,9 +227,10 @@ def assert_names(message: str, *parts: str) -> None:
 NOT_READY = "adpredict: input not there yet: "  # exit 5: a scheduler retries later
 
 
-def cli_error(argv: list[str], capsys, code: int = EXIT_USAGE, prefix: str = "adpredict: error: ") -> str:
+def cli_error(argv: list[str], capsys, code: int = EXIT_USAGE, prefix: str | None = None) -> str:
+    """The one line `adpredict <command>: error: ...` (or `prefix`) the command printed."""
     assert cli.main(argv) == code
-    return one_error_line(capsys, prefix)
+    return one_error_line(capsys, prefix or f"adpredict {argv[0]}: error: ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ FLAG_CASES = {
     ),
     "output_dir_required": (
         ["predict", "--model_dir", "m", "--input", "a.jsonl"],
-        ["--output_dir is required", "local or gs://"],
+        ["--output_dir is required", "local, gs://, s3://, azfs://"],
     ),
     "max_error_rate_range": (
         ["predict", "--model_dir", "m", "--input", "a.jsonl", "--output_dir", "o", "--max_error_rate", "2"],
@@ -318,10 +319,9 @@ def test_flag_mistakes(argv, parts, capsys):
     ("flag", "choices"), [("--output_format", "'bigquery'"), ("--input_format", "'parquet'")]
 )
 def test_a_value_outside_a_flags_choices(flag, choices, capsys):
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["predict", "--model_dir", "m", "--input", "a.jsonl", "--output_dir", "o", flag, "xml"])
-    assert exited.value.code == EXIT_USAGE
-    assert_names(capsys.readouterr().err, f"argument {flag}: invalid choice: 'xml'", "choose from", choices)
+    argv = ["predict", "--model_dir", "m", "--input", "a.jsonl", "--output_dir", "o", flag, "xml"]
+    message = cli_error(argv, capsys)  # one line, exit 2: not argparse's usage text
+    assert_names(message, f"argument {flag}: invalid choice: 'xml'", "choose from", choices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1137,9 +1137,10 @@ def test_a_missing_file_from_the_system_names_the_path(capsys):
     def run(_):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/data/ads/missing.yaml")
 
-    assert run_reporting_errors(run, []) == EXIT_USAGE
+    assert run_reporting_errors(run, [], prog="adpredict predict") == EXIT_USAGE
     assert capsys.readouterr().err == (
-        "adpredict: error: no such file or directory: '/data/ads/missing.yaml'; check the path you passed\n"
+        "adpredict predict: error: no such file or directory: '/data/ads/missing.yaml'; check the path you "
+        "passed\n"
     )
 
 
@@ -1150,6 +1151,6 @@ def test_records_lost_is_one_line_and_its_own_exit_code(capsys):
     def run(_):
         raise RecordsLost("records read (10) != predictions (8) + errors (1)")
 
-    assert run_reporting_errors(run, []) == EXIT_RECORDS_LOST == 6
+    assert run_reporting_errors(run, [], prog="adpredict predict") == EXIT_RECORDS_LOST == 6
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "records read (10) != predictions (8) + errors (1)" in err

@@ -39,7 +39,7 @@ def one_error_line(argv, capsys) -> str:
     capsys.readouterr()
     assert cli.main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.startswith("adpredict: error: ") and err.count("\n") == 1, err
+    assert err.startswith(f"adpredict {argv[0]}: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
     return err
 

@@ -391,7 +391,9 @@ def test_predict_stops_on_a_damaged_model_in_one_line_before_it_starts(trained_a
     argv = ["predict", "--model_dir", model, "--input", trained_ads["data"], "--output_dir", str(out)]
     assert cli.main(argv) == EXIT_USAGE
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"adpredict: error: model directory {model} is "), lines
+    assert len(lines) == 1 and lines[0].startswith(
+        f"adpredict predict: error: model directory {model} is "
+    ), lines
     assert named in lines[0] and lines[0].endswith("copy the model again"), lines[0]
     assert not out.exists()  # nothing was created or cleared
 

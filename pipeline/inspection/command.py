@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 
+from pipeline.entrypoint import CommandParser, error_line
 from pipeline.inspection.probe import PROBE_TIMEOUT_S
 from pipeline.inspection.report import inspect_model
 from pipeline.inspection.text import format_report
@@ -16,7 +17,7 @@ from transforms.model_contract import ModelDirectoryError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(  # a mistake: one line, `adpredict inspect: error: ...`
         prog="adpredict inspect",
         description="Describe a model directory and check whether it is portable "
         "(TensorFlow alone, BigQuery ML import, TF Serving / Vertex AI).",
@@ -41,14 +42,14 @@ def main(argv=None) -> int:
         flags = [flag for action in parser._actions for flag in action.option_strings]
         close = difflib.get_close_matches(unknown[0].split("=")[0], flags, n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; flags: {', '.join(flags)}"
-        print(f"adpredict inspect: error: unknown argument {unknown[0]!r}{hint}", file=sys.stderr)
+        print(error_line(parser.prog, f"unknown argument {unknown[0]!r}{hint}"), file=sys.stderr)
         return EXIT_USAGE
     # `adpredict --verbose inspect` takes the flag out and sets INFO logging instead.
     show_log = args.verbose or logging.getLogger().isEnabledFor(logging.INFO)
     try:
         report = inspect_model(args.model_dir, timeout=args.timeout, show_probe_log=show_log)
     except ModelDirectoryError as e:  # one line naming the path and what to give
-        print(f"adpredict: error: {e}", file=sys.stderr)
+        print(error_line(parser.prog, e), file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(report, indent=2) if args.json else format_report(report), flush=True)
     return EXIT_OK
