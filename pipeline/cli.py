@@ -143,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Schema file or built-in name; default: the one analyze used (kept in its run.json).",
     )
-    train.add_argument("--epochs", type=int, default=12)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--epochs", type=int, default=12, help="Passes over the training split.")
+    train.add_argument(
+        "--seed", type=int, default=0, help="Random seed of the initial weights and of the batch shuffling."
+    )
     train.add_argument(
         "--batch_size",
         type=int,

@@ -173,7 +173,8 @@ Parity gate (pipeline/parity.py, pipeline/nightly.py; exit 7, `adpredict nightly
 Training (pipeline/trainer/train.py; exit 2)
   --transform_dir 'x' holds no tf.Transform output ...   -> test_training_mistakes[no_transform_output]
   no transformed train data under x/transformed; run ..  -> test_training_mistakes[no_transformed_data]
-  the held-out split in x has N records, all with ...    -> test_training_mistakes[one_label_held_out]
+  (a held-out split of one label is no longer a mistake: train exports and warns that the
+   AUC is undefined, tests/test_small_samples.py)
   unknown image tower 'x'                                internal: argparse choices refuse first
 """
 
@@ -1096,17 +1097,7 @@ def _transform_copy(trained_ads, tmp_path, case: str) -> str:
     transform = str(tmp_path / "transform")
     shutil.copytree(trained_ads["transform"], transform)
     for path in tf.io.gfile.glob(os.path.join(transform, "transformed", "*")):
-        if case == "no_transformed_data":
-            tf.io.gfile.remove(path)
-        elif os.path.basename(path).startswith("eval-"):  # keep the records of one label
-            kept = [
-                record
-                for record in tf.data.TFRecordDataset(path, compression_type="GZIP").as_numpy_iterator()
-                if tf.train.Example.FromString(record).features.feature["clicked"].int64_list.value[0] == 0
-            ]
-            with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-                for record in kept:
-                    writer.write(record)
+        tf.io.gfile.remove(path)  # no_transformed_data
     return transform
 
 
@@ -1114,8 +1105,6 @@ TRAINING_CASES = {
     "no_transform_output": ["--transform_dir", "holds no tf.Transform output", "transformed_metadata/",
                             "--output_dir of `adpredict analyze`"],
     "no_transformed_data": ["no transformed train data under", "/transformed", "run `adpredict analyze` first"],
-    "one_label_held_out": ["the held-out split in", "/transformed has", "all with clicked 0",
-                           "the AUC needs both labels", "`adpredict analyze` on records of both labels"],
 }  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """Training on tf.Transform's output, held-out AUC, and export of the all-in-one model.
 
 Reads `ANALYZE_OUTPUT/transformed/{train,eval}-*.tfrecord.gz` (what `TransformDataset`
-wrote), trains the Keras model, reports the AUC on the held-out split and, with
+wrote), trains the Keras model, reports the AUC on the held-out split (or, where that split
+lacks a label, why there is none: a small sample still gives a model) and, with
 `compare_blank_image`, the AUC of the same model trained and evaluated with every image
 blanked, which shows how much the image tower contributes. Then exports the model
 directory with the transform graph attached.
@@ -14,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -36,10 +38,11 @@ DEFAULT_BATCH_SIZE = 256
 @dataclasses.dataclass
 class TrainingResult:
     model: keras.Model
-    eval_auc: float
+    eval_auc: float | None  # None: undefined, see auc_undefined
     eval_records: int
     train_records: int
     eval_scores: np.ndarray  # the model's outputs on the eval split
+    auc_undefined: str | None = None  # why the held-out split gives no AUC
 
 
 def make_dataset(transform_dir: str, split: str, schema: Schema, batch_size: int, blank_images: bool):
@@ -150,17 +153,47 @@ def train_model(
     model = build_model(spec, schema.label, image_tower=image_tower)
     train = make_dataset(transform_dir, "train", schema, batch_size, blank_images)
     evaluation = make_dataset(transform_dir, "eval", schema, 1024, blank_images)
-    labels = np.concatenate([y.numpy() for _, y in evaluation] or [np.zeros(0, np.int64)])
-    if len(np.unique(labels)) < 2:  # checked before training: no AUC could be computed
-        found = f"{len(labels)} records, all with {schema.label} {labels[0]}" if len(labels) else "no records"
-        raise InputError(
-            f"the held-out split in {transform_dir}/transformed has {found}: the AUC needs both labels; run "
-            "`adpredict analyze` on records of both labels (more records, or a larger --eval_percent)"
-        )
+    labels = _labels_of(evaluation)
+    train_labels = _labels_of(train)
     model.fit(train.shuffle(64, seed=seed), epochs=epochs, verbose=0)
-    scores = model.predict(evaluation, verbose=0).reshape(-1)
-    train_records = sum(int(y.shape[0]) for _, y in train)
-    return TrainingResult(model, roc_auc(labels, scores), len(labels), train_records, scores)
+    scores = model.predict(evaluation, verbose=0).reshape(-1) if len(labels) else np.zeros(0, np.float32)
+    undefined = auc_undefined_reason(labels, train_labels, schema.label)
+    auc = None if undefined else roc_auc(labels, scores)
+    return TrainingResult(model, auc, len(labels), len(train_labels), scores, undefined)
+
+
+def _labels_of(dataset) -> np.ndarray:
+    return np.concatenate([y.numpy().reshape(-1) for _, y in dataset] or [np.zeros(0, np.int64)])
+
+
+def auc_undefined_reason(eval_labels: np.ndarray, train_labels: np.ndarray, label: str) -> str | None:
+    """Why the held-out split gives no AUC (it needs both labels), or None when it does.
+
+    Small samples get there (one record of the minority label stays in training), so
+    training goes on and the reason is reported instead of stopping.
+    """
+    held_out = np.unique(eval_labels)
+    if len(held_out) == 2:
+        return None
+    if not len(held_out):
+        return (
+            "the held-out split is empty (analyze ran with --eval_percent 0, or no label had 2 or more "
+            "records): analyze more records to measure the model"
+        )
+    value = int(held_out[0])
+    other = int(np.sum(train_labels != value))
+    found = f"the held-out split has {len(eval_labels)} records, all with {label} {value}"
+    if not other:
+        return f"{found}, as have all training records: analyze records of both labels to measure the model"
+    if other == 1:
+        return (
+            f"{found}; the only record with {label} {1 - value} is in training: a held-out split with both "
+            "labels needs 2 or more records of each, so analyze more records"
+        )
+    return (
+        f"{found}, though {other} training records have {label} {1 - value}: re-run `adpredict analyze`, "
+        "whose split holds out records of each label"
+    )
 
 
 def train_and_export(
@@ -175,19 +208,28 @@ def train_and_export(
 ) -> dict:
     """Trains, evaluates, exports; returns (and stores in the model) the metrics.
 
+    Where the held-out split lacks a label, `eval_auc` is None and `eval_auc_undefined` says
+    why (also on stderr); no blanked-image model is trained then, as there is no AUC to compare.
+
     The model directory records `batch_size` (or DEFAULT_BATCH_SIZE) as its predict batch
     size; timing the exported model for a better one is the caller's step, since it runs
     the model the way `predict` does.
     """
     result = train_model(transform_dir, schema, epochs=epochs, seed=seed, image_tower=image_tower)
     metrics = {
-        "eval_auc": round(result.eval_auc, 4),
+        "eval_auc": None if result.eval_auc is None else round(result.eval_auc, 4),
         "eval_records": result.eval_records,
         "train_records": result.train_records,
         "epochs": epochs,
     }
+    if result.auc_undefined:
+        metrics["eval_auc_undefined"] = result.auc_undefined
+        print(
+            f"adpredict train: warning: the held-out AUC is undefined: {result.auc_undefined}",
+            file=sys.stderr,
+        )
     has_image = any(f.type == IMAGE for f in schema.features)
-    if compare_blank_image and has_image:
+    if compare_blank_image and has_image and result.eval_auc is not None:
         blank = train_model(
             transform_dir, schema, epochs=epochs, seed=seed, blank_images=True, image_tower=image_tower
         )
