@@ -2,8 +2,11 @@
 
 import json
 import os
+import re
+import socket
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -15,14 +18,16 @@ CPU_IMAGE = "europe-docker.pkg.dev/my-project/adpredict/worker:0.1.0"
 GPU_IMAGE = "europe-docker.pkg.dev/my-project/adpredict/worker-gpu:0.1.0"
 
 
-def run_script(args, tmp_path, **settings):
+def run_script(args, tmp_path, cwd=None, **settings):
     env = {k: v for k, v in os.environ.items() if k not in SETTINGS and not k.startswith("GPU_")}
-    env.pop("SDK_CONTAINER_IMAGE", None)
+    for name in ("SDK_CONTAINER_IMAGE", "STORAGE_EMULATOR_HOST", "DRY_RUN", "JOB_NAME"):
+        env.pop(name, None)
     env.update(PYTHON=os.path.join(ROOT, ".venv", "bin", "python"), DRY_RUN_DIR=str(tmp_path / "dry"))
     env.update(settings)
     return subprocess.run(
-        [os.path.join(ROOT, "run_dataflow.sh"), *args], env=env, capture_output=True, text=True, timeout=300
-    )
+        [os.path.join(ROOT, "run_dataflow.sh"), *args], env=env, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+    )  # fmt: skip
 
 
 def dry_run(job, args, tmp_path, **settings):
@@ -50,6 +55,12 @@ def test_missing_settings_are_named_and_nothing_runs(tmp_path):
     assert "set PROJECT TEMP_LOCATION" in done.stderr and ".env.template" in done.stderr
     done = run_script(["predict"], tmp_path, **{**SETTINGS, "TEMP_LOCATION": "/tmp/local"})
     assert done.returncode == 2 and "TEMP_LOCATION must be a gs:// folder" in done.stderr
+    # Beam would try to create a default bucket instead (the network, even in a dry run)
+    for name, location in [("TEMP_LOCATION", "gs://My_Bucket/tmp"), ("STAGING_LOCATION", "gs://b/staging")]:
+        done = run_script(["--dry-run", "predict"], tmp_path, **{**SETTINGS, name: location})
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert f"{name} must name a valid Cloud Storage bucket" in done.stderr and location in done.stderr
+    assert not (tmp_path / "dry").exists()
     assert run_script(["score"], tmp_path, **SETTINGS).returncode == 2
 
 
@@ -116,14 +127,20 @@ def test_a_gpu_job_without_the_gpu_image_stops_in_one_line(tmp_path):
 
 def pipeline_argv(tmp_path, job="predict", **settings) -> list[str]:
     """The arguments run_dataflow.sh gives the pipeline, caught by a stand-in for Python."""
+    done, argv = launched(tmp_path, [job, "--output_dir", "gs://my-bucket/out"], **{**SETTINGS, **settings})
+    assert done.returncode == 0, done.stderr
+    return argv
+
+
+def launched(tmp_path, args, cwd=None, **settings):
+    """(the finished script, the arguments it gave Python: None when it started none)."""
     stub = tmp_path / "python"
     stub.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$ARGV_FILE"\n')
     stub.chmod(0o755)
     argv_file = tmp_path / "argv"
-    done = run_script([job, "--output_dir", "gs://my-bucket/out"], tmp_path,
-                      **{**SETTINGS, **settings, "PYTHON": str(stub), "ARGV_FILE": str(argv_file)})  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return argv_file.read_text().splitlines()
+    argv_file.unlink(missing_ok=True)
+    done = run_script(args, tmp_path, cwd, **{"PYTHON": str(stub), "ARGV_FILE": str(argv_file), **settings})
+    return done, argv_file.read_text().splitlines() if argv_file.exists() else None
 
 
 def test_a_gpu_job_runs_the_gpu_image_and_asks_the_pipeline_for_a_gpu(tmp_path):
@@ -172,6 +189,165 @@ def test_a_real_dataflow_run_refuses_a_local_model(trained_ads, tmp_path, capsys
             "--temp_location", "gs://my-bucket/tmp"]  # fmt: skip
     assert cli.main(argv) == EXIT_USAGE
     assert "is not on gs://" in capsys.readouterr().err
+
+
+def script_settings() -> set[str]:
+    """The environment variables run_dataflow.sh reads: the required ones, and each it reads
+    with a default or an emptiness check (${NAME:-...}, ${NAME-...})."""
+    with open(os.path.join(ROOT, "run_dataflow.sh"), encoding="utf-8") as f:
+        text = f.read()
+    return {"PROJECT", "REGION", "TEMP_LOCATION"} | set(re.findall(r"\$\{([A-Z][A-Z0-9_]*):?-", text))
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--dry-run", "--help", "predict"]])
+def test_help_shows_the_usage_every_setting_and_examples(args, tmp_path):
+    done, argv = launched(tmp_path, args)  # no PROJECT, REGION, TEMP_LOCATION needed
+    assert done.returncode == 0 and argv is None and done.stderr == "", done.stderr
+    assert done.stdout.startswith("usage: run_dataflow.sh [--dry-run] analyze|predict [pipeline flags...]\n")
+    assert "--dry-run, --dry_run" in done.stdout
+    settings = script_settings()
+    assert {"GPU_MISSING", "DRY_RUN_DIR", "JOB_NAME", "PYTHON", "STORAGE_EMULATOR_HOST"} <= settings
+    for name in settings:
+        assert re.search(rf"^  (\S+, )?{name}\b", done.stdout, re.M), f"{name} missing from --help"
+    examples = [line for line in done.stdout.splitlines() if line.startswith("  ./run_dataflow.sh ")]
+    assert [e.split()[1:3] for e in examples] == [
+        ["predict", "--model_dir"],
+        ["analyze", "--schema"],
+        ["--dry-run", "predict"],
+    ]
+
+
+def test_the_pipelines_own_help_needs_no_settings(tmp_path):
+    done, argv = launched(tmp_path, ["analyze", "--help"])
+    assert done.returncode == 0, done.stderr
+    assert argv == ["-m", "pipeline.analyze", "--help"]
+    assert "run_dataflow.sh --help" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--dryrun", "predict"], "'--dryrun'"),
+        (["--input", "data.jsonl", "predict"], "'--input'"),  # a pipeline flag before the job
+        (["--dry_run=yes", "predict"], "'yes'"),
+        ([], "give the job"),
+        (["--dry-run", "score"], "unknown job 'score'"),
+    ],
+)
+def test_a_wrong_option_or_job_stops_in_one_line_and_runs_nothing(args, named, tmp_path):
+    done, argv = launched(tmp_path, args, **SETTINGS)
+    assert done.returncode == 2 and argv is None, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and named in done.stderr, done.stderr
+    assert done.stderr.startswith("run_dataflow.sh: ")
+    assert "run_dataflow.sh --help" in done.stderr or "True or False" in done.stderr
+
+
+def test_a_missing_python_is_named_in_one_line(tmp_path):
+    done = run_script(["predict"], tmp_path, **SETTINGS, PYTHON="venv/bin/python")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"no Python at '{os.getcwd()}/venv/bin/python': run make" in done.stderr  # the caller's path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dry-run", "predict"],
+        ["--dry_run", "predict"],
+        ["predict", "--dry_run"],  # after the job too: Beam's --dry_run takes a value
+        ["predict", "--dry_run=True"],  # Beam's spelling: the script's whole dry run, not half of it
+    ],
+)
+def test_both_spellings_of_dry_run_make_the_offline_dry_run(args, tmp_path):
+    """A local model: nothing on gs:// is read, so unreachable Cloud Storage does not matter."""
+    done, argv = launched(
+        tmp_path, [*args, "--model_dir", str(tmp_path), "--output_dir", "gs://my-bucket/out"],
+        **SETTINGS, JOB_NAME="adpredict-predict-test", STORAGE_EMULATOR_HOST="http://127.0.0.1:9",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    job_file = str(tmp_path / "dry" / "adpredict-predict-test.json")
+    assert argv.count("--dry_run=True") == 1 and "--dry_run" not in argv and "--dry-run" not in argv
+    assert argv[argv.index("--dataflow_job_file") + 1] == job_file and "--no_auth" in argv
+    assert argv[-4:] == ["--model_dir", str(tmp_path), "--output_dir", "gs://my-bucket/out"]
+    assert f"job request in {job_file}, nothing submitted" in done.stderr
+
+
+def test_relative_paths_are_the_callers_not_the_repositorys(tmp_path):
+    from transforms.schema import BUILTIN_SCHEMAS
+
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    args = [
+        "--dry-run", "predict", "--model_dir", "models/ads", "--input", "data/*.jsonl", "--input=./more/b.csv",
+        "--input", "gs://my-bucket/in/*.jsonl", "--input", "bq://my-project.ads.today", "--output_dir=out",
+        "--input_schema", "../schemas/ads.yaml", "--drift_baseline", "/runs/yesterday", "--batch_size", "64",
+        "--requirements_file", "reqs.txt",
+    ]  # fmt: skip
+    done, argv = launched(tmp_path, args, cwd=caller, **SETTINGS, JOB_NAME="job", DRY_RUN_DIR="dry")
+    assert done.returncode == 0, done.stderr
+    given = argv[argv.index("--model_dir") :]
+    assert given == [
+        "--model_dir", f"{caller}/models/ads", "--input", f"{caller}/data/*.jsonl", f"--input={caller}/more/b.csv",
+        "--input", "gs://my-bucket/in/*.jsonl", "--input", "bq://my-project.ads.today", f"--output_dir={caller}/out",
+        "--input_schema", f"{caller}/../schemas/ads.yaml", "--drift_baseline", "/runs/yesterday",
+        "--batch_size", "64", "--requirements_file", f"{caller}/reqs.txt",
+    ]  # fmt: skip
+    assert argv[argv.index("--dataflow_job_file") + 1] == f"{caller}/dry/job.json"
+    assert argv[argv.index("--setup_file") + 1] == "./setup.py"  # the repository's, where Python runs
+    # analyze's --schema: a file is the caller's, a built-in name stays a name
+    for schema, expected in [
+        ("my_schema.yaml", f"{caller}/my_schema.yaml"),
+        *((n, n) for n in BUILTIN_SCHEMAS),
+    ]:
+        done, argv = launched(tmp_path, ["analyze", "--schema", schema], cwd=caller, **SETTINGS)
+        assert done.returncode == 0 and argv[-2:] == ["--schema", expected], (schema, argv)
+
+
+def test_a_dry_run_from_another_directory_builds_the_job_from_the_callers_files(trained_ads, tmp_path):
+    work = trained_ads["work"]
+    model, data = (os.path.relpath(trained_ads[name], work) for name in ("model", "data"))
+    done = run_script(
+        ["--dry_run", "predict", "--model_dir", model, "--input", data, "--output_dir", "gs://my-bucket/out"],
+        tmp_path, cwd=work, **SETTINGS, JOB_NAME="adpredict-predict-test",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    request = json.loads((tmp_path / "dry" / "adpredict-predict-test.json").read_text())
+    options = request["environment"]["sdkPipelineOptions"]["options"]
+    assert (options["model_dir"], options["input"]) == (str(trained_ads["model"]), [str(trained_ads["data"])])
+
+
+def test_a_dry_run_stops_at_once_when_cloud_storage_refuses(tmp_path):
+    args = ["--dry-run", "predict", "--model_dir", "gs://my-bucket/models/ads/", "--input",
+            "gs://my-bucket/in/*.jsonl", "--output_dir", "gs://my-bucket/out"]  # fmt: skip
+    started = time.monotonic()
+    done = run_script(args, tmp_path, **SETTINGS, STORAGE_EMULATOR_HOST="http://127.0.0.1:9")
+    assert time.monotonic() - started < 20
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(
+        "run_dataflow.sh: dry run: cannot read --model_dir gs://my-bucket/models/ads/ "
+    )
+    assert "Cloud Storage at http://127.0.0.1:9 did not answer" in done.stderr
+    assert (
+        "copy the model here (gsutil -m cp -r gs://my-bucket/models/ads .) and pass --model_dir ./ads"
+        in done.stderr
+    )
+    assert not (tmp_path / "dry").exists()  # the pipeline never started
+
+
+def test_a_dry_run_waits_seconds_not_minutes_for_cloud_storage_that_does_not_answer(tmp_path):
+    """A server that takes the connection and never answers (a black hole: how a firewall or
+    a dead proxy looks) held a dry run for minutes of the clients' retries."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        done = run_script(["--dry-run", "predict", "--model_dir", "gs://my-bucket/model", "--output_dir",
+                           "gs://my-bucket/out"], tmp_path, **SETTINGS,
+                          STORAGE_EMULATOR_HOST=f"127.0.0.1:{port}")  # fmt: skip
+        took = time.monotonic() - started
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"Cloud Storage at http://127.0.0.1:{port} did not answer (no answer within 5 s)" in done.stderr
+    assert 4 < took < 20, took
 
 
 def test_shell_scripts_pass_shellcheck():
