@@ -23,9 +23,10 @@ setuptools.setup(
     name="adpredict",
     version="0.1.0",
     description="Batch prediction for ad records with an all-in-one tf.Transform + Keras SavedModel on Apache Beam.",
+    license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
-    package_data={"transforms": ["schemas/*.yaml"]},
+    package_data={"transforms": ["schemas/*.yaml"], "pipeline": ["reporting/prices.yaml"]},
     install_requires=STACK,
     extras_require={
         "dev": ["pytest", "ruff", "pyinstrument", "import-linter"],

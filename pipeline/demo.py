@@ -19,7 +19,7 @@ SCORE_FILES = {"jsonl": ("score.jsonl", 101), "csv": ("score.csv", 102), "parque
 def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     from pipeline import analyze, predict
     from pipeline.inference.exported import measure_export
-    from pipeline.reporting.terminal import worker_lines
+    from pipeline.reporting.terminal import held_out_auc, worker_lines
     from pipeline.sampledata.generate import generate_file
     from pipeline.trainer.train import train_and_export
     from transforms.schema import load_schema
@@ -73,7 +73,7 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     print(
         "\n== adpredict demo summary ==\n"
         f"model:        {model_dir}\n"
-        f"  held-out AUC {metrics['eval_auc']} (image blanked: {metrics.get('eval_auc_blank_image')})\n"
+        f"  held-out AUC {held_out_auc(metrics)}\n"
         f"predictions:  {os.path.join(predictions_dir, 'prediction.results-*')}\n"
         f"errors:       {os.path.join(predictions_dir, 'errors-*')}\n"
         f"manifest:     {os.path.join(predictions_dir, 'run.json')}\n"

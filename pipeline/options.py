@@ -141,6 +141,13 @@ class RecordIOOptions(PipelineOptions):
             help=f"Fail the run (exit {EXIT_ERROR_RATE}: all written, no _SUCCESS) when more than "
             "this share of the records read are errors; 1: never.",
         )
+        help_group(parser, RUN).add_argument(
+            "--price_table",
+            default=None,
+            metavar="FILE",
+            help="YAML price table (machine type -> usd_per_hour, vcpus) for the run's cost estimate; "
+            "default: the example prices of pipeline/reporting/prices.yaml.",
+        )
 
 
 class BigQueryOptions(PipelineOptions):
@@ -321,7 +328,7 @@ class AnalyzeOptions(PipelineOptions):
             type=int,
             default=20,
             metavar="N",
-            help="Percent of records held out for evaluation (chosen by file and line).",
+            help="Percent of each label's records held out for evaluation (chosen by file and line).",
         )
 
 

@@ -300,7 +300,8 @@ def record_keys(block: RecordBlock, layout: RecordLayout) -> pa.Array:
 
 class CheckedRecords:
     """What a reader yields (record blocks, error records) -> validated blocks and lists of
-    error records on one stream, plus ("read", n) on COUNTS: the records read, once per call.
+    error records on one stream, plus ("read", n) on COUNTS: the records read, once per call
+    (and (("read", file), n) when the call names its file).
 
     Validation happens in the reading step itself, so read errors and validation errors
     never need a Flatten: Beam's local runner materialises every multi-input Flatten, which
@@ -317,7 +318,8 @@ class CheckedRecords:
         self._malformed = counters.counter(counters.RECORDS_MALFORMED)
         self._invalid = counters.counter(counters.RECORDS_INVALID)
 
-    def __call__(self, items):
+    def __call__(self, items, source: str | None = None):
+        """`source`: the input file the items come from, for run.json's per-input counts."""
         read, failed = 0, []
         for item in items:
             if isinstance(item, (dict, list)):
@@ -342,6 +344,8 @@ class CheckedRecords:
             yield failed
         self._read.inc(read)
         yield beam.pvalue.TaggedOutput(COUNTS, (READ, read))
+        if source is not None:
+            yield beam.pvalue.TaggedOutput(COUNTS, ((READ, source), read))
 
 
 def _full_lists(failed: list[dict]):

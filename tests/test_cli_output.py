@@ -68,7 +68,12 @@ def test_predict_prints_what_it_read_predicted_and_rejected(trained_ads, tmp_pat
     assert (
         lines["ran on"].startswith("CPU ") and len(manifest["workers"]) == 1
     )  # one line per kind of process
-    assert len(printed.splitlines()) == 10 + bool(manifest.get("report"))
+    cost = manifest["cost"]  # a local run: this machine's vCPUs, priced at the table's `local` (0)
+    assert lines["cost"].startswith(
+        f"{round(cost['records_per_second_per_vcpu']):,} records/s per vCPU (this machine, "
+    )
+    assert f"{cost['worker_seconds']:,.1f} worker-s" in lines["cost"]
+    assert len(printed.splitlines()) == 11 + bool(manifest.get("report"))
 
 
 def test_a_run_over_its_error_threshold_prints_the_summary_then_fails(trained_ads, tmp_path, capsys):
@@ -82,7 +87,7 @@ def test_a_run_over_its_error_threshold_prints_the_summary_then_fails(trained_ad
     )
     assert summary_lines(captured.out)["errors"] == "3 (7.50% of read, limit 1.00%): missing_field: age 3"
     assert captured.err.strip().splitlines() == [
-        f"adpredict: run failed: 3 of 40 records failed (7.50%), above --max_error_rate 1.00%; "
+        f"adpredict predict: run failed: 3 of 40 records failed (7.50%), above --max_error_rate 1.00%; "
         f"see {out}/prediction.errors_stats"
     ]
 

@@ -1,5 +1,6 @@
 """report.html: written by the pipeline's last step, self-contained, true to run.json, and
-rendered by a real headless Chromium (Debian package `chromium`: `make browser`)."""
+rendered by a real headless Chromium (Debian package `chromium`: `make browser`) at a phone's
+width and a desktop's."""
 
 import base64
 import html
@@ -10,7 +11,9 @@ import pickle
 import re
 import shutil
 import subprocess
+import urllib.parse
 import xml.etree.ElementTree as ET
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +21,9 @@ import pytest
 
 from pipeline import predict
 from pipeline.blocks import ScoredBlock
-from pipeline.reporting.page import BAR_COLOR, THROUGHPUT_COLOR, render_report
+from pipeline.reporting import cost
+from pipeline.reporting.markup import BAR_COLOR, THROUGHPUT_COLOR
+from pipeline.reporting.page import render_report
 from pipeline.reporting.summaries import (
     CATEGORY_CAP,
     HISTOGRAM_CAP,
@@ -34,6 +39,8 @@ from transforms.model_contract import ModelDescription
 RECORDS = 150
 # A file name a browser would take for markup if the report did not escape it.
 INPUT_NAME = 'ads <i>&amp; "q".jsonl'
+LOCAL_PRICE = 3.6  # USD an hour for "local" in the run's price table: a cent per 10 s
+PHONE, DESKTOP = 390, 1280  # viewport widths, CSS pixels
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,11 @@ def run(trained_ads, tmp_path_factory):
         f.writelines(line + "\n" for line in bad)
     out = work / "out"
     argv = ["--model_dir", trained_ads["model"], "--input", str(path), "--output_dir", str(out)]
-    manifest = predict.run([*argv, "--max_error_rate", "1"])
+    prices = work / "prices.yaml"  # a price for this machine, so that the cost is not 0
+    prices.write_text(f"examples: false\nmachines:\n  local: {{usd_per_hour: {LOCAL_PRICE}, vcpus: null}}\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cost, "PRICE_TABLE", str(prices))
+        manifest = predict.run([*argv, "--max_error_rate", "1"])
     return {
         "out": out,
         "argv": argv,
@@ -98,11 +109,18 @@ def test_report_counts_errors_and_histograms_match_the_run(run):
     counts = manifest["counts"]
     assert (counts["read"], counts["predictions"], counts["errors"]) == (RECORDS + 4, RECORDS, 4)
 
-    # Self-contained: nothing to fetch, no script.
+    # Self-contained: nothing to fetch, no script; its links are to the files beside it.
     assert "http://" not in page and "https://" not in page
     assert not re.search(r"<(script|link|iframe|object|embed)\b|@import|url\(", page, re.I)
+    beside = set()
     for reference in re.findall(r'\b(?:src|href)\s*=\s*"([^"]*)"', page):
-        assert reference.startswith(("data:", "#")), reference
+        if reference.startswith("./"):
+            beside.add(urllib.parse.unquote(reference[2:]))
+        else:
+            assert reference.startswith(("data:", "#")), reference
+    results = {p.name for p in out.iterdir() if p.name.startswith(("prediction.results-", "errors-"))}
+    assert len(results) >= 2 and beside == results | {"prediction.errors_stats", "run.json"}
+    assert all((out / name).is_file() for name in beside)
     assert "default-src 'none'" in page  # and the browser is told so
 
     dom = Elements(page)
@@ -151,6 +169,7 @@ def test_report_counts_errors_and_histograms_match_the_run(run):
     assert [t.text for t in svg.findall(".//{*}text")].count("records") == 1  # the y-axis label
     (throughput,) = [e for e in dom.found if e["tag"] == "figure" and "throughput" in e.get("class", "")]
     assert int(throughput["data-records"]) == counts["predictions"]
+    assert "pipeline wall time" in page and ">wall time<" not in page
 
     # Strings from the run are escaped: the file name shows as text, not markup.
     assert "<i>" not in page and html.escape(INPUT_NAME) in page
@@ -181,6 +200,53 @@ def test_a_bigquery_sink_run_writes_a_report(bigquery, trained_ads, tmp_path):  
     (read,) = dom.having("data-count", "read")
     assert int(read["data-value"]) == manifest["counts"]["read"] == 52
     assert sum(int(b["data-count"]) for b in dom.having("data-low")) == manifest["counts"]["predictions"]
+
+
+def test_the_report_names_the_job_and_date_and_shows_inputs_training_and_cost(run, trained_ads):
+    page, manifest, out = run["page"], run["manifest"], run["out"]
+    dom = Elements(page)
+    started = manifest["timings"]["started"]
+    local_day = datetime.fromisoformat(started).astimezone().date().isoformat()
+    (title,) = dom.having("data-title")
+    assert title["text"] == f"adpredict predict · {local_day}" and manifest["job_name"] is None
+    assert f'<time datetime="{started}">' in page  # the exact time kept, shown as local ISO
+
+    # Counts per input: errors from the error records; reads per input are not counted yet.
+    (source,) = manifest["inputs"]["files"]
+    assert manifest["counts_by_input"] == [{"input": source, "read": None, "predictions": None, "errors": 4}]
+    (row,) = dom.having("data-input")
+    assert row["data-input"] == source and row["data-errors"] == "4" and "data-read" not in row
+
+    # The model's training figures beside this run's mean prediction.
+    training = manifest["model"]["training"]
+    profile = json.loads(
+        open(os.path.join(trained_ads["model"], "assets.extra", "training_profile.json")).read()
+    )
+    assert training["eval_auc"] == trained_ads["metrics"]["eval_auc"]
+    assert training["mean_prediction"] == {"probability": profile["outputs"]["probability"]["mean"]}
+    scored = [
+        json.loads(line) for p in out.glob("prediction.results-*") for line in p.read_text().splitlines()
+    ]
+    mean = np.mean([r["prediction"]["probability"] for r in scored])
+    assert len(scored) == RECORDS and manifest["mean_prediction"]["probability"] == pytest.approx(
+        mean, abs=2e-6
+    )
+    (auc,) = dom.having("data-figure", "training_auc")
+    assert auc["text"] == f"{training['eval_auc']:.4f}"
+    (tonight,) = dom.having("data-figure", "mean_prediction")
+    assert float(tonight["text"]) == pytest.approx(mean, rel=1e-5)
+
+    # What it cost, on this machine at the test's price table's price.
+    spent, seconds = manifest["cost"], manifest["timings"]["seconds"]
+    assert (spent["machine_type"], spent["workers"], spent["prices_are_examples"]) == ("local", 1, False)
+    assert spent["vcpus_per_worker"] == cost.this_machine_cpus() and spent["worker_seconds"] == seconds
+    assert spent["records_per_second"] == round(manifest["counts"]["read"] / seconds, 1)
+    assert spent["records_per_second_per_vcpu"] == pytest.approx(
+        spent["records_per_second"] / cost.this_machine_cpus(), rel=1e-3
+    )
+    assert spent["usd"] == pytest.approx(seconds / 3600 * LOCAL_PRICE, rel=1e-3)
+    assert spent["usd_per_million_predictions"] == pytest.approx(spent["usd"] / RECORDS * 1e6, rel=1e-3)
+    assert html.escape(spent["price_table"]) in page and "An estimate, assuming" in page
 
 
 # --- In a real browser ----------------------------------------------------------------------------
@@ -225,6 +291,184 @@ def test_the_report_renders_in_headless_chromium(run, tmp_path):
         (element,) = dom.having("data-count", name)
         assert element["text"].strip() == f"{counts[name]:,}"
     assert len(dom.having("data-output")) == len(run["outputs"])
+
+
+# A page that loads the report in two frames, a phone's width and a desktop's, and writes into
+# its own DOM (for --dump-dom) what each shows: the figures' text, the page's width against the
+# frame's, what sticks out, and any path that wraps inside a name instead of at a separator.
+MEASURE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="phone" src="URL" style="width:PHONEpx;height:900px;border:0"></iframe>
+<iframe id="desktop" src="URL" style="width:DESKTOPpx;height:900px;border:0"></iframe>
+<script>
+function midword(d, path) {
+  const walker = d.createTreeWalker(path, 4), range = d.createRange(), bad = [];
+  let prev = null;
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++) {
+      range.setStart(node, i); range.setEnd(node, i + 1);
+      const rect = range.getBoundingClientRect();
+      if (!rect.width && !rect.height) continue;
+      if (prev && rect.top > prev.top + 1 && !"/_- ".includes(prev.ch)) bad.push(path.title + " @" + i);
+      prev = {ch: node.data[i], top: rect.top};
+    }
+  }
+  return bad;
+}
+function measure(frame) {
+  const d = frame.contentDocument, root = d.documentElement, figures = {};
+  for (const e of d.querySelectorAll(".tile [data-count], [data-figure]")) {
+    const key = e.dataset.figure || e.dataset.count;
+    (figures[key] = figures[key] || []).push(e.innerText.trim());
+  }
+  const wide = [...d.body.querySelectorAll("*")]
+    .filter(e => e.getBoundingClientRect().right > root.clientWidth + 0.5)
+    .slice(0, 8).map(e => e.tagName + "." + e.className + " in #" + (e.closest("section") || {}).id);
+  const paths = [...d.querySelectorAll(".path")];
+  return {scroll: root.scrollWidth, client: root.clientWidth, figures, wide, paths: paths.length,
+          wrapped: paths.filter(p => new Set([...p.getClientRects()].map(r => Math.round(r.top))).size > 1).length,
+          midword: paths.flatMap(p => midword(d, p))};
+}
+window.addEventListener("load", () => {
+  const found = {};
+  for (const frame of document.querySelectorAll("iframe")) found[frame.id] = measure(frame);
+  const out = document.createElement("pre");
+  out.id = "measured";
+  out.textContent = JSON.stringify(found);
+  document.body.appendChild(out);
+});
+</script></body></html>"""
+
+
+def measured(report, tmp_path) -> dict:
+    """What the report at `report` shows at a phone's and a desktop's width (MEASURE)."""
+    page = tmp_path / "measure.html"
+    page.write_text(
+        MEASURE.replace("URL", report.as_uri()).replace("PHONE", str(PHONE)).replace("DESKTOP", str(DESKTOP))
+    )
+    flags = ("--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom")
+    dumped = headless(*flags, url=page.as_uri(), profile=tmp_path / "measure-profile").stdout
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dumped, re.S)
+    assert found, "the measuring page never finished: " + dumped[-500:]
+    return json.loads(html.unescape(found[1]))
+
+
+def shown_number(text: str) -> tuple[float, int]:
+    """ "$1,234.5" or "2,345" -> (1234.5, 1): the number shown and its decimals."""
+    digits = text.strip().lstrip("$").replace(",", "")
+    return float(digits), len(digits.partition(".")[2])
+
+
+def assert_shows_run_json(found: dict, manifest: dict) -> None:
+    """The figures the browser shows are run.json's, to the decimals shown, at both widths."""
+    counts, spent = manifest["counts"], manifest["cost"]
+    for width in ("phone", "desktop"):
+        figures = found[width]["figures"]
+        for name in ("read", "predictions", "errors"):
+            assert figures[name] == [f"{counts[name]:,}"], (width, name)
+        for name, value in (("records_per_second", spent["records_per_second"]),
+                            ("records_per_second_per_vcpu", spent["records_per_second_per_vcpu"]),
+                            ("worker_seconds", spent["worker_seconds"]),
+                            ("usd_per_million_predictions", spent["usd_per_million_predictions"])):  # fmt: skip
+            (text,) = figures[name]
+            shown, decimals = shown_number(text)
+            assert abs(shown - value) <= 0.5 * 10**-decimals + 1e-9, (width, name, text, value)
+        assert figures["usd_per_million_predictions"][0].startswith("$")
+
+
+def test_the_report_fits_a_phone_and_shows_what_run_json_says(run, tmp_path):
+    found = measured(run["out"] / "report.html", tmp_path)
+    manifest = run["manifest"]
+    assert manifest["cost"]["usd_per_million_predictions"] > 0  # the test's price table prices "local"
+    assert_shows_run_json(found, manifest)
+    for width, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+        seen = found[width]
+        assert seen["client"] == viewport
+        assert seen["scroll"] <= viewport, (
+            f"{width}: the page is {seen['scroll']} px wide; sticking out: {seen['wide']}"
+        )
+        assert seen["paths"] > 5 and seen["midword"] == [], (width, seen["midword"])
+    assert found["phone"]["wrapped"] >= 3  # long paths wrap on the phone (at separators: above)
+
+
+def worst_case(verdict: str) -> tuple:
+    """render_report's inputs for a hand-made night with everything long: deep gs:// paths,
+    60 inputs, 32 shards, long error messages, a Dataflow job's cost, and the data-quality
+    section of a night the gate warned about or blocked (`verdict`)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from tests.test_quality_report import DUPLICATES, quality
+
+    deep = "gs://ads-prod-scoring-europe-west4/nightly_scoring/partner-network_clicks/dt=2026-12-01/hour=23"
+    files = [f"{deep}/part-{i:05d}-of-00060_clicks-and-impressions.jsonl.gz" for i in range(60)]
+    read, errors, seconds = 6_000_000, 12_000, 1834.5
+    options = PipelineOptions(
+        ["--runner", "DataflowRunner", "--num_workers", "12", "--machine_type", "n2-standard-4"]
+    )
+    manifest = {
+        "run_id": "9" * 32, "job_name": "adpredict-nightly-partner-network-clicks-20261201-231500",
+        "date": "2026-12-01", "status": "succeeded" if verdict != "block" else "blocked by the data-quality gate",
+        "output_dir": f"{deep}/predictions_v2-with-passthrough", "output_format": "jsonl", "runner": "DataflowRunner",
+        "inputs": {"patterns": [f"{deep}/part-*-of-00060_clicks-and-impressions.jsonl.gz"], "files": files},
+        "counts": {"read": read, "predictions": read - errors, "errors": errors, "error_rate": errors / read},
+        "counts_by_input": [{"input": f, "read": read // 60, "predictions": (read - errors) // 60,
+                             "errors": errors // 60} for f in files],
+        "max_error_rate": 0.01, "files_published": 32, "input_fingerprint": "a" * 64,
+        "timings": {"started": "2026-12-01T23:15:00.123456+00:00", "finished": "2026-12-01T23:45:34.623456+00:00",
+                    "seconds": seconds},
+        "model": {"dir": "gs://ads-prod-models/partner-network_clicks/2026-11-28_retrained-with-images/model",
+                  "fingerprint": "f" * 64, "training": {"eval_auc": 0.8123, "eval_records": 998,
+                  "train_records": 4002, "mean_prediction": {"probability": 0.3693}}},
+        "mean_prediction": {"probability": 0.35},
+        "workers": [{"cpu": {"name": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", "kind": "avx512_bf16"},
+                     "gpus": [], "precision": "bf16", "precision_reason": "auto: bf16 1.6x fp32 on this CPU kind",
+                     "processes": 12}],
+        "quality": quality(verdict, DUPLICATES),
+        "cost": cost.estimate(cost.basis(options), seconds, read, read - errors, 2),
+    }  # fmt: skip
+    kinds = {"errors": errors, "by_kind": [
+        {"code": "missing_field", "field": "age_of_the_user_in_years", "count": 9000,
+         "example_message": f"required field age_of_the_user_in_years is missing in {files[3]}:1234567"},
+        {"code": "malformed_record", "field": None, "count": 3000,
+         "example_message": "not a JSON object: " + '{"id":"x","age":' * 12}]}  # fmt: skip
+    outputs = combine(OutputSummariesFn(["probability", "scores", "classes"]), blocks(), 3)
+    started = datetime.fromisoformat(manifest["timings"]["started"]).timestamp()
+    stamps = [(started + 60 + t, 1000) for t in np.linspace(0, seconds - 90, 6000)]
+    throughput = ThroughputFn(started)
+    summary = throughput.extract_output(throughput.add_inputs(throughput.create_accumulator(), stamps))
+    published = [f"prediction.results-{i:05d}-of-00030" for i in range(30)] + [
+        "errors-00000-of-00002",
+        "errors-00001-of-00002",
+    ]
+    return manifest, kinds, outputs, summary, published
+
+
+@pytest.mark.parametrize("verdict", ["warn", "block"])
+def test_a_report_with_everything_long_fits_a_phone_and_wraps_paths_at_separators(verdict, tmp_path):
+    manifest, kinds, outputs, throughput, published = worst_case(verdict)
+    report = tmp_path / "report.html"
+    report.write_text(render_report(manifest, kinds, outputs, throughput, published=published))
+    found = measured(report, tmp_path)
+    assert_shows_run_json(found, manifest)
+    for width, viewport in (("phone", PHONE), ("desktop", DESKTOP)):
+        seen = found[width]
+        assert seen["scroll"] <= viewport, (
+            f"{width}: the page is {seen['scroll']} px wide; sticking out: {seen['wide']}"
+        )
+        assert seen["midword"] == [], (width, seen["midword"][:5])
+    assert found["phone"]["wrapped"] > 60  # the inputs' paths, at least
+    dom = Elements(report.read_text())
+    (title,) = dom.having("data-title")
+    assert title["text"] == "adpredict-nightly-partner-network-clicks-20261201-231500 · 2026-12-01"
+    links = [e for e in dom.found if e["tag"] == "a"]
+    if verdict == "block":  # nothing published: only the staging folder, the error counts, run.json
+        assert [a["href"] for a in links] == [
+            "./.adpredict-staging/",
+            "./prediction.errors_stats",
+            "./run.json",
+        ]
+    else:  # 20 shards of predictions shown, the other 10 counted; both error shards
+        assert len(links) == 20 + 2 + 2 and "… and 10 more prediction.results-* files" in report.read_text()
+    assert sum(int(r["data-read"]) for r in dom.having("data-input")[:50]) == 50 * 100_000
 
 
 # --- The summaries: mergeable and bounded -----------------------------------------------------
@@ -310,7 +554,7 @@ def test_summaries_stay_bounded_after_a_million_values():
     stamps = [(1.7e9 + t, 3) for t in np.sort(rng.random(1_000_000) * 86_400)]  # a day of blocks
     accumulators = [throughput.add_inputs(throughput.create_accumulator(), stamps[i::4]) for i in range(4)]
     for accumulator in accumulators:
-        assert len(accumulator.counts) <= THROUGHPUT_CAP
+        assert len(accumulator.grid.counts) <= THROUGHPUT_CAP
     merged = throughput.extract_output(throughput.merge_accumulators(accumulators))
     single = throughput.extract_output(throughput.add_inputs(throughput.create_accumulator(), stamps))
     assert merged == single and merged["records"] == 3_000_000

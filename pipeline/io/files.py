@@ -148,7 +148,7 @@ class _ReadPartFn(beam.DoFn):
             stream = splitting.LineRange(part, newlines_before)
             try:
                 if stream.empty:
-                    yield from self._checked([])
+                    yield from self._checked([], part.path)
                     return
                 blocks = fmt.read(
                     stream,
@@ -158,7 +158,7 @@ class _ReadPartFn(beam.DoFn):
                     first_line=stream.first_line,
                     **options,
                 )
-                yield from self._checked(read_ahead(_errors_grouped(blocks)))
+                yield from self._checked(read_ahead(_errors_grouped(blocks)), part.path)
             finally:
                 stream.close()
             return
@@ -169,7 +169,7 @@ class _ReadPartFn(beam.DoFn):
                 stream, part.path, self._layout, self._block_bytes,
                 row_groups=(part.start, part.end), first_row=part.first_row,
             )  # fmt: skip
-            yield from self._checked(read_ahead(_errors_grouped(blocks)))
+            yield from self._checked(read_ahead(_errors_grouped(blocks)), part.path)
 
     def _whole_file(self, path: str, fmt):
         gzipped = path.endswith(COMPRESSED_SUFFIX) and not fmt.needs_seekable_file
@@ -179,7 +179,7 @@ class _ReadPartFn(beam.DoFn):
             try:
                 head = stream.read(HEAD_BYTES)
             except _GZIP_FAILURES as e:
-                yield from self._checked([_cut_short(path, e)])
+                yield from self._checked([_cut_short(path, e)], path)
                 return
             problem = fmt.head_problem(head, self._layout)
             if problem:
@@ -191,7 +191,7 @@ class _ReadPartFn(beam.DoFn):
             blocks = fmt.read(stream, path, self._layout, self._block_bytes)
             # Errors cross to this thread in lists: one queue hand-off per error record cost
             # 70 us (the threads take turns on the GIL), fourteen times the diagnosis itself.
-            yield from self._checked(_until_cut(read_ahead(_errors_grouped(blocks)), path))
+            yield from self._checked(_until_cut(read_ahead(_errors_grouped(blocks)), path), path)
 
 
 def _errors_grouped(items):

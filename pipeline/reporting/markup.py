@@ -1,5 +1,5 @@
-"""What the report's pages share: escaping, number formats, the SVG frame and how an SVG
-becomes an image in a `data:` URL, round ticks, and the colours of the bars.
+"""What the report's pages share: escaping, paths that wrap, times, number formats, the SVG
+frame and how an SVG becomes an image in a `data:` URL, round ticks, the colours of the bars.
 
 `pipeline.reporting.page` (the run report) and `pipeline.reporting.quality_page` (its
 data-quality section) draw with these; this module imports neither.
@@ -8,16 +8,48 @@ data-quality section) draw with these; this module imports neither.
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import math
+import re
 
 BAR_COLOR = "#3b6fb6"  # histogram bars (the browser test looks for them)
 THROUGHPUT_COLOR = "#2a9d8f"
 WIDTH, HEIGHT = 560, 280  # a full-size plot
+_SEPARATOR = re.compile(r"([/_-]+)")  # where a path may wrap: after a run of separators
 
 
 def esc(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def path_html(path) -> str:
+    """A path or URI as text that wraps after its separators (/ _ -), not inside a name, on a
+    narrow screen; the whole path in `title` (a tooltip, and one string to search for)."""
+    text = esc(path)
+    wrapping = _SEPARATOR.sub(r"\1<wbr>", text)
+    return f'<span class="path" title="{text}">{wrapping}</span>'
+
+
+def local_time(iso) -> str:
+    """An ISO timestamp as ISO local time, to the second: "2026-12-04 22:24:03 +01:00" (the
+    time zone of the machine that writes the page), in a <time> that keeps the exact one."""
+    try:
+        when = datetime.datetime.fromisoformat(str(iso))
+    except ValueError:
+        return esc(iso)
+    local = when.astimezone()
+    offset = local.strftime("%z")
+    shown = f"{local:%Y-%m-%d %H:%M:%S} {offset[:3]}:{offset[3:]}"
+    return f'<time datetime="{esc(when.isoformat())}">{esc(shown)}</time>'
+
+
+def local_date(iso) -> str | None:
+    """The local date of an ISO timestamp ("2026-12-04"), or None."""
+    try:
+        return datetime.datetime.fromisoformat(str(iso)).astimezone().date().isoformat()
+    except ValueError:
+        return None
 
 
 def number(value) -> str:

@@ -1,14 +1,16 @@
 """The run report: `report.html` beside the outputs of every `predict` run.
 
-The page a person opens after a run, and the one to read when a run failed: the
-data-quality gate's verdict (for a blocked night: that nothing was published, where the
-outputs are held, how to publish a reviewed night) with small plots of each flagged feature
-against training and the previous night (`pipeline.reporting.quality_page` draws that
-section), counts and status, errors by code and field, a histogram of each model output,
-throughput over the run, the model, inputs, runner, versions and timings. One self-contained
-file (styles inline, plots as SVG images in `data:` URLs, a Content-Security-Policy that
-forbids any fetch), so it opens the same from a bucket download, a mail attachment or
-`file://`, with no network.
+The page a person opens after a run, and the one to read when a run failed: the job and
+its date, the data-quality gate's verdict (for a blocked night: that nothing was published,
+where the outputs are held, how to publish a reviewed night) with small plots of each
+flagged feature against training and the previous night (`pipeline.reporting.quality_page`
+draws that section), counts and status, errors by code and field, a histogram of each model
+output beside the model's training figures, throughput over the run, what the run cost, the
+counts per input and links to the outputs (`pipeline.reporting.files_page`), the model,
+runner, versions and timings. One self-contained file (styles inline, plots as SVG images
+in `data:` URLs, a Content-Security-Policy that forbids any fetch; its only links are to
+the files beside it), so it opens the same from a bucket download, a mail attachment or
+`file://`, with no network; it fits a phone's width.
 
 `render_report` is a pure function of the run's manifest and its summaries
 (`pipeline.reporting.summaries`, computed inside the pipeline: on Dataflow the launcher may
@@ -17,23 +19,23 @@ be gone before the job ends); the run's last step (`pipeline.run.finalize`) call
 
 from __future__ import annotations
 
-import datetime
 import json
 
+from pipeline.reporting.cost import assumptions, machines, money
+from pipeline.reporting.files_page import FILES_CSS, files_section
 from pipeline.reporting.markup import (
-    BAR_COLOR,
-    HEIGHT,
     THROUGHPUT_COLOR,
-    WIDTH,
     esc,
+    local_date,
+    local_time,
     number,
-    round_ticks,
+    path_html,
     svg_image,
-    svg_open,
 )
+from pipeline.reporting.plots import bars_svg, category_svg, empty_svg, histogram_svg
 from pipeline.reporting.quality_page import QUALITY_CSS, quality_section
-from pipeline.reporting.summaries import CATEGORY_CAP
-from pipeline.reporting.terminal import worker_lines
+from pipeline.reporting.summaries import CATEGORY_CAP, throughput_bars
+from pipeline.reporting.terminal import duration, worker_lines
 from pipeline.run_contract import (
     ERRORS,
     ERRORS_PREFIX,
@@ -46,14 +48,18 @@ from pipeline.run_contract import (
 COUNT_NAMES = (READ, PREDICTIONS, ERRORS)
 
 
-def render_report(manifest: dict, error_kinds: dict, outputs: list[dict], throughput: dict) -> str:
+def render_report(
+    manifest: dict, error_kinds: dict, outputs: list[dict], throughput: dict, published=None
+) -> str:
     """The report page of one run, from its manifest (`run.json`'s content), the error
-    summary (the errors_stats file's content), `OutputSummariesFn`'s and `ThroughputFn`'s
-    results. Every string that comes from the run (paths, names, messages) is escaped."""
+    summary (`CountErrorsFn`'s: the errors_stats file's content), `OutputSummariesFn`'s and
+    `ThroughputFn`'s results, and the names of the files the run published beside it (None:
+    not known).
+    Every string that comes from the run (paths, names, messages) is escaped."""
     counts = manifest.get("counts", {})
     status = str(manifest.get("status", "unknown"))
     ok = status == SUCCEEDED
-    title = f"adpredict run {manifest.get('run_id') or ''}".strip()
+    title = _title(manifest)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -61,21 +67,30 @@ def render_report(manifest: dict, error_kinds: dict, outputs: list[dict], throug
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "img-src data:; style-src 'unsafe-inline'\">",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{esc(title)}</title><style>{_CSS}{QUALITY_CSS}</style></head><body>",
-        f'<h1>adpredict run report <span class="status {"ok" if ok else "failed"}" '
+        f"<title>{esc(title)} ({esc(status)})</title><style>{_CSS}{QUALITY_CSS}{FILES_CSS}</style></head><body>",
+        f'<h1><span data-title="">{path_html(title)}</span> <span class="status {"ok" if ok else "failed"}" '
         f'data-status="{esc(status)}">{esc(status)}</span></h1>',
-        f'<p class="sub">{esc(manifest.get("output_dir") or "")} · run {esc(manifest.get("run_id") or "")}'
-        + (f" · date {esc(manifest['date'])}" if manifest.get("date") else "")
+        f'<p class="sub">{path_html(manifest.get("output_dir") or "")} · run {esc(manifest.get("run_id") or "")}'
         + "</p>",
         quality_section(manifest),
         _counts_section(manifest, counts),
         _errors_section(error_kinds, counts),
-        _outputs_section(outputs, counts),
+        _outputs_section(outputs, manifest),
         _throughput_section(throughput, manifest),
+        _cost_section(manifest),
+        files_section(manifest, published),
         _details_section(manifest),
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _title(manifest: dict) -> str:
+    """ "<job> · <run date>": the Dataflow job's name or the command, and the date the run
+    is for (nightly: --run_date) or else the local date it started."""
+    job = manifest.get("job_name") or f"adpredict {manifest.get('job') or 'predict'}"
+    date = manifest.get("date") or local_date((manifest.get("timings") or {}).get("started"))
+    return f"{job} · {date}" if date else str(job)
 
 
 def _counts_section(manifest: dict, counts: dict) -> str:
@@ -98,9 +113,12 @@ def _counts_section(manifest: dict, counts: dict) -> str:
     )
     seconds = manifest.get("timings", {}).get("seconds")
     if seconds:
+        rate = (manifest.get("cost") or {}).get("records_per_second") or read / seconds
         tiles += (
-            f'<div class="tile"><div class="label">wall time</div><div class="value">{seconds:,.1f} s</div>'
-            f'<div class="label">{read / seconds:,.0f} records/s</div></div>'
+            '<div class="tile" title="The pipeline\'s, from its start to its last step: the command\'s '
+            'own time, with its start-up and checks, is longer."><div class="label">pipeline wall time</div>'
+            f'<div class="value" data-figure="seconds">{esc(duration(seconds))}</div>'
+            f'<div class="label"><span data-figure="records_per_second">{rate:,.0f}</span> records/s</div></div>'
         )
     problems = "".join(f"<li>{esc(p)}</li>" for p in manifest.get("problems") or [])
     other = {k: v for k, v in counts.items() if k not in (*COUNT_NAMES, "error_rate")}
@@ -123,24 +141,62 @@ def _errors_section(error_kinds: dict, counts: dict) -> str:
     if not kinds:
         return '<section id="errors"><h2>Errors</h2><p>No errors.</p></section>'
     total = error_kinds.get("errors") or sum(k["count"] for k in kinds)
+    # The example message in a row of its own, under its kind: a long message would squeeze
+    # the other columns on a phone.
     rows = "".join(
-        f'<tr data-error-code="{esc(k["code"])}" data-error-field="{esc(k["field"] or "")}">'
-        f"<td><code>{esc(k['code'])}</code></td><td>{esc(k['field'] or '—')}</td>"
-        f'<td class="num" data-count="{k["count"]}">{k["count"]:,}</td><td class="num">{k["count"] / total:.1%}</td>'
-        f"<td>{esc(k.get('example_message') or '')}</td></tr>"
+        f'<tbody data-error-code="{esc(k["code"])}" data-error-field="{esc(k["field"] or "")}">'
+        f"<tr><td><code>{path_html(k['code'])}</code></td><td>{path_html(k['field'] or '—')}</td>"
+        f'<td class="num" data-count="{k["count"]}">{k["count"]:,}</td><td class="num">{k["count"] / total:.1%}</td></tr>'
+        f"<tr class='example'><td colspan='4' class='message'>e.g. {esc(k.get('example_message') or '')}</td></tr>"
+        "</tbody>"
         for k in kinds
     )
     return (
         f'<section id="errors"><h2>Errors by code and field</h2>'
         f"<p>{total:,} error records (see <code>{PREDICT_ERRORS_STATS}</code> and <code>{ERRORS_PREFIX}-*</code>).</p>"
-        "<table><thead><tr><th>code</th><th>field</th><th>records</th><th>share</th>"
-        f"<th>example message</th></tr></thead><tbody>{rows}</tbody></table></section>"
+        "<table class='errors'><thead><tr><th>code</th><th>field</th><th>records</th><th>share</th>"
+        f"</tr></thead>{rows}</table></section>"
     )
 
 
-def _outputs_section(outputs: list[dict], counts: dict) -> str:
+def _outputs_section(outputs: list[dict], manifest: dict) -> str:
     figures = "".join(_output_figure(summary) for summary in outputs)
-    return f'<section id="outputs"><h2>Model outputs</h2><div class="plots">{figures}</div></section>'
+    return (
+        '<section id="outputs"><h2>Model outputs</h2>'
+        f"{_against_training(manifest)}"
+        f'<div class="plots">{figures}</div></section>'
+    )
+
+
+def _against_training(manifest: dict) -> str:
+    """This run's mean prediction beside the model's in training (held-out split), and the
+    model's training AUC: run.json's `mean_prediction` and `model.training`."""
+    training = (manifest.get("model") or {}).get("training") or {}
+    tonight = manifest.get("mean_prediction") or {}
+    before = training.get("mean_prediction") or {}
+    auc = training.get("eval_auc")
+    if not tonight and not before and auc is None:
+        return ""
+    held_out = f" on {training['eval_records']:,} held-out records" if training.get("eval_records") else ""
+    trained = f" ({training['train_records']:,} trained on)" if training.get("train_records") else ""
+    line = (
+        f'<p>Training AUC <b data-figure="training_auc">{auc:.4f}</b>{held_out}{trained}.</p>'
+        if isinstance(auc, int | float)
+        else "<p>The model directory records no training AUC (a model adpredict did not train).</p>"
+    )
+    rows = "".join(
+        f'<tr data-output-mean="{esc(name)}"><th>{esc(name)}</th>'
+        f'<td class="num" data-figure="mean_prediction">{number(tonight.get(name))}</td>'
+        f'<td class="num" data-figure="training_mean_prediction">{number(before.get(name))}</td></tr>'
+        for name in sorted(set(tonight) | set(before))
+    )
+    table = (
+        "<table><thead><tr><th>output</th><th>mean, this run</th>"
+        f"<th>mean in training (held-out split)</th></tr></thead><tbody>{rows}</tbody></table>"
+        if rows
+        else ""
+    )
+    return f'<div class="training">{line}{table}</div>'
 
 
 def _output_figure(summary: dict) -> str:
@@ -156,7 +212,7 @@ def _output_figure(summary: dict) -> str:
         categories = summary["categories"]
         bars = [(value, count) for value, count in categories]
         image = svg_image(
-            _category_svg(bars, name) if bars else _empty_svg(f"{name}: more than {CATEGORY_CAP} values"),
+            category_svg(bars, name) if bars else empty_svg(f"{name}: more than {CATEGORY_CAP} values"),
             f"counts of each value of {name}",
         )
         caption = f"{summary['values']:,} values ({summary['records']:,} records{per_row})"
@@ -169,7 +225,7 @@ def _output_figure(summary: dict) -> str:
     bins = summary.get("bins") or []
     binned = sum(count for _, _, count in bins)
     image = svg_image(
-        _histogram_svg(bins, name) if bins else _empty_svg(f"{name}: no finite values"),
+        histogram_svg(bins, name) if bins else empty_svg(f"{name}: no finite values"),
         f"histogram of {name}",
     )
     odd = ", ".join(f"{count:,} {kind}" for kind, count in nonfinite.items() if count)
@@ -197,32 +253,41 @@ def _output_figure(summary: dict) -> str:
 
 
 def _throughput_section(throughput: dict, manifest: dict) -> str:
-    buckets = throughput.get("buckets") or []
-    started = _epoch(manifest.get("timings", {}).get("started")) or throughput.get("first") or 0.0
-    if not buckets:
-        image = svg_image(_empty_svg("no records scored"), "throughput over the run")
+    found = throughput_bars(throughput)
+    bars = [(lo, hi, rate) for lo, hi, rate, _ in found["bars"] if rate is not None]
+    if not bars:
+        image = svg_image(empty_svg("no records scored"), "throughput over the run")
         caption = "No records scored."
     else:
-        width = buckets[0][1] - buckets[0][0]
-        bars = [(lo - started, hi - started, count / width) for lo, hi, count in buckets]
         seconds = manifest.get("timings", {}).get("seconds") or 0.0
+        start, end, records = found["start"], found["end"], throughput["records"]
         image = svg_image(
-            _bars_svg(
+            bars_svg(
                 bars,
                 "seconds since the run started",
                 "records scored / s",
                 THROUGHPUT_COLOR,
-                x_range=(min(0.0, bars[0][0]), max(seconds, bars[-1][1])),
+                x_range=(0.0, max(seconds, end)),
             ),
             "records scored per second over the run",
         )
-        span = max(throughput["last"] - throughput["first"], width)
-        first, last = throughput["first"] - started, throughput["last"] - started
-        when = f"at {first:,.1f} s" if last - first < 0.05 else f"from {first:,.1f} s to {last:,.1f} s"
+        if throughput["first"] == throughput["last"]:
+            when = (
+                f"all at once, {_moment(end)} after the start (when their block left the model): "
+                f"at least {records / end:,.0f} records/s"
+                if end > 0
+                else "all at once"
+            )
+        else:
+            when = (
+                f"from about {_moment(start)} (the first block's time estimated from the others' rate) "
+                f"to {_moment(end)} after the start, when the last block left the model: "
+                f"{records / (end - start):,.0f} records/s over the scoring, peak "
+                f"{max(rate for _, _, rate in bars):,.0f} records/s"
+            )
         caption = (
-            f"{throughput['records']:,} records scored {when} after the start (when blocks left the "
-            f"model), in buckets of {number(width)} s; peak {max(b[2] for b in bars):,.0f} records/s, "
-            f"{throughput['records'] / span:,.0f} records/s over the scoring span."
+            f"{records:,} records scored {when}. Bars of {_moment(found['width'])} from the run's start, "
+            "each its records over its own duration."
         )
     return (
         '<section id="throughput"><h2>Throughput over the run</h2>'
@@ -231,189 +296,131 @@ def _throughput_section(throughput: dict, manifest: dict) -> str:
     )
 
 
+def _moment(seconds: float) -> str:
+    """Seconds into a run, readable at any scale: "0.034 s", "2.17 s", "3 min 05 s"."""
+    return f"{seconds:.3g} s" if seconds < 10 else duration(seconds)
+
+
+def _cost_section(manifest: dict) -> str:
+    """What the run cost (run.json's `cost`): records/s per vCPU, worker-seconds, the
+    estimated price of a million predictions, and what the estimate assumed."""
+    cost = manifest.get("cost")
+    if not isinstance(cost, dict):
+        return ""
+    per_vcpu, worker_seconds = cost.get("records_per_second_per_vcpu"), cost.get("worker_seconds")
+    vcpus = cost.get("vcpus_per_worker")
+    tiles = [
+        ("records/s per vCPU", "records_per_second_per_vcpu", "—" if per_vcpu is None else f"{per_vcpu:,.0f}",
+         f"{cost.get('workers')} × {vcpus:g} vCPUs" if vcpus else "vCPUs unknown"),
+        ("worker-seconds", "worker_seconds", f"{worker_seconds:,.1f}" if worker_seconds is not None else "—",
+         machines(cost)),
+        ("per million predictions", "usd_per_million_predictions", money(cost.get("usd_per_million_predictions")),
+         f"this run {money(cost.get('usd'))}, "
+         + ("example prices" if cost.get("prices_are_examples") else "estimated")),
+    ]  # fmt: skip
+    shown = "".join(
+        f'<div class="tile"><div class="label">{esc(label)}</div>'
+        f'<div class="value" data-figure="{name}">{esc(value)}</div><div class="label">{esc(note)}</div></div>'
+        for label, name, value, note in tiles
+    )
+    assumed = "".join(f"<li>{esc(line)}</li>" for line in assumptions(cost))
+    return (
+        '<section id="cost"><h2>What the run cost</h2>'
+        f'<div class="tiles">{shown}</div><p>An estimate, assuming:</p><ul class="assumptions">{assumed}</ul></section>'
+    )
+
+
 def _details_section(manifest: dict) -> str:
+    """The model, inputs, outputs, run and versions; each value as HTML (paths wrap)."""
     model = manifest.get("model") or {}
     inputs = manifest.get("inputs") or {}
     timings = manifest.get("timings") or {}
-    files = inputs.get("files") or []
-    shown = files[:50]
-    more = f"<li>… and {len(files) - len(shown):,} more</li>" if len(files) > len(shown) else ""
-    file_list = f"<ul>{''.join(f'<li>{_value(f)}</li>' for f in shown)}{more}</ul>" if files else "—"
+    patterns = inputs.get("patterns") or []
     sections = {
         "Model": [
-            ("directory", model.get("dir")),
-            ("fingerprint", model.get("fingerprint")),
-            ("batch size", manifest.get("batch_size")),
-            ("TensorFlow threads", manifest.get("tf_threads")),
-            ("precision asked", manifest.get("precision_requested")),
-            ("ran on", "; ".join(worker_lines(manifest)) or None),
+            ("directory", _path(model.get("dir"))),
+            ("fingerprint", _hash(model.get("fingerprint"))),
+            ("batch size", _value(manifest.get("batch_size"))),
+            ("TensorFlow threads", _value(manifest.get("tf_threads"))),
+            ("precision asked", _value(manifest.get("precision_requested"))),
+            ("ran on", _value("; ".join(worker_lines(manifest)) or None)),
         ],
         "Inputs": [
-            ("patterns", inputs.get("patterns")),
-            ("query", inputs.get("query")),
-            ("filter", inputs.get("filter")),
-            ("format", inputs.get("format")),
-            ("fingerprint", manifest.get("input_fingerprint")),
+            ("patterns", "<br>".join(path_html(p) for p in patterns) or None),
+            ("query", _value(inputs.get("query"))),
+            ("filter", _value(inputs.get("filter"))),
+            ("format", _value(inputs.get("format"))),
+            ("fingerprint", _hash(manifest.get("input_fingerprint"))),
         ],
         "Outputs": [
-            ("directory", manifest.get("output_dir")),
-            ("format", manifest.get("output_format")),
-            ("tables", manifest.get("output_tables")),
-            ("outputs written", manifest.get("outputs_written")),
-            ("files published", manifest.get("files_published")),
+            ("directory", _path(manifest.get("output_dir"))),
+            ("format", _value(manifest.get("output_format"))),
+            ("tables", _value(manifest.get("output_tables"))),
+            ("outputs written", _value(manifest.get("outputs_written"))),
+            ("files published", _value(manifest.get("files_published"))),
         ],
         "Run": [
-            ("runner", manifest.get("runner")),
-            ("run id", manifest.get("run_id")),
-            ("started", timings.get("started")),
-            ("finished", timings.get("finished")),
-            ("seconds", timings.get("seconds")),
+            ("runner", _value(manifest.get("runner"))),
+            ("run id", _value(manifest.get("run_id"))),
+            ("run date", _value(manifest.get("date"))),
+            ("started", local_time(timings["started"]) if timings.get("started") else None),
+            ("finished", local_time(timings["finished"]) if timings.get("finished") else None),
+            ("pipeline wall time", esc(duration(timings["seconds"])) if timings.get("seconds") else None),
             ("max error rate", _percent(manifest.get("max_error_rate"))),
         ],
-        "Versions": sorted((manifest.get("versions") or {}).items()),
+        "Versions": [
+            (name, _value(version)) for name, version in sorted((manifest.get("versions") or {}).items())
+        ],
     }
     tables = []
     for heading, rows in sections.items():
         body = "".join(
-            f"<tr><th>{esc(label)}</th><td>{_value(value)}</td></tr>"
-            for label, value in rows
-            if value is not None
+            f"<tr><th>{esc(label)}</th><td>{value}</td></tr>" for label, value in rows if value is not None
         )
-        if heading == "Inputs":
-            body += f"<tr><th>files</th><td>{file_list}</td></tr>"
         tables.append(f'<div><h3>{heading}</h3><table class="kv">{body}</table></div>')
     return f'<section id="details"><h2>Model, inputs and run</h2><div class="details">{"".join(tables)}</div></section>'
-
-
-# --- SVG plots --------------------------------------------------------------------------------
-
-_LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 24, 52
-
-
-def _histogram_svg(bins: list, name: str) -> str:
-    return _bars_svg([(lo, hi, count) for lo, hi, count in bins], name, "records", BAR_COLOR, title=name)
-
-
-def _bars_svg(
-    bars: list, x_label: str, y_label: str, color: str, title: str | None = None, x_range=None
-) -> str:
-    """Bars over [low, high) x-intervals, with both axes labelled and ticked; the x axis
-    spans the bars, or `x_range`."""
-    x0, x1 = x_range or (min(b[0] for b in bars), max(b[1] for b in bars))
-    if x1 <= x0:
-        x1 = x0 + 1
-    top = max(b[2] for b in bars) or 1
-    y_ticks = round_ticks(0, top)
-    y_max = max(top, y_ticks[-1])
-    plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
-
-    def x(v):
-        return _LEFT + (v - x0) / (x1 - x0) * plot_w
-
-    def y(v):
-        return _TOP + plot_h - v / y_max * plot_h
-
-    out = [svg_open()]
-    if title:
-        out.append(
-            f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-weight="bold">{esc(title)}</text>'
-        )
-    for tick in y_ticks:
-        out.append(
-            f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e3e3e3"/>'
-            f'<text x="{_LEFT - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{_tick_label(tick)}</text>'
-        )
-    for lo, hi, value in bars:
-        left, right = x(lo), x(hi)
-        out.append(
-            f'<rect x="{left:.2f}" y="{y(value):.2f}" width="{max(right - left - 0.5, 0.8):.2f}" '
-            f'height="{y(0) - y(value):.2f}" fill="{color}"><title>[{number(lo)}, {number(hi)}): '
-            f"{number(value)}</title></rect>"
-        )
-    for tick in round_ticks(x0, x1):
-        if x0 <= tick <= x1:
-            out.append(
-                f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{y(0)}" y2="{y(0) + 5}" stroke="#444"/>'
-                f'<text x="{x(tick):.1f}" y="{y(0) + 18}" text-anchor="middle">{_tick_label(tick)}</text>'
-            )
-    out.append(
-        f'<line x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y(0)}" y2="{y(0)}" stroke="#444"/>'
-        f'<line x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{y(0)}" stroke="#444"/>'
-        f'<text x="{_LEFT + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle">{esc(x_label)}</text>'
-        f'<text transform="translate(14 {_TOP + plot_h / 2}) rotate(-90)" text-anchor="middle">{esc(y_label)}</text>'
-        "</svg>"
-    )
-    return "".join(out)
-
-
-def _category_svg(bars: list, name: str) -> str:
-    """Horizontal bars, one per distinct value of a text output (the most frequent first)."""
-    shown = bars[:15]
-    top = max(count for _, count in shown) or 1
-    row = min(24, (HEIGHT - 60) / len(shown))
-    left, width = 150, WIDTH - 150 - 60
-    out = [
-        svg_open(),
-        f'<text x="{WIDTH / 2}" y="16" text-anchor="middle" font-weight="bold">{esc(name)}</text>',
-    ]
-    for i, (value, count) in enumerate(shown):
-        top_y = 30 + i * row
-        label = value if len(value) <= 20 else value[:19] + "…"
-        out.append(
-            f'<text x="{left - 6}" y="{top_y + row * 0.7:.1f}" text-anchor="end">{esc(label)}</text>'
-            f'<rect x="{left}" y="{top_y + 2:.1f}" width="{max(count / top * width, 1):.1f}" '
-            f'height="{row - 4:.1f}" fill="{BAR_COLOR}"/>'
-            f'<text x="{left + count / top * width + 4:.1f}" y="{top_y + row * 0.7:.1f}">{count:,}</text>'
-        )
-    out.append(
-        f'<text x="{WIDTH / 2}" y="{HEIGHT - 8}" text-anchor="middle">values (records per value)</text></svg>'
-    )
-    return "".join(out)
-
-
-def _empty_svg(message: str) -> str:
-    return (
-        f'{svg_open()}<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">{esc(message)}</text></svg>'
-    )
-
-
-def _tick_label(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
-        return f"{int(value):,}"
-    return f"{value:.6g}"
 
 
 # --- Formatting ---------------------------------------------------------------------------------
 
 
-def _value(value) -> str:
+def _value(value) -> str | None:
+    """`value` as escaped HTML (a dict or list as JSON), or None when there is none."""
+    if value is None:
+        return None
     if isinstance(value, dict | list | tuple):
-        return f"<code>{esc(json.dumps(value, sort_keys=True, default=str))}</code>"
+        return f"<code>{path_html(json.dumps(value, sort_keys=True, default=str))}</code>"
     return esc(value)
+
+
+def _hash(value) -> str | None:
+    """A fingerprint: one long word, that may wrap anywhere."""
+    return None if value is None else f'<span class="hash">{esc(value)}</span>'
+
+
+def _path(value) -> str | None:
+    return None if value is None else path_html(value)
 
 
 def _percent(value) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
-def _epoch(iso: str | None) -> float | None:
-    try:
-        return datetime.datetime.fromisoformat(iso).timestamp() if iso else None
-    except ValueError:
-        return None
-
-
 _CSS = """
-body{font:14px/1.45 'DejaVu Sans','Liberation Sans',Arial,sans-serif;color:#222;margin:24px auto;max-width:1180px;padding:0 16px}
+body{font:14px/1.45 'DejaVu Sans','Liberation Sans',Arial,sans-serif;color:#222;margin:24px auto;max-width:1180px;padding:0 16px;overflow-wrap:break-word}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
-h3{font-size:14px;margin:8px 0}.sub{color:#666;margin:0 0 12px;word-break:break-all}
+h3{font-size:14px;margin:8px 0}.sub{color:#666;margin:0 0 12px}.path{white-space:normal}.hash{overflow-wrap:anywhere}
 .status{font-size:13px;padding:3px 10px;border-radius:12px;vertical-align:middle;color:#fff}
 .status.ok{background:#2e7d32}.status.failed{background:#c62828}
 .tiles{display:flex;flex-wrap:wrap;gap:12px}.tile{border:1px solid #ddd;border-radius:6px;padding:8px 16px;min-width:130px}
 .tile .label{color:#666;font-size:12px}.tile .value{font-size:22px;font-weight:bold}
-table{border-collapse:collapse;margin:6px 0}td,th{border-bottom:1px solid #eee;padding:3px 10px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:6px 0;display:block;max-width:100%;overflow-x:auto}
+td,th{border-bottom:1px solid #eee;padding:3px 10px;text-align:left;vertical-align:top}
 .num{text-align:right;font-variant-numeric:tabular-nums}table.kv th{color:#555;font-weight:normal;white-space:nowrap}
-td{word-break:break-word}code{font-size:12px}.problems{color:#c62828}
+code{font-size:12px}.problems{color:#c62828}img{max-width:100%;height:auto}
 .plots{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0;max-width:560px}figcaption{font-size:12px;color:#444}
-.details{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:8px 24px}
-"""  # the data-quality section's styles follow: QUALITY_CSS
+.details{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(340px,100%),1fr));gap:8px 24px}
+.assumptions{font-size:12px;color:#444;padding-left:20px}.message{overflow-wrap:anywhere;color:#444;font-size:12px}
+table.errors tr:not(.example) td{border-bottom:0}
+@media (max-width:600px){body{margin:12px auto;padding:0 10px}h1{font-size:19px}.tile{min-width:0;flex:1 1 40%;padding:6px 10px}}
+"""  # the data-quality section's styles follow (QUALITY_CSS), then the files section's (FILES_CSS)

@@ -18,6 +18,7 @@ from pipeline.reporting.markup import (
     THROUGHPUT_COLOR,
     esc,
     finite,
+    path_html,
     round_ticks,
     share,
     svg_image,
@@ -127,7 +128,7 @@ def _verdict_callout(verdict: str, flagged: list, manifest: dict) -> str:
         return (
             '<div class="callout block"><p><strong>Blocked: nothing was published.</strong> '
             f"{_subjects(blocking)} shifted beyond {'its' if len(blocking) == 1 else 'their'} block "
-            f"limits. The predictions and error records are held in <code>{esc(held)}</code> and no "
+            f"limits. The predictions and error records are held in <code>{path_html(held)}</code> and no "
             f"<code>{SUCCESS_MARKER}</code> was written, so nothing downstream reads this night.</p>"
             "<p>Review the shifts below. If they are real (a new media network, a unit changed "
             "upstream) and the model should score them, re-run the same command with "

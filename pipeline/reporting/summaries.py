@@ -1,14 +1,17 @@
 """Bounded summaries of a run, computed inside the pipeline like its counts: the error records
-by kind, each model output's distribution, throughput over time.
+by kind and by input, each model output's distribution, throughput over time.
 
 Each is a CombineFn whose accumulator stays the same size whatever the number of records
-(histograms on a fixed grid, capped category counts, time buckets), and merges exactly in
-any order and grouping Beam combines them. The run's last step (`pipeline.run.finalize`)
-writes the error counts to the errors_stats file and hands all three to the report page.
+(histograms on a fixed grid, capped category counts, time buckets; one count per input
+file), and merges exactly in any order and grouping Beam combines them. The run's last
+step (`pipeline.run.finalize`) writes the error counts to the errors_stats file and
+run.json, and hands all three to the report page (`throughput_bars` draws the throughput).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import math
 import time
@@ -20,6 +23,8 @@ HISTOGRAM_CAP = 2048  # fine bins per numeric output, whatever the number of val
 HISTOGRAM_BARS = 40  # at most this many bars drawn (groups of fine bins)
 CATEGORY_CAP = 50  # distinct values counted per text output; more: only totals
 THROUGHPUT_CAP = 200  # time buckets over the run, whatever its length
+THROUGHPUT_FINEST = -10  # the finest time bucket: 2**-10 s, about 1 ms
+THROUGHPUT_BARS = 40  # at most this many bars drawn
 
 
 class Grid:
@@ -240,63 +245,154 @@ def scored_at(scored) -> tuple[float, int]:
     return time.time(), len(scored)
 
 
+class _Stamps:
+    """ThroughputFn's accumulator: records by time (a `Grid`) and the number of blocks."""
+
+    def __init__(self):
+        self.grid = Grid(THROUGHPUT_CAP, min_exponent=THROUGHPUT_FINEST)
+        self.blocks = 0
+
+
 class ThroughputFn(beam.CombineFn):
-    """(time, records) pairs -> records per time bucket over the run: buckets of one second,
-    doubled as often as needed to stay within `THROUGHPUT_CAP` buckets (a `Grid`)."""
+    """(time, records) pairs -> records per time bucket, in seconds since `origin` (the run's
+    start, so that buckets start with the run, not on the wall clock's whole seconds):
+    buckets of 2**THROUGHPUT_FINEST s, doubled as often as needed to stay within
+    `THROUGHPUT_CAP` (a `Grid`); and how many blocks were stamped."""
+
+    def __init__(self, origin: float = 0.0):
+        self._origin = origin
 
     def create_accumulator(self):
-        return Grid(THROUGHPUT_CAP, min_exponent=0)
+        return _Stamps()
 
     def add_input(self, accumulator, stamped):
-        when, records = stamped
-        accumulator.add(np.array([when]), np.array([records]))
-        return accumulator
+        return self.add_inputs(accumulator, [stamped])
 
     def add_inputs(self, accumulator, elements):
         stamped = np.array(list(elements), dtype=np.float64).reshape(-1, 2)
-        accumulator.add(stamped[:, 0], stamped[:, 1].astype(np.int64))
+        accumulator.grid.add(stamped[:, 0] - self._origin, stamped[:, 1].astype(np.int64))
+        accumulator.blocks += len(stamped)
         return accumulator
 
     def merge_accumulators(self, accumulators):
         accumulators = iter(accumulators)
         merged = next(accumulators, None) or self.create_accumulator()
         for accumulator in accumulators:
-            merged.merge(accumulator)
+            merged.grid.merge(accumulator.grid)
+            merged.blocks += accumulator.blocks
         return merged
 
     def extract_output(self, accumulator):
+        grid = accumulator.grid
         return {
-            "records": accumulator.total,
-            "first": accumulator.lo if accumulator.total else None,
-            "last": accumulator.hi if accumulator.total else None,
-            "buckets": [list(b) for b in accumulator.bins()],
+            "origin": self._origin,
+            "records": grid.total,
+            "blocks": accumulator.blocks,
+            "first": grid.lo if grid.total else None,
+            "last": grid.hi if grid.total else None,
+            "buckets": [list(b) for b in grid.bins()],
         }
 
 
+def throughput_bars(throughput: dict, max_bars: int = THROUGHPUT_BARS) -> dict:
+    """`ThroughputFn`'s summary as bars of records per second: {"bars": [(start, end,
+    records / (end - start), records)], "width", "start", "end"}, times in seconds since the
+    run's start; no bars when nothing was scored.
+
+    A block is stamped when it leaves the model, so records scored at a steady rate show as
+    spikes in buckets shorter than the gaps between blocks. The bars are buckets of a
+    power-of-two width aligned to the run's start, wide enough for about two blocks each, and
+    cut to the scoring: from its estimated start (the first block took as long as the others'
+    rate says; the run's start when there is no other block) to the last block. A piece of
+    a bucket shorter than half a bucket at either end joins its neighbour; scoring shorter
+    than one bucket is one bar. Each bar's rate is its records over its own duration."""
+    buckets = [b for b in throughput.get("buckets") or [] if b[2]]
+    records = sum(b[2] for b in buckets)
+    if not records:
+        return {"bars": [], "width": None, "start": None, "end": None}
+    first, last = throughput["first"], throughput["last"]
+    head = buckets[0][2]  # the first fine bucket's records: about the first block's
+    if last > first and records > head:
+        start = max(0.0, first - head * (last - first) / (records - head))
+    else:  # one moment: the records were scored some time after the run started
+        start = 0.0
+    end = max(last, start)
+    target = min(max_bars, max(1, int(throughput.get("blocks") or 1) // 2))
+    fine = buckets[0][1] - buckets[0][0]
+    span = end - start
+    # (- 1e-6: a span a float's error over a power of two keeps that width)
+    width = max(fine, 2.0 ** math.ceil(math.log2(span / target) - 1e-6)) if span > 0 else fine
+    edges = [start]
+    k = math.floor(start / width) + 1
+    while k * width < end:
+        edges.append(k * width)
+        k += 1
+    edges.append(end)
+    if len(edges) > 2 and edges[1] - edges[0] < width / 2:
+        del edges[1]
+    if len(edges) > 2 and edges[-1] - edges[-2] < width / 2:
+        del edges[-2]
+    counts = [0] * (len(edges) - 1)
+    for lo, hi, count in buckets:
+        middle = (max(lo, start) + min(hi, end)) / 2
+        index = min(max(bisect.bisect_right(edges, middle) - 1, 0), len(counts) - 1)
+        counts[index] += count
+    bars = []
+    for (lo, hi), count in zip(itertools.pairwise(edges), counts, strict=True):
+        bars.append((lo, hi, count / (hi - lo) if hi > lo else None, count))
+    return {"bars": bars, "width": width, "start": start, "end": end}
+
+
 class CountErrorsFn(beam.CombineFn):
-    """Counts error records per (code, field), keeping one example message each."""
+    """Counts error records per (code, field), keeping one example message each, and per
+    input (a file, without the record's line; a table): {"errors", "by_kind", "by_input"}.
+    The errors_stats file is the first two (`errors_stats`); run.json holds the third."""
 
     def create_accumulator(self):
-        return {}
+        return {}, {}
 
     def add_input(self, accumulator, errors: list):
+        kinds, inputs = accumulator
         for error in errors:
             kind = (error["error"]["code"], error["error"]["field"])
-            count, example = accumulator.get(kind, (0, error["error"]["message"]))
-            accumulator[kind] = (count + 1, example)
+            count, example = kinds.get(kind, (0, error["error"]["message"]))
+            kinds[kind] = (count + 1, example)
+            source = input_of(error.get("source"))
+            inputs[source] = inputs.get(source, 0) + 1
         return accumulator
 
     def merge_accumulators(self, accumulators):
-        merged = {}
-        for accumulator in accumulators:
-            for kind, (count, example) in accumulator.items():
-                merged[kind] = (merged.get(kind, (0, example))[0] + count, example)
-        return merged
+        kinds, inputs = {}, {}
+        for more_kinds, more_inputs in accumulators:
+            for kind, (count, example) in more_kinds.items():
+                kinds[kind] = (kinds.get(kind, (0, example))[0] + count, example)
+            for source, count in more_inputs.items():
+                inputs[source] = inputs.get(source, 0) + count
+        return kinds, inputs
 
     def extract_output(self, accumulator):
+        kinds, inputs = accumulator
         rows = [
             {"code": code, "field": field, "count": count, "example_message": example}
-            for (code, field), (count, example) in accumulator.items()
+            for (code, field), (count, example) in kinds.items()
         ]
         rows.sort(key=lambda row: (-row["count"], row["code"], row["field"] or ""))
-        return json.dumps({"errors": sum(r["count"] for r in rows), "by_kind": rows}, indent=2)
+        return {
+            "errors": sum(r["count"] for r in rows),
+            "by_kind": rows,
+            "by_input": dict(sorted(inputs.items())),
+        }
+
+
+def errors_stats(error_summary: dict) -> str:
+    """The errors_stats file's content: the error count and the counts by kind."""
+    found = {"errors": error_summary.get("errors", 0), "by_kind": error_summary.get("by_kind") or []}
+    return json.dumps(found, indent=2)
+
+
+def input_of(source) -> str:
+    """The input an error record's source names: "path:12" -> "path"; a source without a
+    line number (a file cut short, a table) as it is."""
+    source = str(source or "")
+    head, _, line = source.rpartition(":")
+    return head if head and line.isdigit() else source

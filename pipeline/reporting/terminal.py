@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import posixpath
 
+from pipeline.reporting.cost import machines, money
 from pipeline.run_contract import (
     AGAINST_PREVIOUS,
     AGAINST_TRAINING,
@@ -112,6 +113,24 @@ def _time_line(manifest: dict, wall_seconds: float | None) -> str:
     if wall_seconds is None:
         return _line("time", pipeline or "not recorded")
     return _line("time", f"{duration(wall_seconds)}{f' ({pipeline})' if pipeline else ''}")
+
+
+def cost_line(manifest: dict) -> str | None:
+    """run.json's `cost` in one line: speed per vCPU, worker-seconds, $ per million predictions."""
+    cost = manifest.get("cost")
+    if not isinstance(cost, dict):
+        return None
+    per_vcpu, vcpus = cost.get("records_per_second_per_vcpu"), cost.get("vcpus_per_worker")
+    speed = f"{number(round(per_vcpu))} records/s per vCPU" if per_vcpu is not None else "vCPUs unknown"
+    on = machines(cost) + (
+        f", {vcpus:g} vCPUs{' each' if cost.get('workers', 1) > 1 else ''}" if vcpus else ""
+    )
+    if cost.get("usd_per_million_predictions") is not None:
+        price = f"{money(cost['usd_per_million_predictions'])} per million predictions"
+        price += " (example prices)" if cost.get("prices_are_examples") else ""
+    else:
+        price = "no price for this machine type" if cost.get("no_price") else "no predictions to price"
+    return _line("cost", f"{speed} ({on}), {cost.get('worker_seconds') or 0:,.1f} worker-s, {price}")
 
 
 def _header(job: str, manifest: dict) -> str:
@@ -247,6 +266,7 @@ def predict_summary(manifest: dict, errors_stats: dict | None, wall_seconds: flo
             *_counts_lines(manifest, errors_stats, PREDICTIONS, "predicted", "errors"),
             _time_line(manifest, wall_seconds),
             *[_line("ran on", line) for line in worker_lines(manifest)],
+            *[line for line in (cost_line(manifest),) if line],
             *quality_lines(manifest),
             _line("predictions", predictions),
             _line("error records", f"{error_records}; by code and field: {PREDICT_ERRORS_STATS}"),
@@ -296,18 +316,25 @@ def run_summary(manifest: dict, errors_stats: dict | None, wall_seconds: float |
     return predict_summary(manifest, errors_stats, wall_seconds, job or "adpredict predict")
 
 
-def train_summary(metrics: dict, model_dir: str, wall_seconds: float | None = None) -> str:
-    """The summary of `adpredict train` from the metrics it stored in the model."""
+def held_out_auc(metrics: dict) -> str:
+    """The held-out AUC of training metrics, or why there is none (one label held out)."""
+    if metrics.get("eval_auc") is None:
+        return f"undefined: {metrics.get('eval_auc_undefined') or 'no held-out AUC'}"
     auc = f"{metrics['eval_auc']:.4f} on the held-out rows"
     if metrics.get("eval_auc_blank_image") is not None:
         auc += f" (images blanked: {metrics['eval_auc_blank_image']:.4f})"
+    return auc
+
+
+def train_summary(metrics: dict, model_dir: str, wall_seconds: float | None = None) -> str:
+    """The summary of `adpredict train` from the metrics it stored in the model."""
     lines = [
         "adpredict train: done",
         _line(
             "rows",
             f"{number(metrics['train_records'])} trained on, {number(metrics['eval_records'])} held out",
         ),
-        _line("AUC", auc),
+        _line("AUC", held_out_auc(metrics)),
     ]
     if metrics.get("predict_batch_size"):
         lines.append(_line("batch size", f"{number(metrics['predict_batch_size'])} records per model call"))

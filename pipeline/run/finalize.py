@@ -1,8 +1,9 @@
 """The end of a run, inside the pipeline: counts as data, the verdict, `run.json`, `_SUCCESS`.
 
-`run.json` records what ran (inputs, model and its fingerprint, runner, versions), what
-came out (counts) and how long it took; `_SUCCESS` is written last and only when every
-record is accounted for and the run met its error threshold, so a scheduler can trust it.
+`run.json` records what ran (inputs, model and its fingerprint and training figures,
+runner, versions), what came out (counts, per input too), how long it took and what it cost
+(`pipeline.reporting.cost`); `_SUCCESS` is written last and only when every record is
+accounted for and the run met its error threshold, so a scheduler can trust it.
 
 Both are written by the pipeline's last step, which runs only after every write has
 finished: on Dataflow the launcher may exit as soon as the job is submitted, so nothing
@@ -25,13 +26,15 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipeline.quality.gate import QualityConfig
 from pipeline.quality.profiling import DuplicateKeysFn, ProfileOutputsFn, ProfileRecordsFn
+from pipeline.reporting import cost
 from pipeline.reporting.page import render_report
-from pipeline.reporting.summaries import CountErrorsFn, OutputSummariesFn, ThroughputFn
+from pipeline.reporting.summaries import CountErrorsFn, OutputSummariesFn, ThroughputFn, errors_stats
 from pipeline.run.lock import release_run_lock
-from pipeline.run.manifest import manifest_of_run, utc, write_manifest
+from pipeline.run.manifest import manifest_of_run, model_training, utc, write_manifest
 from pipeline.run.staging import publish_staged
 from pipeline.run_contract import (
     BLOCKED,
@@ -51,8 +54,8 @@ from pipeline.run_contract import (
 _LOGGER = logging.getLogger(__name__)
 
 # FinalizeRun inputs that are summarized (with a CombineFn each), not writes to wait for.
-COUNTS = "counts"  # (name, number) pairs, summed per name
-ERROR_LISTS = "errors"  # lists of error records -> CountErrorsFn -> the errors_stats file
+COUNTS = "counts"  # (name, number) pairs, summed per name; ((READ, input), n): read per input
+ERROR_LISTS = "errors"  # lists of error records -> CountErrorsFn -> errors_stats, counts_by_input
 OUTPUT_SUMMARIES = "output_summaries"  # ScoredBlocks -> OutputSummariesFn
 THROUGHPUT = "throughput"  # (time, records) stamps -> ThroughputFn
 REPORT_INPUTS = (OUTPUT_SUMMARIES, THROUGHPUT)
@@ -85,8 +88,9 @@ class RunConfig:
 
 def summed_counts(counts: dict, scored: str, loaded_names: dict | None) -> tuple[dict, dict | None]:
     """The counts of run.json (read, `scored`, errors always there; the error rate) and, for
-    BigQuery outputs, the rows each load reported, by role."""
-    counts = {name: int(value) for name, value in sorted(counts.items())}
+    BigQuery outputs, the rows each load reported, by role. Counts per input ((READ, input)
+    keys) are not among them: `counts_by_input` lists them."""
+    counts = {name: int(counts[name]) for name in sorted(n for n in counts if isinstance(n, str))}
     for name in (READ, scored, ERRORS):
         counts.setdefault(name, 0)
     counts["error_rate"] = round(counts[ERRORS] / counts[READ], 6) if counts[READ] else 0.0
@@ -95,6 +99,46 @@ def summed_counts(counts: dict, scored: str, loaded_names: dict | None) -> tuple
         loaded = {role: counts.pop(name, 0) for role, name in loaded_names.items()}
         counts["bigquery_rows_loaded"] = loaded
     return counts, loaded
+
+
+def read_by_input(counts: dict) -> dict:
+    """The records read per input, from the counts keyed (READ, input): {input: records}."""
+    return {
+        name[1]: int(value)
+        for name, value in counts.items()
+        if isinstance(name, tuple) and len(name) == 2 and name[0] == READ
+    }
+
+
+def counts_by_input(files: list, read: dict, errors: dict, scored: str) -> list[dict] | None:
+    """run.json's `counts_by_input`: per input (the files in `inputs.files` order, then any
+    other input an error names, e.g. a table), the records read, scored and failed. "read"
+    and `scored` are None where the reading step gave no count for the input (none at all
+    from a reading step that counts only totals); "errors" comes from the error records'
+    sources. None: no input is known."""
+    names = [f for f in files or () if isinstance(f, str)]
+    names += sorted((set(read) | set(errors)) - set(names))
+    if not names:
+        return None
+    rows = []
+    for name in names:
+        n = read.get(name)
+        failed = errors.get(name, 0)
+        rows.append({"input": name, "read": n, scored: None if n is None else n - failed, "errors": failed})
+    return rows
+
+
+def mean_predictions(output_summaries) -> dict | None:
+    """run.json's `mean_prediction`: each numeric model output's mean over this run's finite
+    values (what the report puts beside the model's mean in training)."""
+    means = {s["name"]: round(s["mean"], 6) for s in output_summaries or () if s.get("mean") is not None}
+    return means or None
+
+
+def launch_facts(options) -> dict:
+    """What the last step records of the launch that only the options say: the Dataflow job's
+    name (None when it has none) and the basis of the run's cost."""
+    return {"job_name": options.view_as(GoogleCloudOptions).job_name, "cost_basis": cost.basis(options)}
 
 
 def write_errors_stats(output_dir: str, name: str, error_kinds: str) -> None:
@@ -106,7 +150,7 @@ def write_errors_stats(output_dir: str, name: str, error_kinds: str) -> None:
 
 
 def write_report(
-    output_dir: str, manifest: dict, error_kinds: str, output_summaries, throughput
+    output_dir: str, manifest: dict, error_summary: dict, output_summaries, throughput, published=()
 ) -> str | None:
     """Writes `report.html` straight into `output_dir` (not staged: it is made here, after
     the publishing, and like `run.json` it describes the run rather than being one of its
@@ -114,7 +158,8 @@ def write_report(
     is for people, and its failure must not fail a run whose results are all written."""
     manifest = {**manifest, "report": REPORT}
     try:
-        page = render_report(manifest, json.loads(error_kinds), output_summaries, throughput)
+        files = [path.rstrip("/").rsplit("/", 1)[-1] for path in published]
+        page = render_report(manifest, error_summary, output_summaries, throughput, published=files)
         with FileSystems.create(FileSystems.join(output_dir, REPORT), mime_type="text/html") as f:
             f.write(page.encode("utf-8"))
     except Exception:  # noqa: BLE001 - see the docstring
@@ -127,31 +172,43 @@ class _FinishRunFn(beam.DoFn):
     """The run's last step, run once after every write: judge, publish, write the error
     counts, the report, run.json and _SUCCESS, unlock. Yields run.json's content."""
 
-    def __init__(self, output_dir: str, run: RunConfig, loaded_names: dict | None, scored: str):
+    def __init__(
+        self,
+        output_dir: str,
+        run: RunConfig,
+        loaded_names: dict | None,
+        scored: str,
+        launch: dict | None = None,
+    ):
         self._output_dir = output_dir
         self._run = run
         self._loaded_names = loaded_names
         self._scored = scored
+        self._launch = launch  # `launch_facts`; None: a local run's, worked out when needed
 
     def process(
         self,
         _,
         counts: dict,
         written: list,
-        error_kinds: str,
+        error_kinds: dict | str,
         output_summaries=None,
         throughput=None,
         quality=None,
         devices=None,
     ):
-        """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s JSON, the
-        report's summaries (None: no report, as for analyze) and the data-quality verdict
-        (None: no gate)."""
+        """Side inputs: the summed counts, what the writes emitted, `CountErrorsFn`'s summary
+        (or the errors_stats file's JSON), the report's summaries (None: no report, as for
+        analyze), the data-quality verdict (None: no gate) and the model loads' devices."""
         output_dir, info = self._output_dir, self._run.info
         earlier = manifest_of_run(output_dir, info.get("run_id"))
         if earlier is not None:  # Beam retries a failed bundle: the run was finished already
             yield self._ended(earlier)
             return
+        if isinstance(error_kinds, str):
+            error_kinds = json.loads(error_kinds)
+        launch = self._launch or launch_facts(PipelineOptions([]))
+        by_input = read_by_input(counts)
         counts, loaded = summed_counts(counts, self._scored, self._loaded_names)
         held_back = quality is not None and quality["verdict"] == QUALITY_BLOCKED
         # A blocked run's BigQuery loads loaded nothing, by design: not records lost.
@@ -159,30 +216,45 @@ class _FinishRunFn(beam.DoFn):
         if held_back and status == SUCCEEDED:
             status = BLOCKED
         published = [] if held_back else publish_staged(output_dir)
-        write_errors_stats(output_dir, errors_stats_file(info), error_kinds)
+        write_errors_stats(output_dir, errors_stats_file(info), errors_stats(error_kinds))
         finished = time.time()
         started = info.get("started", finished)
+        seconds = round(finished - started, 3)
+        predictions = counts[PREDICTIONS] if self._scored == PREDICTIONS else None
         manifest = {
             **{k: v for k, v in info.items() if k != "started"},
-            "output_dir": output_dir,
+            "job_name": launch["job_name"],
+            "output_dir": info.get(
+                "output_dir", output_dir
+            ),  # where it lands (an S3 analyze writes here first)
             "status": status,
             "problems": lost,
             "counts": counts,
+            "counts_by_input": counts_by_input(
+                (info.get("inputs") or {}).get("files"),
+                by_input,
+                error_kinds.get("by_input") or {},
+                self._scored,
+            ),
             "outputs_written": len(written),
             "files_published": len(published),
             "max_error_rate": self._run.max_error_rate,
-            "timings": {
-                "started": utc(started),
-                "finished": utc(finished),
-                "seconds": round(finished - started, 3),
-            },
+            "timings": {"started": utc(started), "finished": utc(finished), "seconds": seconds},
+            "cost": cost.estimate(
+                launch["cost_basis"], seconds, counts[READ], predictions, cost.this_machine_cpus()
+            ),
         }
+        if isinstance(info.get("model"), dict) and info["model"].get("dir"):
+            manifest["model"] = {**info["model"], "training": model_training(info["model"]["dir"])}
         if quality is not None:
             manifest["quality"] = quality
         if devices is not None:
             manifest["workers"] = devices
         if output_summaries is not None:
-            manifest["report"] = write_report(output_dir, manifest, error_kinds, output_summaries, throughput)
+            manifest["mean_prediction"] = mean_predictions(output_summaries)
+            manifest["report"] = write_report(
+                output_dir, manifest, error_kinds, output_summaries, throughput, published
+            )
         write_manifest(output_dir, manifest, success=status == SUCCEEDED)
         release_run_lock(output_dir, info.get("run_id"))
         yield self._ended(manifest)
@@ -270,7 +342,7 @@ class FinalizeRun(beam.PTransform):
         output_names=(),
     ):
         super().__init__()
-        self._fn = _FinishRunFn(output_dir, run, loaded_names, scored)
+        self._finish = (output_dir, run, loaded_names, scored)
         self._output_names = tuple(output_names)
 
     def expand(self, inputs: dict):
@@ -285,7 +357,10 @@ class FinalizeRun(beam.PTransform):
             summaries["output_summaries"] = summary_side_input(
                 inputs[OUTPUT_SUMMARIES], "SummarizeOutputs", OutputSummariesFn(self._output_names)
             )
-            summaries["throughput"] = summary_side_input(inputs[THROUGHPUT], "Throughput", ThroughputFn())
+            started = self._finish[1].info.get("started", 0.0)  # buckets start with the run
+            summaries["throughput"] = summary_side_input(
+                inputs[THROUGHPUT], "Throughput", ThroughputFn(started)
+            )
         if QUALITY in inputs:
             summaries["quality"] = beam.pvalue.AsSingleton(inputs[QUALITY])
         if DEVICES in inputs:
@@ -297,11 +372,12 @@ class FinalizeRun(beam.PTransform):
         ]
         totals = counts | "SumCounts" >> beam.CombinePerKey(sum)
         writes = tuple(written) | "AllWrites" >> beam.Flatten()
+        finish = _FinishRunFn(*self._finish, launch_facts(counts.pipeline.options))
         return (
             counts.pipeline
             | "Once" >> beam.Create([None])
             | "WriteManifest"
-            >> beam.ParDo(self._fn, beam.pvalue.AsDict(totals), beam.pvalue.AsList(writes), **summaries)
+            >> beam.ParDo(finish, beam.pvalue.AsDict(totals), beam.pvalue.AsList(writes), **summaries)
         )
 
 

@@ -32,6 +32,37 @@ def model_fingerprint(model_dir: str) -> str:
     return model_contract.model_fingerprint(model_dir, read)
 
 
+def model_training(model_dir: str) -> dict | None:
+    """run.json's `model.training`: what the model directory says of its training, for the
+    report to put beside the run (`transforms.model_contract`'s training metrics and
+    training profile): the AUC on the held-out split, its records and the training
+    records, and each output's mean prediction on the held-out split. None for a model
+    without them (a foreign model); a file that cannot be read counts as absent."""
+    metrics = _model_json(model_dir, model_contract.TRAINING_METRICS_FILE) or {}
+    profile = _model_json(model_dir, model_contract.TRAINING_PROFILE_FILE) or {}
+    outputs = profile.get("outputs") if isinstance(profile.get("outputs"), dict) else {}
+    means = {
+        name: output["mean"]
+        for name, output in outputs.items()
+        if isinstance(output, dict) and isinstance(output.get("mean"), int | float)
+    }
+    found = {key: metrics.get(key) for key in ("eval_auc", "eval_records", "train_records")}
+    found["mean_prediction"] = means or None
+    return found if any(value is not None for value in found.values()) else None
+
+
+def _model_json(model_dir: str, relative_path: str) -> dict | None:
+    path = FileSystems.join(model_dir, *relative_path.split("/"))
+    try:
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path) as f:
+            found = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def versions() -> dict:
     """The versions a run ran with: Python and the packages that decide its results."""
     from importlib import metadata
