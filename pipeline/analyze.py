@@ -22,6 +22,7 @@ import heapq
 import json
 import os
 import sys
+import tempfile
 import time
 import uuid
 import zlib
@@ -31,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline import errors
 from pipeline import options as opts
@@ -50,6 +52,7 @@ from pipeline.run_contract import (
     RUN_MANIFEST,
     SUCCESS_MARKER,
 )
+from pipeline.runners import LOCAL_RUNNERS
 from pipeline.runners.dataflow import is_dry_run, local_stand_in
 from pipeline.runners.launch import launch_run, make_pipeline
 from pipeline.startup import freeze_imported_objects
@@ -431,14 +434,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     layout = training_layout(schema, io.csv_columns)
     inputs = opts.inputs_from(options)
     offline = is_dry_run(options)  # a Dataflow dry run reads nothing: see pipeline.runners.dataflow
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
     if stores.is_object_store(io.output_dir):
-        raise opts.OptionsError(
-            f"--output_dir {io.output_dir}: analyze writes tf.Transform's transform_fn with TensorFlow's file "
-            "system, which reads and writes local and gs:// paths only; analyze into a local (or gs://) "
-            "directory, train there, and put the exported model on S3 or Azure for predict and nightly"
-        )
+        _check_local_analyze(options, io.output_dir, temp_location)
     if not offline:
-        stores.check_stores(options, [("--input", p) for p in inputs.file_patterns])
+        stores.check_stores(
+            options, [*(("--input", p) for p in inputs.file_patterns), ("--output_dir", io.output_dir)]
+        )
         check_inputs(inputs, io.input_format, layout)
         for name in (SUCCESS_MARKER, RUN_MANIFEST):  # a failing re-run must not keep the old marker
             path = FileSystems.join(io.output_dir, name)
@@ -465,25 +467,46 @@ def run(argv=None, test_pipeline=None) -> dict:
         records="training records",
         failed_means=f": the transform was not marked usable (no {SUCCESS_MARKER})",
     )
-    temp_dir = options.view_as(GoogleCloudOptions).temp_location or os.path.join(io.output_dir, "tmp")
     pipeline = test_pipeline or make_pipeline(options)
-    # tf.Transform writes temporary assets while the graph is built; a dry run keeps them in
-    # its local stand-in for Cloud Storage.
-    with tft_beam.Context(temp_dir=local_stand_in(options, temp_dir)):
-        build_analyze(
-            pipeline,
-            schema,
-            inputs,
-            io.output_dir,
-            io.input_format,
-            options.view_as(opts.AnalyzeOptions).eval_percent,
-            layout,
-            run,
+    # S3 and Azure: tf.Transform writes with TensorFlow's file system, which has neither, so
+    # the run writes here and its files are uploaded when it ends (stores.written_locally).
+    with stores.written_locally(io.output_dir) as output_dir, tempfile.TemporaryDirectory() as scratch:
+        local_target = output_dir != io.output_dir
+        temp_dir = temp_location or os.path.join(scratch if local_target else output_dir, "tmp")
+        # tf.Transform writes temporary assets while the graph is built; a dry run keeps them in
+        # its local stand-in for Cloud Storage.
+        with tft_beam.Context(temp_dir=local_stand_in(options, temp_dir)):
+            build_analyze(
+                pipeline,
+                schema,
+                inputs,
+                output_dir,
+                io.input_format,
+                options.view_as(opts.AnalyzeOptions).eval_percent,
+                layout,
+                run,
+            )
+            launched = launch_run(pipeline, options, output_dir, run)
+        if launched:  # a dry run, or submitted without waiting
+            return {**launched, "output_dir": io.output_dir}
+        return finished_run(output_dir, run)
+
+
+def _check_local_analyze(options, output_dir: str, temp_location: str | None) -> None:
+    """An S3 or Azure --output_dir is written from this machine (see `run`): only a run whose
+    steps all run in this process can, and tf.Transform's temporary files stay here too."""
+    runner = options.view_as(StandardOptions).runner
+    if runner not in LOCAL_RUNNERS:
+        raise opts.OptionsError(
+            f"--output_dir {output_dir}: analyze writes to S3 or Azure from this machine (tf.Transform writes "
+            f"with TensorFlow's file system, which has neither), so it runs on the DirectRunner only, not "
+            f"{runner}; on Dataflow or Dask analyze into gs:// or a directory every worker shares"
         )
-        launched = launch_run(pipeline, options, io.output_dir, run)
-    if launched:  # a dry run, or submitted without waiting
-        return {**launched, "output_dir": io.output_dir}
-    return finished_run(io.output_dir, run)
+    if temp_location and stores.is_object_store(temp_location):
+        raise opts.OptionsError(
+            f"--temp_location {temp_location}: tf.Transform writes its temporary files with TensorFlow's file "
+            "system, which reads and writes local and gs:// paths only; leave it out (a local one is used)"
+        )
 
 
 def main(argv=None) -> int:

@@ -66,22 +66,31 @@ def _generate(args) -> int:
 def _train(args) -> int:
     from pipeline.entrypoint import run_reporting_errors
     from pipeline.inference.exported import measure_export
+    from pipeline.io import stores
     from pipeline.reporting.terminal import train_summary
     from pipeline.trainer.train import schema_for_training, train_and_export
 
     def run(_):
-        schema = schema_for_training(args.transform_dir, args.schema)
-        metrics = train_and_export(
-            args.transform_dir,
-            schema,
-            args.model_dir,
-            epochs=args.epochs,
-            seed=args.seed,
-            compare_blank_image=not args.skip_blank_image_baseline,
-            batch_size=args.batch_size,
-            image_tower=args.image_tower,
-        )
-        metrics.update(measure_export(args.model_dir, args.transform_dir, schema, args.batch_size))
+        # S3 and Azure (TensorFlow reads and writes neither): the analyze output is copied
+        # here, and the model exported here is uploaded once it is complete.
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        stores.use_run_options(PipelineOptions([]))  # credentials and endpoints from the environment
+        stores.check_stores(None, [("--transform_dir", args.transform_dir), ("--model_dir", args.model_dir)])
+        transform_dir = stores.local_model_dir(args.transform_dir, "--transform_dir")
+        with stores.written_locally(args.model_dir, "--model_dir", keep_failed=False) as model_dir:
+            schema = schema_for_training(transform_dir, args.schema)
+            metrics = train_and_export(
+                transform_dir,
+                schema,
+                model_dir,
+                epochs=args.epochs,
+                seed=args.seed,
+                compare_blank_image=not args.skip_blank_image_baseline,
+                batch_size=args.batch_size,
+                image_tower=args.image_tower,
+            )
+            metrics.update(measure_export(model_dir, transform_dir, schema, args.batch_size))
         print(train_summary(metrics, args.model_dir, seconds_since_start()), flush=True)
 
     return run_reporting_errors(run, None, prog=args.prog)
@@ -136,8 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(pipeline_module=f"pipeline.{name}")
 
     train = commands.add_parser("train", help="Train on analyze's output and export the model directory.")
-    train.add_argument("--transform_dir", required=True, help="The --output_dir of `adpredict analyze`.")
-    train.add_argument("--model_dir", required=True, help="Where to export the model directory.")
+    train.add_argument(
+        "--transform_dir",
+        required=True,
+        help="The --output_dir of `adpredict analyze` (local, gs://, s3://, azfs://).",
+    )
+    train.add_argument(
+        "--model_dir",
+        required=True,
+        help="Where to export the model directory (local, gs://, s3://, azfs://).",
+    )
     train.add_argument(
         "--schema",
         default=None,

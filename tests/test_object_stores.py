@@ -238,13 +238,14 @@ def test_one_file_read_in_byte_ranges_from_the_store(scheme, stores, input_files
     assert predictions_in(store, "ranges/out") == pytest.approx(reference_predictions, abs=1e-6)
 
 
-def adpredict(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def adpredict(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -459,6 +460,53 @@ def test_a_store_that_fails_every_request_ends_the_run_red_in_one_line_publishin
     assert seconds < 300, seconds
     assert f"{run}/out/{SUCCESS_MARKER}" not in store.keys(f"{run}/out/")
     assert not [k for k in store.keys(f"{run}/out/") if "prediction.results" in k]
+
+
+@pytest.mark.parametrize("scheme", ["s3", "azfs"])
+def test_analyze_train_and_predict_with_everything_on_the_store(scheme, stores, score_records, tmp_path):
+    """The whole flow with no local paths: training records on the store, analyze's output
+    written there (run.json, the transform, the transformed splits, _SUCCESS), train reading
+    it and exporting its model there, predict scoring with that model."""
+    from pipeline import analyze
+    from pipeline.sampledata.generate import write_records
+
+    store, schema = stores[scheme], load_schema("ads")
+    rows = [{**row, "clicked": index % 4 == 0} for index, row in enumerate(score_records)]
+    local = tmp_path / "train.jsonl"
+    write_records([{**r, "clicked": int(r["clicked"])} for r in rows], str(local), schema, "jsonl")
+    store.put("flow/train/train.jsonl", local.read_bytes())
+    manifest = analyze.run(["--schema", "ads", "--input", store.path("flow/train/*.jsonl"),
+                            "--output_dir", store.path("flow/transform"), *store.flags])  # fmt: skip
+    assert manifest["status"] == "succeeded" and manifest["output_dir"] == store.path("flow/transform")
+    written = store.keys("flow/transform/")
+    assert {"flow/transform/_SUCCESS", "flow/transform/run.json"} <= set(written)
+    assert any(k.startswith("flow/transform/transform_fn/") for k in written)
+    assert any(k.startswith("flow/transform/transformed/train-") for k in written)
+    assert not [k for k in written if "/tmp/" in k]  # tf.Transform's temporary files stay local
+    env = {"AZURE_STORAGE_CONNECTION_STRING": store.connection} if scheme == "azfs" else {
+        "AWS_ENDPOINT_URL": store.endpoint}  # fmt: skip
+    done = adpredict("train", "--transform_dir", store.path("flow/transform"), "--model_dir",
+                     store.path("flow/model"), "--epochs", "1", "--skip_blank_image_baseline", env=env)  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr[-2000:]
+    model_keys = store.keys("flow/model/")
+    assert (
+        "flow/model/saved_model.pb" in model_keys
+        and "flow/model/assets.extra/training_metrics.json" in model_keys
+    )
+    store.put("flow/score/in.jsonl", (tmp_path / "train.jsonl").read_bytes())
+    scored = predict.run(["--model_dir", store.path("flow/model"), "--input", store.path("flow/score/*"),
+                          "--output_dir", store.path("flow/out"), "--no_progress", *store.flags])  # fmt: skip
+    assert scored["counts"]["predictions"] == len(rows) and scored["counts"]["errors"] == 0
+
+
+def test_analyze_into_a_store_refuses_a_runner_whose_workers_are_elsewhere(stores, capsys):
+    store = stores["s3"]
+    code = cli.main(["analyze", "--schema", "ads", "--input", store.path("flow/train/*.jsonl"), "--output_dir",
+                     store.path("flow/transform2"), "--runner", "DaskRunner", *store.flags])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        code == EXIT_USAGE and len(err) == 1 and "runs on the DirectRunner only, not DaskRunner" in err[0]
+    ), err
 
 
 def test_a_night_with_no_google_account_dask_workers_and_s3(

@@ -34,7 +34,7 @@ import tempfile
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.run_contract import InputError
+from pipeline.run_contract import SUCCESS_MARKER, InputError
 
 GCS, S3, AZURE = "gs", "s3", "azfs"
 STORE_NAMES = {GCS: "Cloud Storage", S3: "Amazon S3", AZURE: "Azure Blob Storage"}
@@ -352,28 +352,73 @@ def _one_line(error: BaseException, limit: int = 160) -> str:
 _LOCAL_COPIES: dict[str, str] = {}
 
 
-def local_model_dir(model_dir: str) -> str:
+def local_model_dir(model_dir: str, role: str = "--model_dir") -> str:
     """`model_dir` itself when TensorFlow reads it (local, gs://); for s3:// and azfs://, a
     copy on this machine, downloaded once per version of its files (their names, sizes and
-    change times) into MODEL_CACHE and reused by later runs and local workers."""
+    change times) into MODEL_CACHE and reused by later runs and local workers. Also for
+    `train --transform_dir` (`role`), which TensorFlow reads the same way."""
     if not is_object_store(model_dir):
         return model_dir
     if model_dir not in _LOCAL_COPIES:
-        _LOCAL_COPIES[model_dir] = _downloaded(model_dir)
+        _LOCAL_COPIES[model_dir] = _downloaded(model_dir, role)
     return _LOCAL_COPIES[model_dir]
 
 
-def _downloaded(model_dir: str) -> str:
+@contextlib.contextmanager
+def written_locally(target: str, role: str = "--output_dir", keep_failed: bool = True):
+    """A directory for TensorFlow to write what belongs at `target`: `target` itself when
+    TensorFlow writes there (local, gs://); for s3:// and azfs://, a temporary local one
+    whose files are uploaded under `target` when the block ends, `_SUCCESS` last, so that a
+    reader never sees the marker before the files it vouches for. When the block raised they
+    are uploaded only with `keep_failed` (a failed analyze's run.json and error records are
+    worth reading; half a model is not)."""
+    if not is_object_store(target):
+        yield target
+        return
+    local = tempfile.mkdtemp(prefix="adpredict-upload-")
+    try:
+        yield local
+    except BaseException:
+        if keep_failed:
+            upload_tree(local, target, role)
+        raise
+    else:
+        upload_tree(local, target, role)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def upload_tree(local: str, target: str, role: str = "--output_dir") -> int:
+    """Copies the files under `local` to `target` (same relative paths) through Beam's
+    FileSystems, `_SUCCESS` last; returns how many."""
+    files = sorted(
+        os.path.relpath(os.path.join(folder, name), local)
+        for folder, _, names in os.walk(local)
+        for name in names
+    )
+    files.sort(key=lambda name: os.path.basename(name) == SUCCESS_MARKER)  # the marker last
+    for name in files:
+        remote = FileSystems.join(target.rstrip("/"), *name.split(os.sep))
+        try:
+            with (
+                open(os.path.join(local, name), "rb") as src,
+                FileSystems.create(remote, compression_type="uncompressed") as dst,
+            ):
+                shutil.copyfileobj(src, dst, 8 << 20)
+        except Exception as e:  # noqa: BLE001 - filesystems raise their own types
+            raise StoreUnusable(f"{role} {target}: cannot write {remote}: {_one_line(e)}") from None
+    return len(files)
+
+
+def _downloaded(model_dir: str, role: str = "--model_dir") -> str:
     root = model_dir.rstrip("/") + "/"
     try:
         found = FileSystems.match([root + "**"])[0].metadata_list
     except Exception as e:  # noqa: BLE001 - filesystems raise their own types
-        raise StoreUnusable(f"--model_dir {model_dir}: cannot list it: {_one_line(e)}") from None
+        raise StoreUnusable(f"{role} {model_dir}: cannot list it: {_one_line(e)}") from None
     files = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds) for m in found if m.path != root)
     if not files:
-        raise StoreUnusable(
-            f"--model_dir {model_dir} holds no files: pass the directory of an exported model"
-        )
+        raise StoreUnusable(f"{role} {model_dir} holds no files: pass the directory of an exported model")
     version = hashlib.sha256(json.dumps([model_dir, files]).encode("utf-8")).hexdigest()[:24]
     target = os.path.join(MODEL_CACHE, version)
     if os.path.isdir(target):
