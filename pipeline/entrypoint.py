@@ -157,7 +157,7 @@ def beam_help(prog: str) -> str:
 
 def run_reporting_errors(run, argv, summarize=None, *, prog: str) -> int:
     """Runs `run(argv)`; turns the errors a user can act on into a message and exit code.
-    `prog` ("adpredict predict") names the command in the error line.
+    `prog` ("adpredict predict") begins every line it prints: one prefix per command.
 
     `summarize(result)` prints the run's summary when it ended, also when it failed its
     error threshold or lost records (then with the run.json the failure carries), before
@@ -174,18 +174,18 @@ def run_reporting_errors(run, argv, summarize=None, *, prog: str) -> int:
             summarize(result)
     except RecordsLost as e:
         print(
-            f"adpredict: run failed, records lost: {e}; no _SUCCESS written, please report it",
+            f"{prog}: run failed, records lost: {e}; no _SUCCESS written, please report it",
             file=sys.stderr,
         )
         return e.exit_code
     except RunFailed as e:
-        print(f"adpredict: run failed: {e}", file=sys.stderr)
+        print(f"{prog}: run failed: {e}", file=sys.stderr)
         return e.exit_code
     except GateFailed as e:
-        print(f"adpredict: stopped before scoring: {e}", file=sys.stderr)
+        print(f"{prog}: stopped before scoring: {e}", file=sys.stderr)
         return e.exit_code
     except InputNotReady as e:
-        print(f"adpredict: input not there yet: {e}; a later run may find it", file=sys.stderr)
+        print(f"{prog}: input not there yet: {e}; a later run may find it", file=sys.stderr)
         return e.exit_code
     except FileNotFoundError as e:
         found = f"no such file or directory: {e.filename!r}; check the path you passed" if e.filename else e
@@ -201,7 +201,7 @@ def run_reporting_errors(run, argv, summarize=None, *, prog: str) -> int:
         if failed is None:
             raise
         logging.debug("the store's error", exc_info=True)
-        print(f"adpredict: run failed: {failed}; nothing published (no _SUCCESS): re-run when the store "
+        print(f"{prog}: run failed: {failed}; nothing published (no _SUCCESS): re-run when the store "
               "answers", file=sys.stderr)  # fmt: skip
         return EXIT_FAILED
     return EXIT_OK

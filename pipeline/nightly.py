@@ -339,7 +339,7 @@ def night(config: NightlyConfig, date: datetime.date, args, extra) -> int:
         code = run_reporting_errors(
             lambda _: codes.append(run_date(config, date, args.force, extra, args.parity_only, ran)),
             None,
-            prog=PROG,
+            prog=f"{PROG} {date}",
         )
     except ConfigError as e:
         print(error_line(PROG, e), file=sys.stderr, flush=True)

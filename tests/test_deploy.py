@@ -226,7 +226,7 @@ def test_a_night_over_the_error_threshold_fails_the_launcher_and_the_dags_predic
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["counts"]["errors"] == 10 and manifest["status"].startswith("failed")
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("adpredict: run failed: 10 of 110 records failed (9.09%)"), last
+    assert last.startswith("adpredict predict: run failed: 10 of 110 records failed (9.09%)"), last
     assert "Traceback" not in done.stderr
 
 

@@ -225,7 +225,7 @@ def assert_names(message: str, *parts: str) -> None:
     assert not missing, f"{missing} not in {message!r}"
 
 
-NOT_READY = "adpredict: input not there yet: "  # exit 5: a scheduler retries later
+NOT_READY = "adpredict predict: input not there yet: "  # exit 5: a scheduler retries later
 
 
 def cli_error(argv: list[str], capsys, code: int = EXIT_USAGE, prefix: str | None = None) -> str:

@@ -57,7 +57,7 @@ def test_a_run_whose_model_moved_stops_before_scoring_in_one_line(trained_ads, t
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("adpredict")]
     assert len(lines) == 1, lines
     assert lines[0].startswith(
-        f"adpredict: stopped before scoring: model {model} does not give its golden records' outputs here: "
+        f"adpredict predict: stopped before scoring: model {model} does not give its golden records' outputs here: "
         f"record {moved!r}, output 'probability' is "
     ), lines[0]
     assert "(difference 0.01, tolerance 0.0001)" in lines[0] and "[while running" not in lines[0]

@@ -300,7 +300,7 @@ def test_a_sink_that_cannot_write_is_one_line_naming_the_path_and_nothing_is_pub
     assert done.returncode == EXIT_FAILED, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("adpredict")]
     assert lines == [
-        f"adpredict: run failed: cannot write {out}/{STAGING_DIR} (step WritePredictions): [Errno 27] File too "
+        f"adpredict predict: run failed: cannot write {out}/{STAGING_DIR} (step WritePredictions): [Errno 27] File too "
         "large; nothing was published and the staging folder was cleared; free space or fix the permissions, "
         "then run again"
     ], done.stderr[-3000:]
