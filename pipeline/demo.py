@@ -73,7 +73,7 @@ def run_demo(work_dir: str, records: int = 5000, seed: int = 0) -> dict:
     print(
         "\n== adpredict demo summary ==\n"
         f"model:        {model_dir}\n"
-        f"  held-out AUC {held_out_auc(metrics)}\n"
+        f"  AUC {held_out_auc(metrics)}\n"
         f"predictions:  {os.path.join(predictions_dir, 'prediction.results-*')}\n"
         f"errors:       {os.path.join(predictions_dir, 'errors-*')}\n"
         f"manifest:     {os.path.join(predictions_dir, 'run.json')}\n"
