@@ -296,7 +296,9 @@ def test_a_night_whose_input_has_not_arrived_exits_5_and_its_hook_says_so(nightl
     _with_settings(nightly, on_failure=_hook(tmp_path, "failure"))
     assert night(nightly, "--date", "2026-11-27") == EXIT_INPUT_NOT_READY
     err = capsys.readouterr().err
-    assert "adpredict nightly 2026-11-27: input not there yet: input pattern" in err and "dt=2026-11-27" in err
+    assert (
+        "adpredict nightly 2026-11-27: input not there yet: input pattern" in err and "dt=2026-11-27" in err
+    )
     failure = json.loads((tmp_path / "failure.json").read_text())
     assert failure["ADPREDICT_STATUS"] == "input_not_ready" and failure["ADPREDICT_RUN_JSON"] == ""
     assert failure["ADPREDICT_EXIT_CODE"] == str(EXIT_INPUT_NOT_READY)
