@@ -162,6 +162,7 @@ def plan(options: PipelineOptions) -> PredictPlan:
     predict = options.view_as(opts.PredictOptions)
     inputs = opts.inputs_from(options)
     offline = is_dry_run(options)
+    check_model_reachable(options, predict.model_dir, offline)  # the flags alone tell this
     if not offline:  # a store (gs://, S3, Azure) that cannot be used: one line now, not minutes of retries
         stores.check_stores(
             options,
@@ -179,7 +180,6 @@ def plan(options: PipelineOptions) -> PredictPlan:
         precision=predict.precision,
         gpu=predict.gpu,
     )
-    check_model_reachable(options, predict.model_dir, offline)
     files = ["not checked in a dry run"] if offline else check_inputs(inputs, io.input_format, model.layout)
     model = precision_checked(options, model, [] if offline else files, io.input_format)
     bigquery = bigquery_target(options, check=not offline) if predict.output_format == BIGQUERY else None

@@ -211,11 +211,16 @@ def test_the_report_names_the_job_and_date_and_shows_inputs_training_and_cost(ru
     assert title["text"] == f"adpredict predict · {local_day}" and manifest["job_name"] is None
     assert f'<time datetime="{started}">' in page  # the exact time kept, shown as local ISO
 
-    # Counts per input: errors from the error records; reads per input are not counted yet.
+    # Counts per input: read by the reading step, errors from the error records.
     (source,) = manifest["inputs"]["files"]
-    assert manifest["counts_by_input"] == [{"input": source, "read": None, "predictions": None, "errors": 4}]
+    counts = manifest["counts"]
+    assert manifest["counts_by_input"] == [
+        {"input": source, "read": counts["read"], "predictions": counts["predictions"], "errors": 4}
+    ]
     (row,) = dom.having("data-input")
-    assert row["data-input"] == source and row["data-errors"] == "4" and "data-read" not in row
+    assert (
+        row["data-input"] == source and row["data-errors"] == "4" and row["data-read"] == str(counts["read"])
+    )
 
     # The model's training figures beside this run's mean prediction.
     training = manifest["model"]["training"]
