@@ -5,6 +5,7 @@
     dataflow.py  Dataflow dry runs, built offline
     dask.py      Beam's DaskRunner with what it lacks
     progress.py  the progress line of a local run
+    signatures.py  Beam's reading of DoFn signatures, memoized (pipeline construction, bundle start)
 
 The --runner values each behaviour answers to are listed here, once.
 """
