@@ -10,6 +10,7 @@ from apache_beam.coders import VarIntCoder
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import core, userstate
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+from apache_beam.typehints.typecheck import TypeCheckWrapperDoFn
 
 from pipeline.inference.dofn import RunInferenceFn
 from pipeline.runners import signatures
@@ -69,6 +70,16 @@ def test_specs_and_arguments_are_beams_for_stateful_plain_wrapped_and_delegating
     assert userstate.get_dofn_specs(_Stateful()) == ({BAG}, {TIMER})
     assert userstate.get_dofn_specs(_Delegating()) == ({BAG}, {TIMER})  # its borrowed method counts
     assert type(_Stateful()) in signatures._specs_cache and _Delegating not in signatures._specs_cache
+    # every Map of a plain function shares one entry; a type-checking wrapper reads its DoFn's
+    assert signatures._specs_key(dofns[3]) == signatures._specs_key(beam.Map(len).fn) == {"process"}
+    assert (
+        signatures._specs_key(
+            TypeCheckWrapperDoFn(_Stateful(), beam.typehints.decorators.IOTypeHints.empty())
+        )
+        is None
+    )
+    wrapped = TypeCheckWrapperDoFn(_Stateful(), beam.typehints.decorators.IOTypeHints.empty())
+    assert userstate.get_dofn_specs(wrapped) == beams_specs(wrapped)
 
 
 def test_replaced_default_values_are_read_again_and_freed_functions_leave_the_cache():

@@ -6,10 +6,12 @@ translated, and again when each bundle's operations are built, on DoFns freshly 
 for the bundle. A predict run (65 ParDos, 24 stages) made 16,000 such calls: 0.22 s of its
 1.05 s on 1,000 records (AMD EPYC, 2026-12-05). Two caches answer instead:
 
-- `get_dofn_specs` (the state and timer specs) per DoFn class, for a DoFn whose methods are
-  all its class's: no bound method in the instance's attributes and no `_inspect_*` hook
-  (Beam's `Map`/`FlatMap` wrapper has one: its `process` is the wrapped function, so it is
-  not cached by class). The specs are then the class's, whatever the instance holds.
+- `get_dofn_specs` (the state and timer specs) per DoFn class and the names of the class's
+  attributes its instance hides, for a DoFn whose methods are all its class's: no bound
+  method among the instance's attributes, and no method read through an `_inspect_*` hook
+  (Beam's type-checking wrapper reads its wrapped DoFn's that way: not cached). Beam's
+  `Map`/`FlatMap` DoFn hides `process` behind the user's function, which the reading then
+  skips, so every such DoFn of a plain function has the same specs.
 - `get_function_args_defaults` (argument names and default values) per function, weakly (a
   pipeline's lambdas can still be freed), and by whether it was bound; read again if the
   function's default values were replaced since.
@@ -28,6 +30,7 @@ MEMOIZED_BEAM_VERSION = "2.77.0"
 
 _args_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _specs_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_class_facts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _originals: dict = {}
 
 
@@ -52,25 +55,52 @@ def _args_defaults(f):
     return args, defaults
 
 
-def _class_decides(dofn) -> bool:
-    """Whether `dofn`'s specs are its class's: every method it has comes from the class."""
+def _hooked_methods(cls) -> frozenset | None:
+    """The methods of `cls` whose arguments Beam reads through an `_inspect_<name>` hook (so
+    from the instance, not the class); None if `cls` answers attribute lookups itself."""
+    found = _class_facts.get(cls)
+    if found is None:
+        names = dir(cls)
+        hooked = frozenset(
+            name[len("_inspect_") :]
+            for name in names
+            if name.startswith("_inspect_") and callable(getattr(cls, name[len("_inspect_") :], None))
+        )
+        own_lookup = "__getattr__" in names or cls.__getattribute__ is not object.__getattribute__
+        found = _class_facts[cls] = (None if own_lookup else hooked,)
+    return found[0]
+
+
+def _specs_key(dofn):
+    """What `get_dofn_specs(dofn)` depends on, when that is its class and which of the class's
+    attributes the instance hides; None when it depends on more (a bound method the instance
+    holds, a hooked method it does not hide, a class with its own `__getattr__`).
+
+    Only bound methods are read (`types.MethodType`); an instance attribute that is not one
+    (Beam's `Map` stores the user's function as `process`) hides the class's method of that
+    name from the reading, so the hidden names are part of the key.
+    """
     cls = type(dofn)
-    if "__getattr__" in dir(cls) or any(name.startswith("_inspect_") for name in dir(cls)):
-        return False
-    return not any(isinstance(value, types.MethodType) for value in getattr(dofn, "__dict__", {}).values())
+    hooked = _hooked_methods(cls)
+    if hooked is None:
+        return None
+    own = getattr(dofn, "__dict__", {})
+    if any(isinstance(value, types.MethodType) for value in own.values()):
+        return None
+    if any(name not in own for name in hooked):
+        return None
+    return frozenset(name for name in own if hasattr(cls, name))
 
 
 def _dofn_specs(dofn):
-    """`get_dofn_specs(dofn)`: (state specs, timer specs), per class where the class decides."""
-    cls = type(dofn)
-    found = _specs_cache.get(cls)
+    """`get_dofn_specs(dofn)`: (state specs, timer specs), cached per class and hidden names."""
+    key = _specs_key(dofn)
+    if key is None:
+        return _originals["specs"](dofn)
+    per_class = _specs_cache.setdefault(type(dofn), {})
+    found = per_class.get(key)
     if found is None:
-        if not _class_decides(dofn):
-            return _originals["specs"](dofn)
-        found = _originals["specs"](dofn)
-        _specs_cache[cls] = found
-    elif any(isinstance(value, types.MethodType) for value in getattr(dofn, "__dict__", {}).values()):
-        return _originals["specs"](dofn)  # this instance carries a method of its own
+        found = per_class[key] = _originals["specs"](dofn)
     return set(found[0]), set(found[1])
 
 
