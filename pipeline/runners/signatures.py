@@ -89,7 +89,7 @@ def _specs_key(dofn):
         return None
     if any(name not in own for name in hooked):
         return None
-    return frozenset(name for name in own if hasattr(cls, name))
+    return frozenset(name for name in own if callable(getattr(cls, name, None)))  # data never counts
 
 
 def _dofn_specs(dofn):
