@@ -6,6 +6,7 @@
     dask.py      Beam's DaskRunner with what it lacks
     progress.py  the progress line of a local run
     signatures.py  Beam's reading of DoFn signatures, memoized (pipeline construction, bundle start)
+    side_input_sizes.py  Beam's weighing of cached side inputs, without a walk over every module
 
 The --runner values each behaviour answers to are listed here, once.
 """
