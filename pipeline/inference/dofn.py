@@ -16,7 +16,7 @@ from pipeline import counters
 from pipeline.blocks import RecordBlock, ScoredBlock
 from pipeline.inference.batching import batch_slices, call_slices
 from pipeline.inference.failures import OUT_OF_MEMORY, inference_error, tf_error_reason
-from pipeline.inference.golden import load_checked
+from pipeline.inference.golden import load_checking
 from pipeline.inference.model import LoadedModel, ModelConfig
 from pipeline.validation import record_keys
 
@@ -59,11 +59,12 @@ class RunInferenceFn(beam.DoFn):
         self._halvings = counters.counter(counters.BATCH_SIZE_HALVINGS)
 
     def setup(self):
-        # Loaded once per process, and checked on its golden records before any record.
+        # Loaded once per process; its golden records are checked meanwhile, before any record.
         self._model = self._shared_handle.acquire(
-            lambda: load_checked(self._config), tag=self._config.model_dir
+            lambda: load_checking(self._config), tag=self._config.model_dir
         )
         self._batch_size = self._model.batch_size  # the model's, or the one timed on this GPU
+        self._golden_checked = False
 
     def start_bundle(self):
         self._in_flight = None
@@ -78,8 +79,11 @@ class RunInferenceFn(beam.DoFn):
         if isinstance(block, list):  # error records from reading: passed on, see ReadAdRecords
             yield beam.pvalue.TaggedOutput(self.ERRORS, block)
             return
-        if not self._model.load_reported:
-            self._model.load_reported = True
+        if not self._golden_checked:
+            if self._model.golden_check is not None:  # raises GoldenRecordsDiffer: no record scored
+                self._model.golden_check.result()
+            self._golden_checked = True
+        if self._model.first_to_report_load():
             self._model_loads.inc()
             yield beam.pvalue.TaggedOutput(self.COUNTS, (counters.MODEL_LOADS, 1))
             yield beam.pvalue.TaggedOutput(self.DEVICES, self._model.device)

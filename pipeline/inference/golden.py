@@ -11,6 +11,7 @@ file: the check is skipped (`adpredict inspect` says so).
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import numpy as np
@@ -39,13 +40,33 @@ def load_checked(config: ModelConfig) -> LoadedModel:
     with its batch size timed there (on the golden records) unless --batch_size was given."""
     model = config.load()
     check_golden_records(model)
+    _tune_on_gpu(model, config)
+    return model
+
+
+def load_checking(config: ModelConfig) -> LoadedModel:
+    """`load_checked`, but the check runs on the model's call threads (`model.golden_check`, a
+    future) while the run reads and parses its first block (TensorFlow and pyarrow release the
+    GIL): the run waits for it before its first model call. Where the batch size is timed on a
+    GPU (from the check's records), the check comes first, as in `load_checked`."""
+    model = config.load()
+    model.golden_check = concurrent.futures.Future()
+    if model.gpus and not config.batch_size_given:
+        check_golden_records(model)
+        _tune_on_gpu(model, config)
+        model.golden_check.set_result(None)
+    else:
+        model.golden_check = model.calls.submit(check_golden_records, model)
+    return model
+
+
+def _tune_on_gpu(model: LoadedModel, config: ModelConfig) -> None:
     if model.gpus and not config.batch_size_given:
         stored = read_golden_records(model.local_dir)
         block = stored and _block(
             [e["record"] for e in stored["records"]], prediction_layout(model.description)
         )
         tune_on_gpu(model, block.batch if block is not None else None)
-    return model
 
 
 def store_golden_records(model_dir: str, records: list[dict], tensorflow_version: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -195,12 +196,20 @@ class LoadedModel:
         # What the signature takes, by name: a tensor is cast / reshaped to it if the record
         # type's natural tensor differs (int32 inputs, [N, 1] Keras inputs).
         self._specs = self.signature.structured_input_signature[1]
-        self.load_reported = False
+        self._load_reported = False
+        self._report_lock = threading.Lock()
+        self.golden_check: concurrent.futures.Future | None = None  # golden.load_checking's, if so loaded
         # Model calls release the GIL; two in flight keep both cores busy while one batch
         # is converted or its graph runs a serial part (image decoding in tf.map_fn).
         self.calls = concurrent.futures.ThreadPoolExecutor(
             CONCURRENT_CALLS, thread_name_prefix="adpredict-model"
         )
+
+    def first_to_report_load(self) -> bool:
+        """True for the first caller only: the DoFns sharing this model count its load once."""
+        with self._report_lock:
+            first, self._load_reported = not self._load_reported, True
+        return first
 
     def predict(self, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
         """The model's outputs for `batch`, by output name (a run's model calls, in the run's
