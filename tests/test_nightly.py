@@ -331,9 +331,9 @@ def test_a_retried_last_step_finds_its_run_json_and_fails_the_same_way(tmp_path)
     with pytest.raises(
         RunFailedInPipeline, match=r"^adpredict: run failed: 5 of 10 records failed \(50.00%\)"
     ):
-        list(fn.process(None, counts, ["w"], "{}"))
+        list(fn.process(None, ["w"], {"counts": counts, "error_kinds": "{}"}))
     first = (out / "run.json").read_text()
     assert json.loads(first)["files_published"] == 1 and (out / "prediction.results-00000-of-00001").exists()
     with pytest.raises(RunFailedInPipeline, match=r"^adpredict: run failed: 5 of 10 records failed"):
-        list(fn.process(None, counts, ["w"], "{}"))
+        list(fn.process(None, ["w"], {"counts": counts, "error_kinds": "{}"}))
     assert (out / "run.json").read_text() == first and not (out / "_SUCCESS").exists()

@@ -210,3 +210,24 @@ def test_a_run_over_two_files_counts_each_file_read_scored_and_failed(trained_ad
         {"input": str(first), "read": 30, "predictions": 30, "errors": 0},
         {"input": str(second), "read": 21, "predictions": 20, "errors": 1},
     ]
+
+
+def test_the_runs_summaries_are_one_combine_that_answers_as_each_fn_alone():
+    """FinalizeRun's and JudgeQuality's summaries: one combine over (name, value) pairs, merged
+    in any order, each name's result its own fn's; a name with no input gets its empty result."""
+    from pipeline.run.finalize import SummariesFn, SumPerKeyFn
+
+    fn = SummariesFn({"counts": SumPerKeyFn(), "error_kinds": CountErrorsFn()})
+    error = {"source": "in.jsonl:3", "error": {"code": "wrong_type", "field": "age", "message": "m"}}
+    left = fn.add_input(fn.create_accumulator(), ("counts", ("read", 4)))
+    left = fn.add_input(left, ("error_kinds", [error]))
+    right = fn.add_input(fn.create_accumulator(), ("counts", ("read", 6)))
+    right = fn.add_input(right, ("counts", (("read", "in.jsonl"), 6)))
+    got = fn.extract_output(fn.merge_accumulators([fn.create_accumulator(), right, left]))
+    assert got["counts"] == {"read": 10, ("read", "in.jsonl"): 6}
+    alone = CountErrorsFn()
+    assert got["error_kinds"] == alone.extract_output(alone.add_input(alone.create_accumulator(), [error]))
+    assert fn.extract_output({}) == {
+        "counts": {},
+        "error_kinds": alone.extract_output(alone.create_accumulator()),
+    }
