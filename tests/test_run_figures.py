@@ -213,16 +213,30 @@ def test_a_run_over_two_files_counts_each_file_read_scored_and_failed(trained_ad
 
 
 def test_the_runs_summaries_are_one_combine_that_answers_as_each_fn_alone():
-    """FinalizeRun's and JudgeQuality's summaries: one combine over (name, value) pairs, merged
-    in any order, each name's result its own fn's; a name with no input gets its empty result."""
-    from pipeline.run.finalize import SummariesFn, SumPerKeyFn
+    """FinalizeRun's and JudgeQuality's summaries: each input accumulated per bundle, the
+    accumulators merged by one combine in any order, each name's result its own fn's; a name
+    with no input gets its empty result."""
+    from apache_beam.transforms.window import GlobalWindows
 
-    fn = SummariesFn({"counts": SumPerKeyFn(), "error_kinds": CountErrorsFn()})
+    from pipeline.run.finalize import PartialCombineFn, SummariesFn, SumPerKeyFn
+
+    fns = {"counts": SumPerKeyFn(), "error_kinds": CountErrorsFn()}
+    fn = SummariesFn(fns)
     error = {"source": "in.jsonl:3", "error": {"code": "wrong_type", "field": "age", "message": "m"}}
-    left = fn.add_input(fn.create_accumulator(), ("counts", ("read", 4)))
-    left = fn.add_input(left, ("error_kinds", [error]))
-    right = fn.add_input(fn.create_accumulator(), ("counts", ("read", 6)))
-    right = fn.add_input(right, ("counts", (("read", "in.jsonl"), 6)))
+
+    def bundle(name, values):
+        partial = PartialCombineFn(name, fns[name])
+        partial.setup()
+        partial.start_bundle()
+        for value in values:
+            partial.process(value)
+        (emitted,) = partial.finish_bundle()
+        assert emitted.windows == GlobalWindows.windowed_value(None).windows
+        return emitted.value
+
+    left = fn.add_input(fn.create_accumulator(), bundle("counts", [("read", 4)]))
+    left = fn.add_input(left, bundle("error_kinds", [[error]]))
+    right = fn.add_input(fn.create_accumulator(), bundle("counts", [("read", 6), (("read", "in.jsonl"), 6)]))
     got = fn.extract_output(fn.merge_accumulators([fn.create_accumulator(), right, left]))
     assert got["counts"] == {"read": 10, ("read", "in.jsonl"): 6}
     alone = CountErrorsFn()
@@ -231,3 +245,6 @@ def test_the_runs_summaries_are_one_combine_that_answers_as_each_fn_alone():
         "counts": {},
         "error_kinds": alone.extract_output(alone.create_accumulator()),
     }
+    empty = PartialCombineFn("counts", SumPerKeyFn())
+    empty.start_bundle()
+    assert list(empty.finish_bundle() or ()) == []  # a bundle without values sends nothing

@@ -27,6 +27,7 @@ import time
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline.quality.gate import QualityConfig
 from pipeline.quality.profiling import DuplicateKeysFn, ProfileOutputsFn, ProfileRecordsFn
@@ -307,8 +308,9 @@ class DevicesFn(SumPerKeyFn):
 
 
 class SummariesFn(beam.CombineFn):
-    """Several CombineFns as one: (name, value) pairs in, {name: that name's fn over its
-    values} out; a name that saw no value gets its fn's result for none."""
+    """Several CombineFns as one: (name, accumulator of that name's fn) pairs in (see
+    `PartialCombineFn`), {name: that fn's result over everything} out; a name that saw no
+    input gets its fn's result for none."""
 
     def __init__(self, fns: dict):
         self._fns = dict(fns)
@@ -317,11 +319,8 @@ class SummariesFn(beam.CombineFn):
         return {}
 
     def add_input(self, accumulator, item):
-        name, value = item
-        fn = self._fns[name]
-        held = accumulator[name] if name in accumulator else fn.create_accumulator()
-        accumulator[name] = fn.add_input(held, value)
-        return accumulator
+        name, partial = item
+        return self.merge_accumulators([accumulator, {name: partial}])
 
     def merge_accumulators(self, accumulators):
         merged = {}
@@ -339,20 +338,51 @@ class SummariesFn(beam.CombineFn):
         }
 
 
+class PartialCombineFn(beam.DoFn):
+    """A bundle's values -> one (name, `fn`'s accumulator of them), emitted when the bundle
+    ends: the combine's first half, done where the values are made, as Beam does for one
+    combine. Only accumulators (a few kilobytes) then cross to `SummariesFn`, not the record
+    and scored blocks themselves."""
+
+    def __init__(self, name: str, fn: beam.CombineFn):
+        self._name = name
+        self._fn = fn
+
+    def setup(self):
+        self._fn.setup()
+
+    def start_bundle(self):
+        self._accumulator = None
+
+    def process(self, value):
+        if self._accumulator is None:
+            self._accumulator = self._fn.create_accumulator()
+        self._accumulator = self._fn.add_input(self._accumulator, value)
+
+    def finish_bundle(self):
+        if self._accumulator is not None:
+            accumulator, self._accumulator = self._accumulator, None
+            yield GlobalWindows.windowed_value((self._name, accumulator))
+
+    def teardown(self):
+        self._fn.teardown()
+
+
 def summaries_side_input(parts: dict, label: str):
     """{name: (pcoll, fn)} -> one singleton side input {name: `fn` over all of `pcoll`}.
 
-    One combine for all of them (each input tagged with its name, flattened): a local run
-    pays about 6 ms per combine stage, and Dataflow a shuffle each. Combined without Beam's
-    default branch (an Impulse, a stage and four transforms, ~15 ms): for no input at all the
-    side input's default is every fn's result for none."""
+    One combine for all of them: each input is accumulated per bundle where it is made
+    (`PartialCombineFn`), and the accumulators, tagged with their names, are merged by one
+    combine. A local run pays about 6 ms per combine stage, and Dataflow a shuffle each.
+    Combined without Beam's default branch (an Impulse, a stage and four transforms, ~15 ms):
+    for no input at all the side input's default is every fn's result for none."""
     fn = SummariesFn({name: part_fn for name, (_, part_fn) in parts.items()})
-    tagged = tuple(
-        pcoll | f"{label}/Tag/{name}" >> beam.Map(lambda value, name=name: (name, value))
-        for name, (pcoll, _) in sorted(parts.items())
+    partials = tuple(
+        pcoll | f"{label}/Accumulate/{name}" >> beam.ParDo(PartialCombineFn(name, part_fn))
+        for name, (pcoll, part_fn) in sorted(parts.items())
     )
     combined = (
-        tagged | f"{label}/Flatten" >> beam.Flatten() | label >> beam.CombineGlobally(fn).without_defaults()
+        partials | f"{label}/Flatten" >> beam.Flatten() | label >> beam.CombineGlobally(fn).without_defaults()
     )
     return beam.pvalue.AsSingleton(combined, default_value=fn.extract_output({}))
 
