@@ -90,3 +90,62 @@ def test_a_model_without_golden_records_skips_the_canary_and_inspect_says_so(tra
     assert "golden records  none (not trained by adpredict" in capsys.readouterr().out
     assert cli.main(["inspect", trained_ads["model"]]) == EXIT_OK
     assert f"golden records  {GOLDEN_RECORDS}, scored at export with TensorFlow" in capsys.readouterr().out
+
+
+def test_the_first_block_is_scored_during_the_check_and_held_until_it_passes():
+    """The check runs on the model's call threads while the first block is sent; no scored
+    record leaves RunInference before the check passed, and none at all when it failed."""
+    import concurrent.futures
+    import threading
+
+    import numpy as np
+    import pyarrow as pa
+
+    from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout, ScoredBlock
+    from pipeline.inference.dofn import RunInferenceFn
+    from pipeline.inference.model import ModelConfig
+
+    def block(first: int) -> RecordBlock:
+        ids = [f"ad-{i}" for i in range(first, first + 10)]
+        return RecordBlock(
+            "f.jsonl", pa.RecordBatch.from_pydict({"id": ids, LINE_COLUMN: list(range(1, 11))})
+        )
+
+    class Model:  # stands in for LoadedModel: records what it was sent
+        def __init__(self):
+            self.calls = concurrent.futures.ThreadPoolExecutor(2)
+            self.golden_check = concurrent.futures.Future()
+            self.sent = []
+
+        def first_to_report_load(self):
+            return False
+
+        def predict(self, batch):
+            self.sent.append(batch.num_rows)
+            return {"probability": np.full(batch.num_rows, 0.5, dtype=np.float32)}
+
+    def scored(outputs) -> list:
+        values = [getattr(o, "value", o) for o in outputs]
+        return [v for v in values if isinstance(v, ScoredBlock)]
+
+    for passes in (True, False):
+        fn = RunInferenceFn(ModelConfig("unused", RecordLayout((), "id"), 4))
+        fn._model, fn._golden_checked = Model(), False
+        check = fn._model.golden_check
+        ends = threading.Timer(10, lambda c=check: c.done() or c.set_result(None))  # a wait would end
+        ends.start()
+        fn.start_bundle()
+        assert scored(fn.process(block(0))) == []
+        concurrent.futures.wait(fn._in_flight.calls)
+        assert sum(fn._model.sent) == 10 and max(fn._model.sent) <= 4
+        assert not check.done()  # sent while the check still runs
+        ends.cancel()
+        if passes:
+            check.set_result(None)
+            second = scored(fn.process(block(10)))
+            assert [b.keys.to_pylist() for b in second] == [[f"ad-{i}" for i in range(10)]]
+            assert sum(len(b) for b in scored(fn.finish_bundle())) == 10
+        else:
+            check.set_exception(GoldenRecordsDiffer("record 'ad-3' moved"))
+            with pytest.raises(GoldenRecordsDiffer, match="ad-3"):
+                list(fn.process(block(10)))

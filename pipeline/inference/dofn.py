@@ -59,7 +59,7 @@ class RunInferenceFn(beam.DoFn):
         self._halvings = counters.counter(counters.BATCH_SIZE_HALVINGS)
 
     def setup(self):
-        # Loaded once per process; its golden records are checked meanwhile, before any record.
+        # Loaded once per process; its golden records are checked meanwhile (see `_finish`).
         self._model = self._shared_handle.acquire(
             lambda: load_checking(self._config), tag=self._config.model_dir
         )
@@ -79,10 +79,6 @@ class RunInferenceFn(beam.DoFn):
         if isinstance(block, list):  # error records from reading: passed on, see ReadAdRecords
             yield beam.pvalue.TaggedOutput(self.ERRORS, block)
             return
-        if not self._golden_checked:
-            if self._model.golden_check is not None:  # raises GoldenRecordsDiffer: no record scored
-                self._model.golden_check.result()
-            self._golden_checked = True
         if self._model.first_to_report_load():
             self._model_loads.inc()
             yield beam.pvalue.TaggedOutput(self.COUNTS, (counters.MODEL_LOADS, 1))
@@ -111,6 +107,12 @@ class RunInferenceFn(beam.DoFn):
         """The ScoredBlock of a block sent to the model, once its calls are done; error records
         for the records the model rejects alone."""
         block, batches, calls = sent.block, sent.batches, sent.calls
+        if not self._golden_checked:  # the first block is scored during the check; none of it
+            if (
+                self._model.golden_check is not None
+            ):  # leaves before it passed (else raises GoldenRecordsDiffer)
+                self._model.golden_check.result()
+            self._golden_checked = True
         keys = record_keys(block, self._layout)
         passthrough = (
             block.batch.select(list(self._layout.passthrough_names)) if self._layout.passthrough else None

@@ -46,15 +46,15 @@ def load_checked(config: ModelConfig) -> LoadedModel:
 
 def load_checking(config: ModelConfig) -> LoadedModel:
     """`load_checked`, but the check runs on the model's call threads (`model.golden_check`, a
-    future) while the run reads and parses its first block (TensorFlow and pyarrow release the
-    GIL): the run waits for it before its first model call. Where the batch size is timed on a
-    GPU (from the check's records), the check comes first, as in `load_checked`."""
+    future) while the run reads its first block and sends it to the model (TensorFlow and
+    pyarrow release the GIL): RunInference holds every result back until the check passed,
+    so nothing scored leaves a model that failed it. Where the batch size is timed on a GPU
+    (from the check's records), the check comes first, as in `load_checked`."""
     model = config.load()
-    model.golden_check = concurrent.futures.Future()
     if model.gpus and not config.batch_size_given:
-        check_golden_records(model)
+        model.golden_check = concurrent.futures.Future()
+        model.golden_check.set_result(check_golden_records(model))
         _tune_on_gpu(model, config)
-        model.golden_check.set_result(None)
     else:
         model.golden_check = model.calls.submit(check_golden_records, model)
     return model
