@@ -19,24 +19,36 @@ And one switch, used by `pipeline.io.stores.use_run_options`:
 
 Each fix patches one method of the exact Beam version it was written against, and does
 nothing (with a warning) on another version, where the bug may be fixed or the code changed.
+`beam_patchable` is that check, for every patch of Beam's internals in adpredict (also
+`pipeline.runners.signatures` and `pipeline.runners.side_input_sizes`).
 """
 
 from __future__ import annotations
 
 import logging
 
-FIXED_BEAM_VERSION = "2.77.0"
+PATCHED_BEAM_VERSION = "2.77.0"  # the Beam whose internals adpredict's patches were written for
+
+
+def beam_patchable(what: str | None = None) -> bool:
+    """Whether this Beam is PATCHED_BEAM_VERSION; if not, logs that `what` (when named) is not
+    applied: the patched code may have changed or its bug been fixed."""
+    import apache_beam
+
+    if apache_beam.__version__ == PATCHED_BEAM_VERSION:
+        return True
+    if what:
+        logging.warning(
+            "Beam %s: %s not applied (written for Beam %s)",
+            apache_beam.__version__,
+            what,
+            PATCHED_BEAM_VERSION,
+        )
+    return False
 
 
 def apply() -> None:
-    import apache_beam
-
-    if apache_beam.__version__ != FIXED_BEAM_VERSION:
-        logging.warning(
-            "Beam %s: the S3 and Azure filesystem fixes of pipeline/io/beam_fixes.py are for %s, not applied",
-            apache_beam.__version__,
-            FIXED_BEAM_VERSION,
-        )
+    if not beam_patchable("the S3 and Azure filesystem fixes of pipeline/io/beam_fixes.py"):
         return
     _fix_s3_empty_objects()
     _fix_azure_exists()
@@ -88,9 +100,7 @@ def _fix_azure_exists() -> None:
 
 def anonymous_google_credentials() -> None:
     """Beam's Google credentials, for this process: none (anonymous), without the search."""
-    import apache_beam
-
-    if apache_beam.__version__ != FIXED_BEAM_VERSION:
+    if not beam_patchable():
         return  # Beam searches as it does; only slower and noisier
     from apache_beam.internal.gcp import auth
 

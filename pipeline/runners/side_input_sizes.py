@@ -18,9 +18,7 @@ nothing, with a warning.
 
 from __future__ import annotations
 
-import logging
-
-SIZED_BEAM_VERSION = "2.77.0"
+from pipeline.io.beam_fixes import beam_patchable
 
 _originals: dict = {}
 
@@ -44,15 +42,9 @@ def install() -> None:
     """Replaces Beam's sizing function (once) where its state cache calls it."""
     if _originals:
         return
-    import apache_beam
     from apache_beam.runners.worker import statecache
 
-    if apache_beam.__version__ != SIZED_BEAM_VERSION:
-        logging.warning(
-            "Beam %s: the side-input sizing of pipeline/runners/side_input_sizes.py is for %s, not applied",
-            apache_beam.__version__,
-            SIZED_BEAM_VERSION,
-        )
+    if not beam_patchable("the side-input sizing of pipeline/runners/side_input_sizes.py"):
         return
     _originals["get_deep_size"] = statecache.get_deep_size
     statecache.get_deep_size = _deep_size

@@ -22,11 +22,10 @@ written against; on another it does nothing, with a warning.
 
 from __future__ import annotations
 
-import logging
 import types
 import weakref
 
-MEMOIZED_BEAM_VERSION = "2.77.0"
+from pipeline.io.beam_fixes import beam_patchable
 
 _args_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _specs_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -108,15 +107,9 @@ def memoize() -> None:
     """Installs both caches (once) where Beam's DoFn introspection calls them."""
     if _originals:
         return
-    import apache_beam
     from apache_beam.transforms import core, userstate
 
-    if apache_beam.__version__ != MEMOIZED_BEAM_VERSION:
-        logging.warning(
-            "Beam %s: the signature caches of pipeline/runners/signatures.py are for %s, not applied",
-            apache_beam.__version__,
-            MEMOIZED_BEAM_VERSION,
-        )
+    if not beam_patchable("the signature caches of pipeline/runners/signatures.py"):
         return
     _originals["args"] = core.get_function_args_defaults
     _originals["specs"] = userstate.get_dofn_specs
