@@ -149,3 +149,31 @@ def test_the_first_block_is_scored_during_the_check_and_held_until_it_passes():
             check.set_exception(GoldenRecordsDiffer("record 'ad-3' moved"))
             with pytest.raises(GoldenRecordsDiffer, match="ad-3"):
                 list(fn.process(block(10)))
+
+
+def test_a_bf16_run_warms_its_graph_on_the_golden_records_beside_the_check(trained_ads):
+    """The first bf16 call optimizes the bf16 graph: it is made on the golden records while the
+    check runs in fp32, not on the run's first block; an fp32 run's check warms its own graph."""
+    import time
+
+    from pipeline.inference.golden import load_checking
+
+    model = LoadedModel(trained_ads["model"])
+    sent = []
+    model.predict = lambda batch: sent.append(batch.num_rows)  # the run's calls, in its precision
+
+    class Config:
+        batch_size_given = False
+
+        def load(self):
+            return model
+
+    for precision, expected in (("fp32", []), ("bf16", [GOLDEN_RECORDS])):
+        sent.clear()
+        model.precision = precision
+        assert load_checking(Config()) is model
+        assert model.golden_check.result() < 1e-6
+        deadline = time.monotonic() + (30 if expected else 0.5)  # fp32: nothing may come
+        while len(sent) < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sent == expected, precision
