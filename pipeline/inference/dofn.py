@@ -107,10 +107,10 @@ class RunInferenceFn(beam.DoFn):
         """The ScoredBlock of a block sent to the model, once its calls are done; error records
         for the records the model rejects alone."""
         block, batches, calls = sent.block, sent.batches, sent.calls
-        if not self._golden_checked:  # the first block is scored during the check; none of it
-            if (
-                self._model.golden_check is not None
-            ):  # leaves before it passed (else raises GoldenRecordsDiffer)
+        if not self._golden_checked:
+            # The first block was sent during the check: none of it leaves before the check
+            # passed (a failed check raises GoldenRecordsDiffer here).
+            if self._model.golden_check is not None:
                 self._model.golden_check.result()
             self._golden_checked = True
         keys = record_keys(block, self._layout)
