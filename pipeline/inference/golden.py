@@ -89,8 +89,16 @@ def _tune_on_gpu(model: LoadedModel, config: ModelConfig) -> None:
 def _golden_block(model: LoadedModel) -> RecordBlock | None:
     """The model's golden records as a run reads them; None if it has none (or they no longer
     read as valid records, which the check reports)."""
+    return _golden_records(model)[1]
+
+
+def _golden_records(model: LoadedModel) -> tuple[dict | None, RecordBlock | None]:
+    """The stored golden records and, read as a run reads them, their block (None: they no
+    longer read as valid records); (None, None) for a model that has none."""
     stored = read_golden_records(model.local_dir)
-    return stored and _block([e["record"] for e in stored["records"]], prediction_layout(model.description))
+    if stored is None:
+        return None, None
+    return stored, _block([e["record"] for e in stored["records"]], prediction_layout(model.description))
 
 
 def store_golden_records(model_dir: str, records: list[dict], tensorflow_version: str) -> int:
@@ -138,11 +146,10 @@ def read_golden_records(model_dir: str) -> dict | None:
 def check_golden_records(model: LoadedModel) -> float | None:
     """Raises GoldenRecordsDiffer if an output moved beyond the tolerance; returns the largest
     difference (None: the model has no golden records)."""
-    stored = read_golden_records(model.local_dir)
+    stored, block = _golden_records(model)
     if stored is None:
         return None
     records = [entry["record"] for entry in stored["records"]]
-    block = _block(records, prediction_layout(model.description))
     if block is None:
         raise GoldenRecordsDiffer(
             f"model {model.model_dir}: its golden records ({GOLDEN_RECORDS_FILE}) no longer read as "
