@@ -44,24 +44,26 @@ def test_a_value_is_weighed_without_walking_the_modules(monkeypatch):
 
 def test_on_another_beam_version_no_patch_is_applied_and_a_warning_says_which(monkeypatch, caplog):
     import apache_beam
+    from apache_beam.runners.worker import statesampler
 
     from pipeline.io.beam_fixes import PATCHED_BEAM_VERSION, beam_patchable
-    from pipeline.runners import signatures
+    from pipeline.runners import signatures, state_sampler
 
     assert apache_beam.__version__ == PATCHED_BEAM_VERSION and beam_patchable("anything")
     monkeypatch.setattr(apache_beam, "__version__", "9.9.0")
-    for module in (side_input_sizes, signatures):
+    for module in (side_input_sizes, signatures, state_sampler):
         monkeypatch.setattr(module, "_originals", {})  # as in a fresh process
-    sizing = statecache.get_deep_size
+    sizing, sampler = statecache.get_deep_size, statesampler.StateSampler
     with caplog.at_level("WARNING"):
         side_input_sizes.install()
         signatures.memoize()
-    assert (
-        statecache.get_deep_size is sizing and not side_input_sizes._originals and not signatures._originals
-    )
+        state_sampler.shorten()
+    assert statecache.get_deep_size is sizing and statesampler.StateSampler is sampler
+    assert not side_input_sizes._originals and not signatures._originals and not state_sampler._originals
     assert [r.getMessage() for r in caplog.records] == [
         f"Beam 9.9.0: the side-input sizing of pipeline/runners/side_input_sizes.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
         f"Beam 9.9.0: the signature caches of pipeline/runners/signatures.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
+        f"Beam 9.9.0: the state sampler period of pipeline/runners/state_sampler.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
     ]
     assert not beam_patchable()  # unnamed: no warning
-    assert len(caplog.records) == 2
+    assert len(caplog.records) == 3
