@@ -39,6 +39,9 @@ def test_padded_string_lists_pads_with_empty_strings():
     ]
     assert padded_string_lists(column.slice(3)).numpy().tolist() == [[b"c", b"", b""], [b"d", b"e", b"f"]]
     assert padded_string_lists(pa.array([[], None], pa.list_(pa.string()))).shape == (2, 0)
+    assert padded_string_lists(pa.array([], pa.list_(pa.string()))).shape == (0, 0)
+    items = pa.array([[None, "é\x00"], ["x"]], pa.large_list(pa.large_string()))  # a null item is ""
+    assert padded_string_lists(items).numpy().tolist() == [[b"", "é\x00".encode()], [b"x", b""]]
 
 
 @pytest.mark.parametrize(
