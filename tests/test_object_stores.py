@@ -226,9 +226,7 @@ def test_every_format_in_and_out_of_the_store_gives_the_local_predictions(
     assert max(abs(got[key] - reference_predictions[key]) for key in got) < 1e-6
     published = store.keys(f"{run}/out/")
     assert f"{run}/out/{SUCCESS_MARKER}" in published and f"{run}/out/run.json" in published
-    assert not [
-        k for k in published if STAGING_DIR in k or RUN_LOCK in k
-    ]  # staged files moved, lock gone
+    assert not [k for k in published if STAGING_DIR in k or RUN_LOCK in k]  # staged files moved, lock gone
     assert json.loads(store.get(f"{run}/out/run.json"))["model"]["dir"] == store.path("model")
 
 
