@@ -55,6 +55,7 @@ from pipeline.runners import DATAFLOW_RUNNERS
 from pipeline.runners.dataflow import is_dry_run
 from pipeline.runners.launch import launch_run, make_pipeline
 from pipeline.runners.local import ends_with_launch
+from pipeline.runners.pickling import zlib_pickles
 from pipeline.startup import freeze_imported_objects
 from pipeline.write import BigQueryTarget, Outputs, WriteErrors, WritePredictions
 
@@ -233,16 +234,17 @@ def execute(plan: PredictPlan, test_pipeline=None) -> dict:
     a job not waited for."""
     options = plan.options
     run = dataclasses.replace(plan.run, info={**plan.run.info, "started": time.time()})
-    pipeline = test_pipeline or make_pipeline(options)
-    build_predict(pipeline, plan.inputs, plan.model, plan.outputs, run)
     holding = contextlib.nullcontext()
     if not plan.offline:
         force = options.view_as(opts.PredictOptions).force_unlock
         holding = output_dir_lock(
             plan.output_dir, run.info["run_id"], ends_with_launch(options), force, options
         )
-    with holding:
-        launched = launch_run(pipeline, options, plan.output_dir, run)
+    with zlib_pickles(options):  # pipeline.runners.pickling: a local run's pickles stay here
+        pipeline = test_pipeline or make_pipeline(options)
+        build_predict(pipeline, plan.inputs, plan.model, plan.outputs, run)
+        with holding:
+            launched = launch_run(pipeline, options, plan.output_dir, run)
     if launched:  # a dry run, or submitted without waiting
         return {**launched, "output_dir": plan.output_dir}
     # The pipeline wrote run.json and _SUCCESS itself; the launcher only reads and reports.

@@ -44,26 +44,34 @@ def test_a_value_is_weighed_without_walking_the_modules(monkeypatch):
 
 def test_on_another_beam_version_no_patch_is_applied_and_a_warning_says_which(monkeypatch, caplog):
     import apache_beam
+    from apache_beam.internal import cloudpickle_pickler
     from apache_beam.runners.worker import statesampler
 
     from pipeline.io.beam_fixes import PATCHED_BEAM_VERSION, beam_patchable
-    from pipeline.runners import signatures, state_sampler
+    from pipeline.runners import pickling, signatures, state_sampler
 
     assert apache_beam.__version__ == PATCHED_BEAM_VERSION and beam_patchable("anything")
     monkeypatch.setattr(apache_beam, "__version__", "9.9.0")
-    for module in (side_input_sizes, signatures, state_sampler):
+    for module in (side_input_sizes, signatures, state_sampler, pickling):
         monkeypatch.setattr(module, "_originals", {})  # as in a fresh process
-    sizing, sampler = statecache.get_deep_size, statesampler.StateSampler
+    sizing, sampler, compression = (
+        statecache.get_deep_size,
+        statesampler.StateSampler,
+        cloudpickle_pickler.bz2,
+    )
     with caplog.at_level("WARNING"):
         side_input_sizes.install()
         signatures.memoize()
         state_sampler.shorten()
+        assert not pickling.install()
     assert statecache.get_deep_size is sizing and statesampler.StateSampler is sampler
-    assert not side_input_sizes._originals and not signatures._originals and not state_sampler._originals
+    assert cloudpickle_pickler.bz2 is compression
+    assert not any(m._originals for m in (side_input_sizes, signatures, state_sampler, pickling))
     assert [r.getMessage() for r in caplog.records] == [
         f"Beam 9.9.0: the side-input sizing of pipeline/runners/side_input_sizes.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
         f"Beam 9.9.0: the signature caches of pipeline/runners/signatures.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
         f"Beam 9.9.0: the state sampler period of pipeline/runners/state_sampler.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
+        f"Beam 9.9.0: the zlib pickles of pipeline/runners/pickling.py not applied (written for Beam {PATCHED_BEAM_VERSION})",
     ]
     assert not beam_patchable()  # unnamed: no warning
-    assert len(caplog.records) == 3
+    assert len(caplog.records) == 4

@@ -20,8 +20,8 @@ And one switch, used by `pipeline.io.stores.use_run_options`:
 Each fix patches one method of the exact Beam version it was written against, and does
 nothing (with a warning) on another version, where the bug may be fixed or the code changed.
 `beam_patchable` is that check, for every patch of Beam's internals in adpredict (also
-`pipeline.runners.signatures`, `pipeline.runners.side_input_sizes` and
-`pipeline.runners.state_sampler`).
+`pipeline.runners.signatures`, `pipeline.runners.side_input_sizes`,
+`pipeline.runners.state_sampler` and `pipeline.runners.pickling`).
 """
 
 from __future__ import annotations

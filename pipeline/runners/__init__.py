@@ -7,6 +7,8 @@
     progress.py  the progress line of a local run
     signatures.py  Beam's reading of DoFn signatures, memoized (pipeline construction, bundle start)
     side_input_sizes.py  Beam's weighing of cached side inputs, without a walk over every module
+    state_sampler.py  Beam's state sampler at 10 ms, so a long bundle does not end in a sleep
+    pickling.py  Beam's pickles as zlib, not bz2, in a run whose steps all run in this process
 
 The --runner values each behaviour answers to are listed here, once.
 """
