@@ -8,8 +8,8 @@ errors: the model scores them through its out-of-vocabulary buckets.
 
 The limits bound what one hostile record can cost: a list's items are padded across its
 batch, and an image's pixels are allocated when decoded (a 47 KB PNG can declare 20,000 x
-20,000 pixels: 1.2 GB). Image sizes are read from the file header (PNG IHDR, JPEG SOF), a
-few hundred bytes decoded per image.
+20,000 pixels: 1.2 GB). Image sizes are read from the file header (PNG IHDR, JPEG SOF), for
+the whole column at once in numpy, decoding from the base64 text only the bytes of its markers.
 
 `CheckedRecords` runs it on what a reader yields, in the reading step itself: every source
 (files, BigQuery, a Beam user's records) validates the same way.
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import counters, errors
-from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout
+from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout, string_buffer_view
 from pipeline.run_contract import READ
 
 RECORDS = "records"  # a reading step's output: valid record blocks and lists of error records
@@ -205,28 +205,111 @@ def _check_image(field, column: pa.Array, failures: _Failures) -> None:
 
 def _oversized_images(column: pa.Array, failed: np.ndarray) -> tuple[np.ndarray, dict]:
     """Rows whose image header declares more than MAX_IMAGE_PIXELS (rows already failed skipped)."""
-    mask, messages = np.zeros(len(column), dtype=bool), {}
-    # The headers as Python strs, not the whole images (2 KB+ each): a header that needs more
-    # than the head (a JPEG frame far in) is read from the whole value.
-    heads = pc.utf8_slice_codeunits(column, 0, _HEADER_CHARS).to_pylist()
-    for row in np.flatnonzero(~failed).tolist():
-        head = heads[row]
-        size = image_size(head) if head else None
-        if size is None and head and len(head) == _HEADER_CHARS:
-            size = image_size(column[row].as_py())
-        if size and size[0] * size[1] > MAX_IMAGE_PIXELS:
-            mask[row] = True
-            messages[row] = (
-                f"declares {size[0]} x {size[1]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
-                "(pipeline.validation.MAX_IMAGE_PIXELS); resize it before scoring"
-            )
+    widths, heights = declared_sizes(column, np.flatnonzero(~failed))
+    mask = widths * heights > MAX_IMAGE_PIXELS
+    messages = {
+        row: (
+            f"declares {widths[row]} x {heights[row]} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+            "(pipeline.validation.MAX_IMAGE_PIXELS); resize it before scoring"
+        )
+        for row in np.flatnonzero(mask).tolist()
+    }
     return mask, messages
 
 
-_HEADER_CHARS = 4096  # base64 characters read per image for its size: 3 KB of header
+def declared_sizes(images: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(widths, heights) declared by the headers of `rows` of a column of base64 JPEG/PNG
+    images, 0 where none is read (other rows 0): what `image_size` gives, for all at once.
+
+    Only the bytes a header needs are decoded, in numpy, straight from the base64 text: a
+    PNG's IHDR, and a JPEG's markers one segment at a time (each row jumps over its own
+    segments, however long) up to its start of frame. As a Python loop this took 7.3 us a
+    record of the demo's 32x32 JPEGs, holding the GIL beside the model's calls (AMD EPYC,
+    2026-12-05). `image_size` still reads the rare rows this leaves: a text with blanks after
+    it or not whole base64 quads (which Python's decoder reads its own way), and a JPEG with
+    more than _JPEG_STEPS segments before its frame.
+    """
+    widths, heights = np.zeros(len(images), np.int64), np.zeros(len(images), np.int64)
+    if not len(rows):
+        return widths, heights
+    if images.null_count:
+        images = pc.fill_null(images, "")
+    data, offsets = string_buffer_view(images)
+    if not len(data):
+        return widths, heights
+    starts = offsets[:-1].astype(np.int64)[rows]
+    lengths = offsets[1:].astype(np.int64)[rows] - starts
+    last = len(data) - 1
+    ends = [data[np.clip(starts + lengths - back, 0, last)] * (lengths >= back) for back in (1, 2)]
+    blank = np.isin(ends[0], _BLANK_BYTES)  # the pattern allows blanks after the text only
+    padding = (ends[0] == _PAD) + ((ends[0] == _PAD) & (ends[1] == _PAD))
+    decodable = (lengths - padding) * 6 // 8  # bytes the base64 text holds
+
+    def text(which: np.ndarray, position: np.ndarray, count: int):
+        return _base64_bytes(data, last, starts[which], decodable[which], position, count)
+
+    everything = np.arange(len(rows))
+    head, known = text(everything, np.zeros(len(rows), np.int64), 24)
+    png = known[:, 23] & (head[:, :8] == np.frombuffer(_PNG_SIGNATURE, np.uint8)).all(axis=1)
+    widths[rows[png]] = _big_endian(head[png, 16:20])
+    heights[rows[png]] = _big_endian(head[png, 20:24])
+    jpeg = known[:, 1] & (head[:, 0] == 0xFF) & (head[:, 1] == 0xD8)
+    left = (png | jpeg) & ((lengths % 4 != 0) | blank)
+
+    walking, position = np.flatnonzero(jpeg & ~left), np.full(len(rows), 2, np.int64)
+    for _ in range(_JPEG_STEPS):
+        if not len(walking):
+            break
+        marker, known = text(walking, position[walking], 9)
+        readable = known[:, 8] & (marker[:, 0] == 0xFF)  # else no header to read: image_size's None
+        frame = readable & np.isin(marker[:, 1], _JPEG_FRAME_MARKER_CODES)
+        heights[rows[walking[frame]]] = _big_endian(marker[frame, 5:7])
+        widths[rows[walking[frame]]] = _big_endian(marker[frame, 7:9])
+        segment = np.where(marker[:, 1] == 0xFF, 1, 2 + _big_endian(marker[:, 2:4]))  # FF FF: a fill byte
+        position[walking] += segment
+        walking = walking[readable & ~frame]
+    left[walking] = True
+    for index in np.flatnonzero(left).tolist():
+        row = int(rows[index])
+        widths[row], heights[row] = image_size(images[row].as_py()) or (0, 0)
+    return widths, heights
+
+
+def _base64_bytes(data: np.ndarray, last: int, starts, decodable, position: np.ndarray, count: int):
+    """Bytes position..position+count-1 (rows x count) of each row's base64 text (`data` from
+    `starts`), decoded from the quads of 4 characters that hold them; and whether each lies
+    within the text (`decodable` bytes; one outside reads as garbage, from at most data[last])."""
+    quads = (2 + count + 2) // 3  # enough for any start within a quad
+    first = position // 3
+    chars = (starts[:, None] + (first[:, None] + np.arange(quads)) * 4)[..., None] + np.arange(4)
+    values = _BASE64_VALUES[data[np.minimum(chars, last)]]
+    words = values[..., 0] << 18 | values[..., 1] << 12 | values[..., 2] << 6 | values[..., 3]
+    decoded = (words[..., None] >> np.array([16, 8, 0], np.uint32) & 0xFF).reshape(len(position), -1)
+    wanted = (position % 3)[:, None] + np.arange(count)
+    known = position[:, None] + np.arange(count) < decodable[:, None]
+    return np.take_along_axis(decoded, wanted, axis=1).astype(np.int64), known
+
+
+def _big_endian(columns: np.ndarray) -> np.ndarray:
+    """Bytes (rows x k, most significant first) as one unsigned integer per row."""
+    value = np.zeros(len(columns), np.int64)
+    for index in range(columns.shape[1]):
+        value = value << 8 | columns[:, index]
+    return value
+
+
+_BASE64_VALUES = np.zeros(256, np.uint32)
+_BASE64_VALUES[
+    np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", np.uint8)
+] = np.arange(64)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PAD = ord("=")
+_BLANK_BYTES = np.frombuffer(b" \t\n\r\x0b\x0c", np.uint8)
+_JPEG_STEPS = 64  # JPEG segments walked in numpy before a row is left to image_size
 
 # JPEG start-of-frame markers (the ones that carry the image size): C0-CF but C4, C8, CC.
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_FRAME_MARKER_CODES = np.array(sorted(_JPEG_FRAME_MARKERS))
 
 
 def image_size(b64: str) -> tuple[int, int] | None:

@@ -16,6 +16,7 @@ import textwrap
 import zlib
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipeline import errors
@@ -29,7 +30,7 @@ from pipeline.inference.batching import (
 )
 from pipeline.io import blocks_and_errors, read_stream
 from pipeline.io.jsonl import JsonParser
-from pipeline.validation import MAX_IMAGE_PIXELS, MAX_LIST_ITEMS, image_size, validate_block
+from pipeline.validation import MAX_IMAGE_PIXELS, MAX_LIST_ITEMS, declared_sizes, image_size, validate_block
 from transforms.model_contract import description_from_schema
 from transforms.schema import load_schema
 
@@ -321,6 +322,33 @@ def test_image_sizes_come_from_headers():
     assert image_size(jpeg(64, 48)) == (64, 48)
     assert image_size(jpeg(40, 30, exif_bytes=30_000)) == (40, 30)  # frame header 30 KB in
     assert image_size("/9j/" + "A" * 100) is None  # not a readable header: the model decides
+
+
+def test_declared_sizes_read_in_numpy_match_image_size_row_by_row():
+    """The vectorized header reader gives what `image_size` gives each value, on whole and
+    cut images, long EXIF blocks, fill bytes, padding, blanks, nulls and non-images."""
+    rng = np.random.default_rng(7)
+    whole = [PNG_1X1, png(20_000, 20_000), png(3, 70_000), jpeg(64, 48), jpeg(17, 9, noise=True),
+             jpeg(40, 30, exif_bytes=30_000), jpeg(5000, 4000), jpeg(1, 1, exif_bytes=70)]  # fmt: skip
+    raw = base64.b64decode(jpeg(33, 21))
+    filled = raw[:2] + b"\xff" * 5 + raw[2:]  # fill bytes before a marker
+    many_segments = raw[:2] + b"".join(b"\xff\xfe\x00\x04ab" for _ in range(80)) + raw[2:]  # 80 comments
+    whole += [base64.b64encode(filled).decode(), base64.b64encode(many_segments).decode()]
+    values = list(whole)
+    for image in whole:
+        for cut in rng.integers(1, len(image), 12).tolist():
+            values.append(image[:cut])  # cut anywhere: inside a quad, inside the header
+            values.append(image[: cut - cut % 4])
+        values += [image + "\n", image.rstrip("=") or image, image + "  \t"]
+    values += ["/9j/" + "A" * 100, "iVBORw0KGgo", "", "/9j/", "not base64 at all", None, "=" * 8]
+    column = pa.array(values, pa.string())
+    # Some rows skipped (as rows that failed an earlier check are), none of the whole images.
+    rows = np.array([i for i in range(len(values)) if i < len(whole) or i % 5 != 3])
+    widths, heights = declared_sizes(column, rows)
+    for index, value in enumerate(values):
+        expected = (image_size(value) or (0, 0)) if value and index in set(rows.tolist()) else (0, 0)
+        assert (widths[index], heights[index]) == expected, (index, value[:40] if value else value)
+    assert (widths[: len(whole)] > 0).all()  # every whole image read
 
 
 def test_a_decompression_bomb_is_one_error_before_the_model_sees_it(layout):
