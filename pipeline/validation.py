@@ -182,7 +182,7 @@ def _check_list(field, column: pa.Array, failures: _Failures) -> None:
 
 def _check_image(field, column: pa.Array, failures: _Failures) -> None:
     failures.flag(
-        _to_mask(pc.invert(pc.match_substring_regex(column, _IMAGE_PATTERN))),
+        _to_mask(pc.invert(_matches_image_pattern(column))),
         errors.INVALID_IMAGE,
         field.name,
         f"field {field.name!r} is not a base64-encoded JPEG or PNG image",
@@ -201,6 +201,37 @@ def _check_image(field, column: pa.Array, failures: _Failures) -> None:
     failures.flag(
         too_large, errors.INVALID_IMAGE, field.name, lambda row: f"field {field.name!r} {messages[int(row)]}"
     )
+
+
+def _matches_image_pattern(column: pa.Array) -> pa.Array:
+    """`match_substring_regex(column, _IMAGE_PATTERN)`, the regex run only where it must be.
+
+    The regex reads every character of every image (133 ms for the 91 MB of 40,000 demo
+    images). Deleting the base64 alphabet from the column's text in one C pass
+    (`bytes.translate`, with the copies it needs, 34 ms) leaves what the alphabet lacks:
+    when that is nothing but the "=" that pad the ends of the rows (counted from each row's
+    last two characters), each row matches exactly when it starts like a JPEG or a PNG.
+    Anything else (blanks, a third "=", a character outside base64) and the regex decides.
+    """
+    starts_like_image = pc.or_(pc.starts_with(column, "/9j/"), pc.starts_with(column, "iVBORw0KGgo"))
+    data, offsets = string_buffer_view(column if not column.null_count else pc.fill_null(column, ""))
+    # In 1 MiB pieces: one copy of the whole text would cost more than the translation.
+    rest = b"".join(
+        data[at : at + _PIECE].tobytes().translate(None, _BASE64_ALPHABET)
+        for at in range(0, len(data), _PIECE)
+    )
+    if rest.count(b"=") == len(rest) == int(_padding(data, offsets[:-1], np.diff(offsets)).sum()):
+        return starts_like_image
+    return pc.match_substring_regex(column, _IMAGE_PATTERN)
+
+
+def _padding(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """How many "=" (0-2) end each row of base64 text (data[starts:starts+lengths])."""
+    last = max(len(data) - 1, 0)
+    if not len(data):
+        return np.zeros(len(starts), np.int64)
+    ends = [(data[np.clip(starts + lengths - back, 0, last)] == _PAD) & (lengths >= back) for back in (1, 2)]
+    return ends[0].astype(np.int64) + (ends[0] & ends[1])
 
 
 def _oversized_images(column: pa.Array, failed: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -240,10 +271,8 @@ def declared_sizes(images: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.n
     starts = offsets[:-1].astype(np.int64)[rows]
     lengths = offsets[1:].astype(np.int64)[rows] - starts
     last = len(data) - 1
-    ends = [data[np.clip(starts + lengths - back, 0, last)] * (lengths >= back) for back in (1, 2)]
-    blank = np.isin(ends[0], _BLANK_BYTES)  # the pattern allows blanks after the text only
-    padding = (ends[0] == _PAD) + ((ends[0] == _PAD) & (ends[1] == _PAD))
-    decodable = (lengths - padding) * 6 // 8  # bytes the base64 text holds
+    blank = np.isin(data[np.clip(starts + lengths - 1, 0, last)], _BLANK_BYTES) & (lengths > 0)
+    decodable = (lengths - _padding(data, starts, lengths)) * 6 // 8  # bytes the base64 text holds
 
     def text(which: np.ndarray, position: np.ndarray, count: int):
         return _base64_bytes(data, last, starts[which], decodable[which], position, count)
@@ -280,14 +309,16 @@ def _base64_bytes(data: np.ndarray, last: int, starts, decodable, position: np.n
     `starts`), decoded from the quads of 4 characters that hold them; and whether each lies
     within the text (`decodable` bytes; one outside reads as garbage, from at most data[last])."""
     quads = (2 + count + 2) // 3  # enough for any start within a quad
-    first = position // 3
-    chars = (starts[:, None] + (first[:, None] + np.arange(quads)) * 4)[..., None] + np.arange(4)
-    values = _BASE64_VALUES[data[np.minimum(chars, last)]]
+    first_char = starts + position // 3 * 4
+    chars = first_char[:, None] + np.arange(quads * 4)
+    if len(first_char) and first_char.max() + quads * 4 > last:
+        np.minimum(chars, last, out=chars)
+    values = _BASE64_VALUES[data[chars]].reshape(len(position), quads, 4)
     words = values[..., 0] << 18 | values[..., 1] << 12 | values[..., 2] << 6 | values[..., 3]
-    decoded = (words[..., None] >> np.array([16, 8, 0], np.uint32) & 0xFF).reshape(len(position), -1)
+    decoded = (words[..., None] >> _BYTE_SHIFTS).reshape(len(position), quads * 3)
     wanted = (position % 3)[:, None] + np.arange(count)
     known = position[:, None] + np.arange(count) < decodable[:, None]
-    return np.take_along_axis(decoded, wanted, axis=1).astype(np.int64), known
+    return np.take_along_axis(decoded, wanted, axis=1).astype(np.int64) & 0xFF, known
 
 
 def _big_endian(columns: np.ndarray) -> np.ndarray:
@@ -298,10 +329,11 @@ def _big_endian(columns: np.ndarray) -> np.ndarray:
     return value
 
 
+_PIECE = 1 << 20
+_BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _BASE64_VALUES = np.zeros(256, np.uint32)
-_BASE64_VALUES[
-    np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", np.uint8)
-] = np.arange(64)
+_BASE64_VALUES[np.frombuffer(_BASE64_ALPHABET, np.uint8)] = np.arange(64)
+_BYTE_SHIFTS = np.array([16, 8, 0], np.uint32)  # a quad's 24 bits, first byte highest
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PAD = ord("=")
 _BLANK_BYTES = np.frombuffer(b" \t\n\r\x0b\x0c", np.uint8)

@@ -351,6 +351,37 @@ def test_declared_sizes_read_in_numpy_match_image_size_row_by_row():
     assert (widths[: len(whole)] > 0).all()  # every whole image read
 
 
+def test_the_image_pattern_check_matches_the_regex_with_or_without_it(monkeypatch):
+    """Padded base64 images take the fast path (no regex); anything else is left to the regex."""
+    import pyarrow.compute as pc
+
+    from pipeline import validation
+
+    images = [PNG_1X1, jpeg(8, 8), png(5, 5), jpeg(9, 3, noise=True)]
+    images += [image.rstrip("=") for image in images] + ["/9j/", "iVBORw0KGgo", "", None, "AAAA", "/9jX"]
+    odd = ["/9j/AB=C", "/9j/ABC===", "/9j/AB C", "/9j/ABCD\n", "/9j/A\u00e9BC", "iVBORw0KGgo=A=", "=", "=="]
+    regex = pc.match_substring_regex
+    expected = {
+        tuple(v): regex(pa.array(v, pa.string()), validation._IMAGE_PATTERN) for v in (images, images + odd)
+    }
+
+    def no_regex(*args, **kwargs):
+        raise AssertionError("the fast path should have decided")
+
+    monkeypatch.setattr(pc, "match_substring_regex", no_regex)
+    assert validation._matches_image_pattern(pa.array(images, pa.string())).equals(expected[tuple(images)])
+    monkeypatch.setattr(pc, "match_substring_regex", regex)
+    for row in odd:  # each one sends its whole block to the regex, with the same answers
+        values = images + [row]
+        assert validation._matches_image_pattern(pa.array(values, pa.string())).equals(
+            regex(pa.array(values, pa.string()), validation._IMAGE_PATTERN)
+        ), row
+    mixed = pa.array(images + odd, pa.string())
+    assert validation._matches_image_pattern(mixed.slice(3, 9)).equals(
+        expected[tuple(images + odd)].slice(3, 9)
+    )
+
+
 def test_a_decompression_bomb_is_one_error_before_the_model_sees_it(layout):
     bomb = png(20_000, 20_000)
     assert len(bomb) < 60_000
