@@ -181,8 +181,9 @@ def _check_list(field, column: pa.Array, failures: _Failures) -> None:
 
 
 def _check_image(field, column: pa.Array, failures: _Failures) -> None:
+    text = pc.fill_null(column, "") if column.null_count else column  # filled once, for both readers
     failures.flag(
-        _to_mask(pc.invert(_matches_image_pattern(column))),
+        _to_mask(pc.invert(_matches_image_pattern(column, text))),
         errors.INVALID_IMAGE,
         field.name,
         f"field {field.name!r} is not a base64-encoded JPEG or PNG image",
@@ -197,14 +198,15 @@ def _check_image(field, column: pa.Array, failures: _Failures) -> None:
             f"of {MAX_IMAGE_BYTES:,} (pipeline.validation.MAX_IMAGE_BYTES)"
         ),
     )
-    too_large, messages = _oversized_images(column, failures.failed)
+    too_large, messages = _oversized_images(text, failures.failed)
     failures.flag(
         too_large, errors.INVALID_IMAGE, field.name, lambda row: f"field {field.name!r} {messages[int(row)]}"
     )
 
 
-def _matches_image_pattern(column: pa.Array) -> pa.Array:
-    """`match_substring_regex(column, _IMAGE_PATTERN)`, the regex run only where it must be.
+def _matches_image_pattern(column: pa.Array, text: pa.Array | None = None) -> pa.Array:
+    """`match_substring_regex(column, _IMAGE_PATTERN)`, the regex run only where it must be
+    (`text`: the column with its nulls filled with "", if the caller has it).
 
     The regex reads every character of every image (133 ms for the 91 MB of 40,000 demo
     images). Deleting the base64 alphabet from the column's text in one C pass
@@ -214,7 +216,9 @@ def _matches_image_pattern(column: pa.Array) -> pa.Array:
     Anything else (blanks, a third "=", a character outside base64) and the regex decides.
     """
     starts_like_image = pc.or_(pc.starts_with(column, "/9j/"), pc.starts_with(column, "iVBORw0KGgo"))
-    data, offsets = string_buffer_view(column if not column.null_count else pc.fill_null(column, ""))
+    if text is None:
+        text = pc.fill_null(column, "") if column.null_count else column
+    data, offsets = string_buffer_view(text)
     # In 1 MiB pieces: one copy of the whole text would cost more than the translation.
     rest = b"".join(
         data[at : at + _PIECE].tobytes().translate(None, _BASE64_ALPHABET)
@@ -227,9 +231,9 @@ def _matches_image_pattern(column: pa.Array) -> pa.Array:
 
 def _padding(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """How many "=" (0-2) end each row of base64 text (data[starts:starts+lengths])."""
-    last = max(len(data) - 1, 0)
     if not len(data):
         return np.zeros(len(starts), np.int64)
+    last = len(data) - 1
     ends = [(data[np.clip(starts + lengths - back, 0, last)] == _PAD) & (lengths >= back) for back in (1, 2)]
     return ends[0].astype(np.int64) + (ends[0] & ends[1])
 
