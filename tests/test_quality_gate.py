@@ -14,7 +14,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.quality import gate
-from pipeline.quality.profiling import KeyCountsFn, key_partitions
+from pipeline.quality.profiling import KeyArraysCoder, KeyCountsFn, key_partitions
 from pipeline.quality.thresholds import parse_policy
 from pipeline.run_contract import BLOCKED, EXIT_BLOCKED, EXIT_OK, STAGING_DIR, SUCCEEDED, OptionsError
 from pipeline.sampledata.generate import generate_records
@@ -296,6 +296,22 @@ def test_keys_are_counted_across_blocks_and_parts():
     second = fn.add_input(fn.create_accumulator(), keys.slice(500))
     found = fn.extract_output(fn.merge_accumulators([first, second]))
     assert found["extra_records"] == 300 and found["keys"] == 300
+    assert found["examples"] == [[f"ad-{i}", 2] for i in range(5)]  # the first seen first
+    distinct = fn.extract_output(fn.add_input(fn.create_accumulator(), keys.slice(0, 700)))
+    assert distinct == {"extra_records": 0, "keys": 0, "examples": []}
+
+
+def test_key_arrays_cross_stages_as_one_ipc_stream_of_only_their_rows():
+    coder = KeyArraysCoder()
+    keys = pa.array([f"ad-{i}" for i in range(10_000)])
+    arrays = [keys.slice(9_000, 3), pa.array(["x", None], pa.large_string()), keys.slice(0, 0)]
+    decoded = coder.decode(coder.encode(arrays))
+    assert [a.to_pylist() for a in decoded] == [["ad-9000", "ad-9001", "ad-9002"], ["x", None], []]
+    assert all(a.type == pa.string() for a in decoded)
+    assert len(coder.encode([keys.slice(9_000, 3)])) < len(coder.encode([keys])) // 50
+    assert coder.decode(coder.encode([])) == []
+    numbers = coder.decode(coder.encode([pa.array([7, 8], pa.int64())]))
+    assert numbers[0].to_pylist() == [7, 8]
 
 
 def test_thresholds_parse_with_off_and_per_feature_limits():
