@@ -46,7 +46,7 @@ class CsvParser(BlockParser):
 
     def parse(self, data: bytes, chunk_bytes: int) -> pa.Table:
         return pa_csv.read_csv(
-            io.BytesIO(data),
+            pa.BufferReader(data),
             read_options=pa_csv.ReadOptions(
                 column_names=self.header, use_threads=True, block_size=chunk_bytes
             ),

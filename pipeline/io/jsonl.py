@@ -8,7 +8,6 @@ fields>}` per line, built column-wise by Arrow kernels and written one block per
 
 from __future__ import annotations
 
-import io
 import json
 
 import apache_beam as beam
@@ -46,7 +45,7 @@ class JsonParser(BlockParser):
         for attempt, options in enumerate(self._variants):
             try:
                 table = pa_json.read_json(
-                    io.BytesIO(data),
+                    pa.BufferReader(data),
                     read_options=pa_json.ReadOptions(use_threads=True, block_size=chunk_bytes),
                     parse_options=options,
                 )
@@ -74,7 +73,7 @@ class JsonParser(BlockParser):
         """pyarrow's reason, read the way the file's previous block parsed (its image convention)."""
         try:
             pa_json.read_json(
-                io.BytesIO(data),
+                pa.BufferReader(data),
                 read_options=pa_json.ReadOptions(block_size=len(data) + 1),
                 parse_options=self._variants[0],
             )

@@ -277,7 +277,11 @@ class BlockParser(abc.ABC):
     def parse(self, data: bytes, chunk_bytes: int) -> pa.Table:
         """Parses whole records; raises pa.ArrowInvalid when any record does not fit.
 
-        pyarrow splits `data` into chunks of `chunk_bytes` parsed in parallel."""
+        pyarrow splits `data` into chunks of `chunk_bytes` parsed in parallel. Parsers hand it
+        `data` as a `pa.BufferReader`: its threads then read the bytes in place, where a
+        BytesIO is read through Python, a copy and a GIL hand-off per chunk (1M light
+        records in 8 MiB blocks, AMD EPYC: 0.88-0.89 against 0.92-0.95 core-s, wall 0.45-0.47
+        against 0.50-0.58 s)."""
 
     def parse_whole(self, data: bytes) -> pa.Table:
         """`parse`, in one chunk when a record is longer than a chunk (a 2.4 MB image)."""
