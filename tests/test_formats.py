@@ -72,6 +72,27 @@ def test_split_records_counts_lines_across_blocks():
     assert got == [(1, b'1,"a\nb"\n'), (4, b"2,c\n"), (5, b'3,"d""\n"\n')]
 
 
+@pytest.mark.parametrize("quoted", [False, True])
+def test_split_records_gives_the_same_records_for_every_block_size(quoted):
+    """Records cut across reads of any size (a block copied once, its start carried over)."""
+    lines = [b'{"id": "a"}', b"", b'{"id": "' + b"x" * 40 + b'"}', b"  ", b'{"id": "b"}\r', b'{"id": "c"}']
+
+    def records(data, block_bytes):  # a record's text may carry the blank lines before it
+        return [
+            (n, t.strip())
+            for r in split_records(io.BytesIO(data), block_bytes, quoted)
+            for n, t in r.numbered()
+        ]
+
+    for ending in (b"\n", b""):
+        data = b"\n".join(lines) + ending
+        whole = records(data, 1 << 20)
+        assert [n for n, _ in whole] == ([1, 3, 4, 5, 6] if quoted else [1, 3, 5, 6])  # CSV keeps "  "
+        assert whole[-1] == (6, b'{"id": "c"}')
+        for block_bytes in (1, 2, 5, 11, 12, 13, 40, 64):
+            assert records(data, block_bytes) == whole, (ending, block_bytes)
+
+
 def test_headerless_csv_takes_the_declared_column_order(layout):
     headerless = RecordLayout(layout.fields, layout.key_field, csv_columns=("id", "age", "gender", "media",
                               "interests", "bid", "hour", "image"))  # fmt: skip

@@ -153,32 +153,41 @@ def split_records(
     never closes yields an UnterminatedRecord for its line, and reading resumes on the next
     line, so one stray quote costs one record.
     """
-    carry, line = b"", first_line
+    carry, line = b"", first_line  # carry: the start of a record the last read cut
     eof = False
     while True:
+        data = b""
         if not eof:
             data = stream.read(block_bytes)
             eof = not data
-            carry += data
-        if not carry:
-            return
-        if eof and not carry.endswith(b"\n"):
-            carry += b"\n"
-        if not quoted or b'"' not in carry:  # every newline ends a record
-            cut = carry.rfind(b"\n")
-            if cut >= 0:
-                whole, carry = carry[: cut + 1], carry[cut + 1 :]
-                for data, newlines in _line_pieces(whole):
-                    count = len(newlines)
-                    if quoted:  # CSV: a line holds one row at most; empty lines take the slow path
-                        records = Records(data, np.arange(line, line + count, dtype=np.int64))
-                    else:  # JSONL: `{..}{..}` on one line must not pass for one record per line
-                        records = _exact_lines(data, line, newlines)
-                    records = screen_utf8(records)
-                    if len(records) or records.rejected:
-                        yield records
-                    line += count
+        if eof and not data:
+            if not carry:
+                return
+            if not carry.endswith(b"\n"):
+                carry += b"\n"
+        if not quoted or (b'"' not in data and b'"' not in carry):  # every newline ends a record
+            cut = data.rfind(b"\n")
+            if cut < 0:  # nothing ends in this read (or the file's last line ends in `carry`)
+                carry, data = b"", carry + data
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    carry = data
+                    continue
+            # The block's records, copied once: `carry + data[:cut + 1]` would copy twice.
+            whole = b"".join((carry, memoryview(data)[: cut + 1])) if carry or cut + 1 < len(data) else data
+            carry = data[cut + 1 :]
+            for piece, newlines in _line_pieces(whole):
+                count = len(newlines)
+                if quoted:  # CSV: a line holds one row at most; empty lines take the slow path
+                    records = Records(piece, np.arange(line, line + count, dtype=np.int64))
+                else:  # JSONL: `{..}{..}` on one line must not pass for one record per line
+                    records = _exact_lines(piece, line, newlines)
+                records = screen_utf8(records)
+                if len(records) or records.rejected:
+                    yield records
+                line += count
             continue
+        carry += data
         array = np.frombuffer(carry, np.uint8)
         newlines = np.flatnonzero(array == _NEWLINE)
         quotes = np.flatnonzero(array == _QUOTE)
