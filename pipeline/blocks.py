@@ -388,7 +388,8 @@ def _cast_values(column: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.nd
     return pa.array(values, target), failed
 
 
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first 8 bytes of every PNG file
+_IMAGE_MAGIC = (b"\xff\xd8\xff", PNG_SIGNATURE)
 
 
 def _base64_images(column: pa.Array) -> pa.Array:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import counters, errors
-from pipeline.blocks import LINE_COLUMN, RecordBlock, RecordLayout, string_buffer_view
+from pipeline.blocks import LINE_COLUMN, PNG_SIGNATURE, RecordBlock, RecordLayout, string_buffer_view
 from pipeline.run_contract import READ
 
 RECORDS = "records"  # a reading step's output: valid record blocks and lists of error records
@@ -283,7 +283,7 @@ def declared_sizes(images: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.n
 
     everything = np.arange(len(rows))
     head, known = text(everything, np.zeros(len(rows), np.int64), 24)
-    png = known[:, 23] & (head[:, :8] == np.frombuffer(_PNG_SIGNATURE, np.uint8)).all(axis=1)
+    png = known[:, 23] & (head[:, :8] == np.frombuffer(PNG_SIGNATURE, np.uint8)).all(axis=1)
     widths[rows[png]] = _big_endian(head[png, 16:20])
     heights[rows[png]] = _big_endian(head[png, 20:24])
     jpeg = known[:, 1] & (head[:, 0] == 0xFF) & (head[:, 1] == 0xD8)
@@ -338,7 +338,6 @@ _BASE64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 _BASE64_VALUES = np.zeros(256, np.uint32)
 _BASE64_VALUES[np.frombuffer(_BASE64_ALPHABET, np.uint8)] = np.arange(64)
 _BYTE_SHIFTS = np.array([16, 8, 0], np.uint32)  # a quad's 24 bits, first byte highest
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PAD = ord("=")
 _BLANK_BYTES = np.frombuffer(b" \t\n\r\x0b\x0c", np.uint8)
 _JPEG_STEPS = 64  # JPEG segments walked in numpy before a row is left to image_size
@@ -353,7 +352,7 @@ def image_size(b64: str) -> tuple[int, int] | None:
     prefix = 1024
     while True:
         head = _b64_prefix(b64, prefix)
-        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if head.startswith(PNG_SIGNATURE):
             return (
                 (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
                 if len(head) >= 24
